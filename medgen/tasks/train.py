@@ -1,0 +1,108 @@
+"""``medgen train``: build datamodule, model, callbacks, loggers and trainer from config, then fit."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from medgen.tasks.instantiate import instantiate_group
+from medgen.utils.atomic import atomic_write_json, atomic_write_text
+from medgen.utils.checkpoint import resolve_checkpoint
+from medgen.utils.logging import get_logger
+from medgen.utils.provenance import provenance
+from medgen.utils.seeding import seed_everything
+
+log = get_logger(__name__)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run directory: ``cfg.paths.output_dir`` (Hydra's run dir when run from the CLI)."""
+    return Path(cfg.paths.output_dir)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit ``cfg.model`` on ``cfg.data`` with ``cfg.trainer``; optionally test; return final metrics.
+
+    Writes into the run dir: ``config.yaml`` (composed, resolved), ``provenance.json``,
+    ``checkpoints/`` (from the checkpoint callback, with ``last.ckpt``) and ``metrics.json``.
+    """
+    import pytorch_lightning as pl
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:  # fail before any data is read or model is built
+        ckpt_path = str(resolve_checkpoint(ckpt_path))
+    if cfg.get("seed") is not None:
+        seed_everything(cfg.seed)
+
+    run_dir = output_dir(cfg)
+    log.info("run dir: %s", run_dir)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_json(run_dir / "provenance.json", provenance(cfg, seed=cfg.get("seed")))
+        for lg in loggers:
+            if hasattr(lg, "log_hyperparams"):
+                lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict[str, float] = {}
+    try:
+        if cfg.get("train", True):
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+            metrics.update(_plain_metrics(trainer.callback_metrics))
+        if cfg.get("test", False):
+            best = _best_checkpoint(trainer) if cfg.get("train", True) else ckpt_path
+            results = trainer.test(model=model, datamodule=datamodule, ckpt_path=best)
+            for row in results:
+                metrics.update(_plain_metrics(row))
+        metrics["global_step"] = float(trainer.global_step)
+        if trainer.is_global_zero:
+            atomic_write_json(run_dir / "metrics.json", metrics)
+            log.info("metrics: %s", {k: round(v, 5) for k, v in metrics.items()})
+            log.info("outputs in %s", run_dir)
+    finally:
+        _teardown_distributed()
+    return metrics
+
+
+def _plain_metrics(values: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if not math.isnan(number):
+            out[str(key)] = number
+    return out
+
+
+def _best_checkpoint(trainer) -> str | None:
+    ckpt_cb = getattr(trainer, "checkpoint_callback", None)
+    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""
+    return best or None
+
+
+def _teardown_distributed() -> None:
+    """Destroy the process group after DDP: without it Gloo runs abort at exit now and then."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # Lightning's DDP launcher re-executes this file for ranks > 0
+    from medgen.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
