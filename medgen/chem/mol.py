@@ -1,0 +1,50 @@
+"""Parsing SMILES with RDKit: quiet, with the reason captured, and canonical forms."""
+
+from __future__ import annotations
+
+import re
+
+from rdkit import Chem, rdBase
+
+_TIMESTAMP = re.compile(r"^\[\d\d:\d\d:\d\d\]\s*")
+
+
+def parse_smiles(smiles: str | None) -> Chem.Mol | None:
+    """The sanitized RDKit molecule of ``smiles``, or None (None, empty, blank or rejected input).
+
+    RDKit's error log is blocked for the call only and restored afterwards.
+    """
+    if smiles is None:
+        return None
+    text = str(smiles).strip()
+    if not text:
+        return None
+    with rdBase.BlockLogs():
+        return Chem.MolFromSmiles(text)
+
+
+def parse_smiles_with_reason(smiles: str | None) -> tuple[Chem.Mol | None, str]:
+    """``(mol, "")`` for a valid SMILES, ``(None, reason)`` otherwise.
+
+    The reason is RDKit's own first error message (e.g. ``"SMILES Parse Error: unclosed ring for
+    input: 'C1CC'"``, ``"Explicit valence for atom # 1 C, 5, is greater than permitted"``), captured
+    from its error log without printing it.
+    """
+    if smiles is None:
+        return None, "missing SMILES"
+    text = str(smiles).strip()
+    if not text:
+        return None, "empty SMILES"
+    with rdBase.CaptureErrorLog() as capture:
+        mol = Chem.MolFromSmiles(text)
+    if mol is not None:
+        return mol, ""
+    lines = [_TIMESTAMP.sub("", line).strip() for line in capture.messages.splitlines()]
+    lines = [line for line in lines if line]
+    return None, (lines[0] if lines else "RDKit could not parse the SMILES")
+
+
+def canonical_smiles(smiles: str | None) -> str | None:
+    """RDKit canonical (isomeric) SMILES of ``smiles``, or None when it does not parse."""
+    mol = parse_smiles(smiles)
+    return Chem.MolToSmiles(mol) if mol is not None else None

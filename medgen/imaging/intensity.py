@@ -1,0 +1,117 @@
+"""Intensity mapping between a scan's own units (HU for CT, scanner units for MR) and [-1, 1].
+
+Diffusion models train on images in [-1, 1]. :class:`IntensityMapping` records how a data set was mapped,
+is stored in every checkpoint (``hparams["data_meta"]["intensity"]``) and lets export map samples back:
+
+- ``ct_window``: a fixed HU window ``[lo, hi]`` -> ``[-1, 1]``, clipped. Exactly invertible inside the
+  window (values outside it come back as ``lo`` or ``hi``).
+- ``percentile``: per volume, its ``lo``-th and ``hi``-th percentiles -> ``[-1, 1]``, clipped (MR, whose
+  units are arbitrary). ``ref_lo``/``ref_hi`` hold typical source values of those percentiles over the
+  training set (medians), used by :meth:`IntensityMapping.from_unit`.
+- ``minmax``: fixed source values ``[lo, hi]`` -> ``[-1, 1]`` (e.g. ``0..255`` for MedMNIST's uint8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+KINDS = ("ct_window", "percentile", "minmax")
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class IntensityMapping:
+    """How source intensities map to the model's ``[-1, 1]``.
+
+    Args:
+        kind: ``"ct_window"`` (lo/hi in HU), ``"percentile"`` (lo/hi in percent, 0..100) or
+            ``"minmax"`` (lo/hi in source units).
+        lo: lower bound (HU, percent or source units, by ``kind``); maps to -1.
+        hi: upper bound; maps to +1.
+        ref_lo: ``percentile`` only: the source value that -1 maps back to (None: ``lo`` itself).
+        ref_hi: ``percentile`` only: the source value that +1 maps back to (None: ``hi`` itself).
+    """
+
+    kind: str = "ct_window"
+    lo: float = -1000.0
+    hi: float = 1000.0
+    ref_lo: float | None = None
+    ref_hi: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"intensity kind must be one of {KINDS}, got {self.kind!r}")
+        if not float(self.hi) > float(self.lo):
+            raise ValueError(f"intensity {self.kind}: hi ({self.hi}) must be > lo ({self.lo})")
+        if self.kind == "percentile" and not (0.0 <= self.lo < self.hi <= 100.0):
+            raise ValueError(f"percentile bounds must satisfy 0 <= lo < hi <= 100, got {self.lo}, {self.hi}")
+
+    # -- forward -----------------------------------------------------------------------------
+    def source_range(self, x: ArrayLike | None = None) -> tuple[float, float]:
+        """The source values that map to -1 and +1 (for ``percentile``: computed from ``x``)."""
+        if self.kind != "percentile":
+            return float(self.lo), float(self.hi)
+        if x is None:
+            raise ValueError("percentile mapping needs the volume to compute its percentiles")
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        lo, hi = np.percentile(arr.astype(np.float64), [self.lo, self.hi])
+        if hi <= lo:  # a constant volume: map it to -1 rather than dividing by zero
+            hi = lo + 1.0
+        return float(lo), float(hi)
+
+    def to_unit(self, x: ArrayLike) -> ArrayLike:
+        """Map source intensities to ``[-1, 1]`` (clipped); same type and shape as ``x``, float32."""
+        lo, hi = self.source_range(x)
+        y = (x - lo) / (hi - lo) * 2.0 - 1.0
+        if isinstance(y, torch.Tensor):
+            return y.clamp(-1.0, 1.0).float()
+        return np.clip(y, -1.0, 1.0).astype(np.float32)
+
+    # -- inverse -----------------------------------------------------------------------------
+    def output_range(self) -> tuple[float, float]:
+        """The source values that -1 and +1 map back to in :meth:`from_unit`."""
+        if self.kind == "percentile":
+            lo = self.ref_lo if self.ref_lo is not None else self.lo
+            hi = self.ref_hi if self.ref_hi is not None else self.hi
+            return float(lo), float(hi)
+        return float(self.lo), float(self.hi)
+
+    def from_unit(self, x: ArrayLike) -> ArrayLike:
+        """Map ``[-1, 1]`` back to source units (values outside are clipped to [-1, 1] first)."""
+        lo, hi = self.output_range()
+        if isinstance(x, torch.Tensor):
+            x = x.clamp(-1.0, 1.0)
+        else:
+            x = np.clip(np.asarray(x, dtype=np.float64), -1.0, 1.0)
+        return (x + 1.0) / 2.0 * (hi - lo) + lo
+
+    # -- MONAI ---------------------------------------------------------------------------------
+    def monai_transform(self, keys: str | list[str]):
+        """The equivalent MONAI dictionary transform (``ScaleIntensityRanged`` / ``...Percentilesd``)."""
+        from monai.transforms import ScaleIntensityRanged, ScaleIntensityRangePercentilesd
+
+        if self.kind == "percentile":
+            return ScaleIntensityRangePercentilesd(
+                keys, lower=self.lo, upper=self.hi, b_min=-1.0, b_max=1.0, clip=True
+            )
+        return ScaleIntensityRanged(
+            keys, a_min=self.lo, a_max=self.hi, b_min=-1.0, b_max=1.0, clip=True
+        )
+
+    # -- plain-dict round trip (checkpoints, sidecars) -----------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (str/float/None values) that :meth:`from_dict` turns back into this mapping."""
+        d = asdict(self)
+        return {k: (float(v) if isinstance(v, int | float) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IntensityMapping:
+        unknown = set(d) - {"kind", "lo", "hi", "ref_lo", "ref_hi"}
+        if unknown:
+            raise ValueError(f"unknown intensity mapping keys {sorted(unknown)} in {d}")
+        return cls(**d)

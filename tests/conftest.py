@@ -1,0 +1,58 @@
+"""Shared fixtures: compose medgen's real Hydra configs with outputs pointed at ``tmp_path``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "conf"
+TEST_CONFIG_DIR = REPO_ROOT / "tests" / "spine" / "conf"
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose ``conf/<task>.yaml`` with overrides, as the CLI would, writing under ``tmp_path``."""
+
+    def _compose(task: str, overrides: list[str] | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        overrides = [f"hydra.searchpath=[file://{TEST_CONFIG_DIR}]", *(overrides or [])]
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=task, overrides=overrides, return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(tmp_path)
+            cfg.paths.data_dir = str(tmp_path / "data")
+            cfg.paths.log_dir = str(tmp_path / "outputs")
+            cfg.paths.output_dir = str(tmp_path / "run")
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_medgen(
+    args: list[str], *, cwd: Path, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real ``medgen`` console script in a subprocess and capture its output."""
+    exe = Path(sys.executable).with_name("medgen")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "medgen"]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MEDGEN_ROOT": str(cwd)}
+    full_env.update(env or {})
+    return subprocess.run(
+        [*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
