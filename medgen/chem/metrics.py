@@ -26,14 +26,15 @@ def fraction_valid(smiles: Sequence[str | None]) -> float:
 
 
 def fraction_unique(smiles: Sequence[str | None], k: int | None = None) -> float:
-    """MOSES unique@k: distinct canonical SMILES among the valid ones of the first ``k`` entries.
+    """MOSES unique@k: distinct canonical SMILES among the first ``k`` *valid* entries.
 
-    Only valid molecules are counted, in numerator and denominator. ``k=None`` uses all entries;
-    with fewer than ``k`` entries, all are used (MOSES warns in that case; we log nothing).
-    Returns 0.0 when nothing is valid.
+    As in MOSES, invalid entries are dropped first, then the first ``k`` valid ones are compared
+    (``k=None``: all). With fewer than ``k`` valid entries all are used. Returns 0.0 when nothing
+    is valid.
     """
-    head = list(smiles if k is None else smiles[:k])
-    canon = [c for c in (canonical_smiles(s) for s in head) if c is not None]
+    canon = [c for c in (canonical_smiles(s) for s in smiles) if c is not None]
+    if k is not None:
+        canon = canon[:k]
     if not canon:
         return 0.0
     return len(set(canon)) / len(canon)

@@ -106,3 +106,19 @@ def test_multirun_sweeps(tmp_path):
     assert {r.name for r in runs} == {"0", "1"}
     lrs = sorted(yaml.safe_load((r / "config.yaml").read_text())["model"]["lr"] for r in runs)
     assert lrs == [0.01, 0.1]
+
+
+def test_ddp_two_cpu_ranks_train_one_model(tmp_path):
+    """trainer=ddp on 2 CPU processes (Gloo): Lightning relaunches rank 1 into the same run dir."""
+    out = run_medgen(
+        ["train", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+         "debug=fast", "trainer.strategy=ddp", "trainer.max_epochs=1"],
+        cwd=tmp_path,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = _run_dirs(tmp_path / "outputs" / "train")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 1  # 16 items, batch 8, split over 2 ranks: 1 step each
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert [p for p in (tmp_path / "outputs" / "train").iterdir()] == [run]  # one run dir, not two
