@@ -1,8 +1,8 @@
-"""``medgen <task> [hydra overrides]``: one console command, one Hydra primary config per task.
+"""``medgen <task> [overrides]``: one console command, one Hydra primary config per task.
 
-Each task ``X`` maps to ``conf/X.yaml`` and to the pure function ``medgen.tasks.X.X(cfg)``. This module
-only parses the command line and hands over to Hydra, which then provides ``--help``, ``--cfg job``,
-``-m`` multirun sweeps and run directories.
+Each task ``X`` maps to ``conf/X.yaml`` and to the pure function ``medgen.tasks.X.X(cfg)``.
+This module only parses the command line and hands over to Hydra, which then provides
+``--help``, ``--cfg job``, ``-m`` multirun sweeps and run directories.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def run_task(task: str, overrides: list[str]) -> None:
     key = POSITIONAL_KEY.get(task)
     if key and overrides and "=" not in overrides[0] and not overrides[0].startswith("-"):
         overrides = [f"{key}={overrides[0]}", *overrides[1:]]
-    # argv[0] is the task's module file: Lightning's DDP launcher re-executes `python argv[0] argv[1:]`
-    # for ranks > 0, and each task module runs itself as a script (see medgen/tasks/*.py).
+    # argv[0] is the task's module file: for ranks > 0 Lightning's DDP launcher re-executes
+    # `python argv[0] argv[1:]`, and each task module runs itself as a script.
     sys.argv = [str(Path(module.__file__).resolve()), *overrides]
     main_fn = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=task)(_job)
     main_fn()

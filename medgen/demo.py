@@ -34,24 +34,43 @@ def main(root: str | None = None) -> Path:
 
     _medgen("train", "debug=fast", f"hydra.run.dir={demo}/scan_train")
     _medgen(
-        "sample", f"ckpt={demo}/scan_train", "n=4", "sampler=ddim", "steps=10", "seed=0",
-        f"out={demo}/synthetic_scans", f"hydra.run.dir={demo}/scan_sample",
+        "sample",
+        f"ckpt={demo}/scan_train",
+        "n=4",
+        "sampler=ddim",
+        "steps=10",
+        "seed=0",
+        f"out={demo}/synthetic_scans",
+        f"hydra.run.dir={demo}/scan_sample",
     )
     _medgen(
-        "train", "experiment=smiles_graph_vae_quick", "debug=fast", "trainer.limit_train_batches=20",
+        "train",
+        "experiment=smiles_graph_vae_quick",
+        "debug=fast",
+        "trainer.limit_train_batches=20",
         f"hydra.run.dir={demo}/molecule_train",
     )
     _medgen(
-        "sample", f"ckpt={demo}/molecule_train", "n=500", "seed=0",
-        f"out={demo}/molecules/generated.csv", f"hydra.run.dir={demo}/molecule_sample",
+        "sample",
+        f"ckpt={demo}/molecule_train",
+        "n=500",
+        "seed=0",
+        f"out={demo}/molecules/generated.csv",
+        f"hydra.run.dir={demo}/molecule_sample",
     )
     _medgen(
-        "screen", f"input={demo}/molecules/generated.csv", f"out={demo}/molecules/screened.csv",
-        "rules=[lipinski,veber,pains]", f"hydra.run.dir={demo}/molecule_screen",
+        "screen",
+        f"input={demo}/molecules/generated.csv",
+        f"out={demo}/molecules/screened.csv",
+        "rules=[lipinski,veber,pains]",
+        f"hydra.run.dir={demo}/molecule_screen",
     )
     _medgen(
-        "evaluate", f"samples={demo}/molecules/generated.csv", f"reference={resources}",
-        f"train={resources}", f"out={demo}/molecules/metrics.json",
+        "evaluate",
+        f"samples={demo}/molecules/generated.csv",
+        f"reference={resources}",
+        f"train={resources}",
+        f"out={demo}/molecules/metrics.json",
         f"hydra.run.dir={demo}/molecule_evaluate",
     )
 

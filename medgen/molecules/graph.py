@@ -295,21 +295,22 @@ def _build_mol(types: Sequence[AtomType], bonds: Iterable[tuple[int, int, int]],
 
 
 def graph_to_mol(atoms: torch.Tensor, adj: torch.Tensor, vocab: Vocabulary):
-    """The sanitized RDKit molecule of one graph (no repair: RDKit errors propagate).
+    """The sanitized RDKit molecule of one padded graph (no repair: RDKit errors propagate).
 
     atoms: ``(N,)`` vocabulary indices (entries ``< 0`` are padding and must come last).
-    adj: ``(N, N)`` symmetric bond orders, or ``(E, 3)`` rows ``(i, j, order)``.
+    adj: ``(N, N)`` symmetric bond orders.
     """
-    atoms = atoms.tolist() if isinstance(atoms, torch.Tensor) else list(atoms)
+    atoms = atoms.tolist()
     n = sum(1 for a in atoms if a >= 0)
-    types = [vocab.types[a] for a in atoms[:n]]
-    if adj.ndim == 2 and adj.shape[-1] == 3 and adj.shape[0] != adj.shape[1]:
-        bonds = adj.tolist()
-    else:
-        sub = torch.tril(adj[:n, :n], diagonal=-1)
-        i, j = sub.nonzero(as_tuple=True)
-        bonds = zip(i.tolist(), j.tolist(), sub[i, j].tolist(), strict=True)
-    return _build_mol(types, bonds)
+    sub = torch.tril(adj[:n, :n], diagonal=-1)
+    i, j = sub.nonzero(as_tuple=True)
+    bonds = zip(i.tolist(), j.tolist(), sub[i, j].tolist(), strict=True)
+    return _build_mol([vocab.types[a] for a in atoms[:n]], bonds)
+
+
+def molgraph_to_mol(graph: MolGraph, vocab: Vocabulary):
+    """The sanitized RDKit molecule of a :class:`MolGraph`."""
+    return _build_mol([vocab.types[a] for a in graph.atoms.tolist()], graph.bonds.tolist())
 
 
 def mol_to_smiles(mol) -> str:
@@ -339,4 +340,4 @@ def round_trip(smiles: str) -> str:
     tokens, bonds = smiles_to_tokens(smiles)
     vocab = Vocabulary(sorted(set(tokens)))
     graph = encode_tokens(tokens, bonds, vocab)
-    return mol_to_smiles(graph_to_mol(graph.atoms, graph.bonds, vocab))
+    return mol_to_smiles(molgraph_to_mol(graph, vocab))

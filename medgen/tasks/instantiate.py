@@ -13,7 +13,7 @@ log = get_logger(__name__)
 
 
 def instantiate_group(node: DictConfig | None, kind: str) -> list[Any]:
-    """Instantiate every entry of a dict-of-configs group (callbacks, loggers) that has a ``_target_``.
+    """Instantiate every entry with a ``_target_`` of a dict-of-configs group (callbacks, loggers).
 
     Entries set to ``null`` are dropped, so ``callbacks.lr_monitor=null`` switches one off.
     """

@@ -1,4 +1,4 @@
-"""``medgen sample``: draw samples from a checkpoint; the checkpoint's ``kind`` picks the pipeline."""
+"""``medgen sample``: draw samples from a checkpoint; its ``kind`` picks the pipeline."""
 
 from __future__ import annotations
 

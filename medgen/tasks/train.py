@@ -1,4 +1,4 @@
-"""``medgen train``: build datamodule, model, callbacks, loggers and trainer from config, then fit."""
+"""``medgen train``: build datamodule, model, callbacks, loggers and trainer; then fit."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit ``cfg.model`` on ``cfg.data`` with ``cfg.trainer``; optionally test; return final metrics.
+    """Fit ``cfg.model`` on ``cfg.data`` with ``cfg.trainer``, optionally test; return metrics.
 
     Writes into the run dir: ``config.yaml`` (composed, resolved), ``provenance.json``,
     ``checkpoints/`` (from the checkpoint callback, with ``last.ckpt``) and ``metrics.json``.

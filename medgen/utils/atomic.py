@@ -1,9 +1,9 @@
-"""Atomic file writing: write to a temporary file in the target's folder, then rename over the target.
+"""Atomic file writing: write a temporary file beside the target, then rename it over the target.
 
 A reader (or a resumed job) therefore sees either the old file or the complete new one, never a
-half-written file. Temporary files are named ``.<name>.tmp-<random><suffixes>`` so that libraries that
-pick a format from the suffix (nibabel's ``.nii.gz``) still work, and so that they are easy to find and
-clean up after a crash (:func:`remove_stale_temporaries`).
+half-written file. Temporary files are named ``.<name>.tmp-<random><suffixes>`` so that libraries
+that pick a format from the suffix (nibabel's ``.nii.gz``) still work, and so that they are easy to
+find and clean up after a crash (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations

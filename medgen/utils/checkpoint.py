@@ -29,7 +29,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Load a checkpoint dict with ``torch.load(weights_only=True)``.
 
     medgen's modules save only state dicts and plain hyperparameters, so this never needs pickle.

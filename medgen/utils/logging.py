@@ -11,5 +11,5 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Configure the root logger for scripts that do not run under Hydra (which does this itself)."""
+    """Configure the root logger for scripts that do not run under Hydra (which does it itself)."""
     logging.basicConfig(level=level, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")

@@ -1,4 +1,4 @@
-"""Provenance records: what made an output (package version, commit, config hash, seed, time, host)."""
+"""Provenance records: what made an output (version, commit, config hash, seed, time, host)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def git_commit() -> str | None:
 
 
 def provenance(cfg: Any = None, *, seed: int | None = None, **extra: Any) -> dict[str, Any]:
-    """A provenance record: medgen version, git commit, config hash, seed, UTC time, host, versions."""
+    """A provenance record: medgen version, git commit, config hash, seed, UTC time, host."""
     import torch
 
     from medgen import __version__

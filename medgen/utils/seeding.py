@@ -1,4 +1,4 @@
-"""Seeding: one global seed for a run, and independent per-sample seeds for reproducible sampling."""
+"""Seeding: one global seed per run, and independent per-sample seeds for reproducible sampling."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ def seed_everything(seed: int) -> int:
 def sample_seed(seed: int, index: int) -> int:
     """A 63-bit seed for sample ``index`` of a run seeded with ``seed``.
 
-    Derived with NumPy's ``SeedSequence`` so that neighbouring ``(seed, index)`` pairs give independent
-    streams. Sample *i* depends only on ``(seed, i)``: not on batch size, rank or order of drawing.
+    Derived with NumPy's ``SeedSequence`` so that neighbouring ``(seed, index)`` pairs give
+    independent streams. Sample *i* depends only on ``(seed, i)``: not on batch size, rank or
+    order of drawing.
     """
     if index < 0:
         raise ValueError(f"sample index must be >= 0, got {index}")

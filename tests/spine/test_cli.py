@@ -1,4 +1,4 @@
-"""The real ``medgen`` console script, run in subprocesses: help, errors, a fast run and its resume."""
+"""The real ``medgen`` console script in subprocesses: help, errors, fast runs, resume, DDP."""
 
 from __future__ import annotations
 
@@ -111,8 +111,16 @@ def test_multirun_sweeps(tmp_path):
 def test_ddp_two_cpu_ranks_train_one_model(tmp_path):
     """trainer=ddp on 2 CPU processes (Gloo): Lightning relaunches rank 1 into the same run dir."""
     out = run_medgen(
-        ["train", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-         "debug=fast", "trainer.strategy=ddp", "trainer.max_epochs=1"],
+        [
+            "train",
+            *TINY,
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "debug=fast",
+            "trainer.strategy=ddp",
+            "trainer.max_epochs=1",
+        ],
         cwd=tmp_path,
         timeout=240,
     )

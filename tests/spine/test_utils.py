@@ -94,8 +94,10 @@ def test_checkpoint_resolution_and_safe_loading(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         resolve_checkpoint(tmp_path)
     (tmp_path / "checkpoints").mkdir()
-    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"kind": "tiny"}},
-               tmp_path / "checkpoints" / "last.ckpt")
+    torch.save(
+        {"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"kind": "tiny"}},
+        tmp_path / "checkpoints" / "last.ckpt",
+    )
     assert resolve_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["hyper_parameters"]["kind"] == "tiny"
