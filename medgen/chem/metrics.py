@@ -10,9 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from medgen.chem.mol import canonical_smiles, parse_smiles
+import numpy as np
 
-__all__ = ["canonical_smiles", "fraction_unique", "fraction_valid", "novelty"]
+from medgen.chem.mol import canonical_smiles, parse_smiles
+from medgen.chem.reference import KL_CONTINUOUS, KL_DESCRIPTORS
+from medgen.chem.similarity import aggregated_tanimoto
+
+__all__ = [
+    "canonical_smiles",
+    "fraction_passes_filters",
+    "fraction_unique",
+    "fraction_valid",
+    "internal_diversity",
+    "kl_divergence_score",
+    "novelty",
+    "snn",
+]
 
 
 def fraction_valid(smiles: Sequence[str | None]) -> float:
@@ -52,3 +65,74 @@ def novelty(smiles: Sequence[str | None], train: Iterable[str]) -> float:
         return 0.0
     train_set = train if isinstance(train, set | frozenset) else set(train)
     return len(gen - train_set) / len(gen)
+
+
+# --------------------------------------------------------------------------------------------
+# distribution metrics on precomputed features (MOSES / GuacaMol)
+
+
+def internal_diversity(fps: np.ndarray, p: int = 1) -> float:
+    """MOSES IntDiv_p: ``1 - mean_i (mean_j T_ij^p)^(1/p)`` over the set (self pairs included).
+
+    ``fps``: ``(N, D)`` 0/1 Morgan fingerprints (radius 2, 1024 bits).
+    """
+    if len(fps) == 0:
+        return float("nan")
+    return float(1 - aggregated_tanimoto(fps, fps, agg="mean", p=p).mean())
+
+
+def snn(fps: np.ndarray, reference_fps: np.ndarray) -> float:
+    """MOSES SNN: mean over generated molecules of the max Tanimoto to the reference set."""
+    if len(fps) == 0:
+        return float("nan")
+    return float(aggregated_tanimoto(reference_fps, fps, agg="max").mean())
+
+
+def fraction_passes_filters(flags: Sequence[bool]) -> float:
+    """Share of molecules passing the MOSES filters (see :func:`medgen.chem.alerts`)."""
+    return float(np.mean(flags)) if len(flags) else float("nan")
+
+
+def continuous_kl(reference: np.ndarray, sampled: np.ndarray) -> float:
+    """GuacaMol KL(P_ref || Q_sampled) of Gaussian KDEs on 1000 points spanning both samples."""
+    from scipy.stats import entropy, gaussian_kde
+
+    grid = np.linspace(
+        min(reference.min(), sampled.min()), max(reference.max(), sampled.max()), 1000
+    )
+    p = _kde(gaussian_kde, reference, grid) + 1e-10
+    q = _kde(gaussian_kde, sampled, grid) + 1e-10
+    return float(entropy(p, q))
+
+
+def _kde(gaussian_kde, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    try:
+        return gaussian_kde(values)(grid)
+    except (np.linalg.LinAlgError, ValueError):  # all values equal: a spike at that value
+        return (np.abs(grid - values[0]) <= (grid[1] - grid[0]) / 2).astype(np.float64)
+
+
+def discrete_kl(reference: np.ndarray, sampled: np.ndarray) -> float:
+    """GuacaMol KL of 10-bin density histograms (bins from the reference)."""
+    from scipy.stats import entropy
+
+    p, bins = np.histogram(reference, bins=10, density=True)
+    q, _ = np.histogram(sampled, bins=bins, density=True)
+    return float(entropy(p + 1e-10, q + 1e-10))
+
+
+def kl_divergence_score(
+    descriptors: np.ndarray,
+    internal_similarity: np.ndarray,
+    reference_descriptors: np.ndarray,
+    reference_internal_similarity: np.ndarray,
+) -> tuple[float, dict[str, float]]:
+    """GuacaMol KL-divergence benchmark: ``mean_i exp(-KL_i)`` over 9 descriptors and the internal
+    similarity, and the individual KL values. Arrays: descriptors ``(N, 9)``, similarity ``(N,)``.
+    """
+    kls: dict[str, float] = {}
+    for i, name in enumerate(KL_DESCRIPTORS):
+        kl = continuous_kl if i < KL_CONTINUOUS else discrete_kl
+        kls[name] = kl(reference_descriptors[:, i], descriptors[:, i])
+    kls["internal_similarity"] = continuous_kl(reference_internal_similarity, internal_similarity)
+    return float(np.mean([np.exp(-v) for v in kls.values()])), kls

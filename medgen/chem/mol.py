@@ -44,7 +44,8 @@ def parse_smiles_with_reason(smiles: str | None) -> tuple[Chem.Mol | None, str]:
     return None, (lines[0] if lines else "RDKit could not parse the SMILES")
 
 
-def canonical_smiles(smiles: str | None) -> str | None:
-    """RDKit canonical (isomeric) SMILES of ``smiles``, or None when it does not parse."""
+def canonical_smiles(smiles: str | None, isomeric: bool = True) -> str | None:
+    """RDKit canonical SMILES of ``smiles`` (``isomeric=False`` drops stereo), or None when it
+    does not parse."""
     mol = parse_smiles(smiles)
-    return Chem.MolToSmiles(mol) if mol is not None else None
+    return Chem.MolToSmiles(mol, isomericSmiles=isomeric) if mol is not None else None

@@ -6,17 +6,17 @@ the graph is turned back into a molecule.
 
 Atom types are ``(element, formal charge, hydrogens)`` where ``hydrogens`` is ``None`` ("let RDKit
 compute the implicit hydrogens", the usual case, covering e.g. ``[nH]`` in a kekulized ring and
-``[NH+]``) or an exact count, stored only where RDKit's implicit-hydrogen rule would give a different
+``[NH+]``) or an exact count, stored only where RDKit's implicit-hydrogen rule would give another
 count for the same bonds (radicals, unusual valences). Tokens read ``C``, ``N+1``, ``O-1``,
 ``N;H2``.
 
 Stereochemistry, isotopes and atom-map numbers are dropped: graphs are compared by canonical SMILES
 written with ``isomericSmiles=False``.
 
-Atoms are ordered depth-first from the atom of lowest canonical rank, neighbours visited by canonical
-rank (the order of a canonical SMILES string). In that order every atom but the first has an earlier
-neighbour; its *parent* is the latest earlier neighbour (the DFS tree parent) and its other earlier
-neighbours are *ring closures*, all with smaller indices than the parent.
+Atoms are ordered depth-first from the atom of lowest canonical rank, neighbours visited by
+canonical rank (the order of a canonical SMILES string). In that order every atom but the first
+has an earlier neighbour; its *parent* is the latest earlier neighbour (the DFS tree parent) and
+its other earlier neighbours are *ring closures*, all with smaller indices than the parent.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import torch
@@ -41,7 +41,7 @@ class FeaturizeError(ValueError):
 
 @dataclass(frozen=True, order=True)
 class AtomType:
-    """One vocabulary entry: element symbol, formal charge, exact hydrogen count or None (implicit)."""
+    """One vocabulary entry: element, formal charge, exact hydrogen count or None (implicit)."""
 
     symbol: str
     charge: int = 0
@@ -61,7 +61,7 @@ class AtomType:
         return cls(symbol, int(charge or 0), None if hs is None else int(hs))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _max_valence(symbol: str, charge: int) -> int:
     """Largest total valence RDKit's sanitizer accepts for an element with this charge.
 
@@ -116,7 +116,9 @@ class Vocabulary:
     def build(cls, token_lists: Iterable[Sequence[str]], min_count: int = 1) -> Vocabulary:
         """The types seen at least ``min_count`` times, most frequent first (ties by token)."""
         counts = Counter(t for tokens in token_lists for t in tokens)
-        kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        kept = sorted(
+            (t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t)
+        )
         return cls(kept)
 
 
@@ -207,7 +209,8 @@ def dfs_order(mol) -> list[int]:
 
     ranks = list(Chem.CanonicalRankAtoms(mol, breakTies=True))
     neighbours = [
-        sorted((n.GetIdx() for n in a.GetNeighbors()), key=ranks.__getitem__) for a in mol.GetAtoms()
+        sorted((n.GetIdx() for n in a.GetNeighbors()), key=ranks.__getitem__)
+        for a in mol.GetAtoms()
     ]
     start = min(range(mol.GetNumAtoms()), key=ranks.__getitem__)
     order, seen, stack = [], set(), [start]
@@ -236,8 +239,10 @@ def mol_to_tokens(mol) -> tuple[list[str], list[tuple[int, int, int]]]:
         a, b = position[bond.GetBeginAtomIdx()], position[bond.GetEndAtomIdx()]
         bonds.append((max(a, b), min(a, b), to_order[bond.GetBondType()]))
     bonds.sort()
-    types = [AtomType(mol.GetAtomWithIdx(i).GetSymbol(), mol.GetAtomWithIdx(i).GetFormalCharge())
-             for i in order]
+    types = [
+        AtomType(mol.GetAtomWithIdx(i).GetSymbol(), mol.GetAtomWithIdx(i).GetFormalCharge())
+        for i in order
+    ]
     # keep an exact hydrogen count only where RDKit's implicit rule would not reproduce it
     rebuilt = _build_mol(types, bonds, sanitize=False)
     rebuilt.UpdatePropertyCache(strict=False)

@@ -1,0 +1,313 @@
+"""Reference statistics for the distribution metrics: MOSES's precomputed ``*_stats.npz``, or
+statistics computed once from any SMILES file and cached as a pickle-free ``.npz``.
+
+A :class:`ReferenceStats` holds what each metric compares against: ChemNet mean/covariance (FCD),
+Morgan fingerprints (SNN), BRICS fragment and Bemis–Murcko scaffold counts (Frag, Scaf), and
+logP/SA/QED/weight values (MOSES's Wasserstein-1 distances); optionally GuacaMol KL descriptors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medgen.chem.mol import canonical_smiles, parse_smiles
+from medgen.utils.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: MOSES's property distributions (name -> value), compared with the Wasserstein-1 distance
+PROPERTY_NAMES = ("logP", "SA", "QED", "weight")
+#: GuacaMol KL-divergence descriptors (RDKit descriptor names): 4 continuous, then 5 discrete
+KL_DESCRIPTORS = (
+    "BertzCT", "MolLogP", "MolWt", "TPSA",
+    "NumHAcceptors", "NumHDonors", "NumRotatableBonds", "NumAliphaticRings", "NumAromaticRings",
+)  # fmt: skip
+KL_CONTINUOUS = 4
+STATS_VERSION = 1
+
+
+@dataclass
+class ReferenceStats:
+    """Statistics of a reference set. Shapes: ``fcd_mu (512,)``, ``fcd_sigma (512, 512)``,
+    ``fps (N, 1024)`` uint8, ``kl_descriptors (M, 9)``, ``kl_internal_similarity (M,)``."""
+
+    name: str
+    fcd_mu: np.ndarray
+    fcd_sigma: np.ndarray
+    fps: np.ndarray
+    fragments: dict[str, int]
+    scaffolds: dict[str, int]
+    properties: dict[str, np.ndarray] = field(default_factory=dict)
+    kl_descriptors: np.ndarray | None = None
+    kl_internal_similarity: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# per-molecule features (run in worker processes over chunks)
+
+
+def compute_scaffold(mol, min_rings: int = 2) -> str | None:
+    """MOSES Scaf key: the Bemis–Murcko scaffold SMILES, or None if it has < ``min_rings`` rings."""
+    from rdkit import Chem
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+
+    try:
+        scaffold = MurckoScaffold.GetScaffoldForMol(mol)
+    except (ValueError, RuntimeError):
+        return None
+    text = Chem.MolToSmiles(scaffold)
+    if not text or scaffold.GetRingInfo().NumRings() < min_rings:
+        return None
+    return text
+
+
+def brics_fragments(mol) -> list[str]:
+    """SMILES of the fragments left after cutting ``mol`` at its BRICS bonds (MOSES Frag keys)."""
+    from rdkit import Chem
+    from rdkit.Chem import BRICS
+
+    return Chem.MolToSmiles(BRICS.BreakBRICSBonds(mol)).split(".")
+
+
+def molecule_features(smiles: Sequence[str], with_kl: bool = False) -> dict[str, Any]:
+    """Everything the metrics need from valid SMILES: packed fingerprints, fragments, scaffolds,
+    MOSES filter flags, property values and (``with_kl``) GuacaMol descriptors/fingerprints."""
+    from rdkit.Chem import Descriptors, QED, Crippen  # noqa: I001
+
+    from medgen.chem.alerts import moses_filters_pass
+    from medgen.chem.properties import sa_score
+    from medgen.chem.similarity import morgan_fingerprints
+
+    mols = [parse_smiles(s) for s in smiles]
+    bad = [s for s, m in zip(smiles, mols, strict=True) if m is None]
+    if bad:
+        raise ValueError(f"molecule_features needs valid SMILES; got {bad[0]!r}")
+    out: dict[str, Any] = {
+        "fps": np.packbits(morgan_fingerprints(mols), axis=1),
+        "fragments": [brics_fragments(m) for m in mols],
+        "scaffolds": [compute_scaffold(m) for m in mols],
+        "filters": [moses_filters_pass(m) for m in mols],
+        "logP": [Crippen.MolLogP(m) for m in mols],
+        "SA": [sa_score(m) for m in mols],
+        "QED": [QED.qed(m) for m in mols],
+        "weight": [Descriptors.MolWt(m) for m in mols],
+    }
+    if with_kl:
+        from rdkit.ML.Descriptors import MoleculeDescriptors
+
+        calc = MoleculeDescriptors.MolecularDescriptorCalculator(list(KL_DESCRIPTORS))
+        desc = np.array([calc.CalcDescriptors(m) for m in mols], dtype=np.float64)
+        out["kl_descriptors"] = np.nan_to_num(desc.reshape(len(mols), len(KL_DESCRIPTORS)))
+        out["kl_fps"] = np.packbits(morgan_fingerprints(mols, radius=2, n_bits=4096), axis=1)
+    return out
+
+
+def features(
+    smiles: Sequence[str], *, n_jobs: int = 1, chunk_size: int = 1000, with_kl: bool = False
+) -> dict[str, Any]:
+    """:func:`molecule_features` over a process pool, merged in input order."""
+    from medgen.chem.parallel import map_chunks
+
+    chunks = [list(smiles[i : i + chunk_size]) for i in range(0, len(smiles), chunk_size)]
+    merged: dict[str, list] = {}
+    for part in map_chunks(molecule_features, chunks, n_jobs=n_jobs, args=(with_kl,)):
+        for key, value in part.items():
+            merged.setdefault(key, []).append(value)
+    out: dict[str, Any] = {}
+    for key, parts in merged.items():
+        if key in ("fps", "kl_fps", "kl_descriptors"):
+            out[key] = np.concatenate(parts)
+        else:
+            out[key] = [v for part in parts for v in part]
+    if "fps" in out:
+        out["fps"] = np.unpackbits(out["fps"], axis=1)[:, :1024]
+    if "kl_fps" in out:
+        out["kl_fps"] = np.unpackbits(out["kl_fps"], axis=1)[:, :4096]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# building, saving and loading statistics
+
+
+def compute_reference_stats(
+    smiles: Sequence[str],
+    *,
+    name: str = "reference",
+    n_jobs: int = 1,
+    batch_size: int = 512,
+    device: str = "cpu",
+    kl_size: int = 10_000,
+    seed: int = 42,
+) -> ReferenceStats:
+    """Statistics of the valid molecules in ``smiles`` (canonicalized; invalid ones dropped).
+
+    GuacaMol descriptors use a random subset of ``kl_size`` unique molecules (seeded).
+    """
+    from medgen.chem.fcd import fcd_statistics
+
+    canon = [c for c in (canonical_smiles(s) for s in smiles) if c is not None]
+    if len(canon) < 2:
+        raise ValueError(f"reference {name!r} has {len(canon)} valid molecules; need at least 2")
+    feats = features(canon, n_jobs=n_jobs)
+    mu, sigma = fcd_statistics(canon, batch_size=batch_size, device=device)
+    kl_descriptors, kl_similarity = compute_kl_reference(
+        canon, n_jobs=n_jobs, size=kl_size, seed=seed
+    )
+    return ReferenceStats(
+        name=name,
+        fcd_mu=mu,
+        fcd_sigma=sigma,
+        fps=feats["fps"],
+        fragments=dict(Counter(f for frags in feats["fragments"] for f in frags)),
+        scaffolds=dict(Counter(s for s in feats["scaffolds"] if s is not None)),
+        properties={k: np.asarray(feats[k], dtype=np.float64) for k in PROPERTY_NAMES},
+        kl_descriptors=kl_descriptors,
+        kl_internal_similarity=kl_similarity,
+    )
+
+
+def compute_kl_reference(
+    smiles: Sequence[str], *, n_jobs: int = 1, size: int = 10_000, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray]:
+    """GuacaMol KL reference: descriptors ``(M, 9)`` and internal max similarity ``(M,)`` of a
+    seeded random subset of ``size`` unique molecules (stereo removed, as GuacaMol does)."""
+    from medgen.chem.similarity import internal_max_similarity
+
+    unique = sorted({c for c in (canonical_smiles(s, isomeric=False) for s in smiles) if c})
+    rng = np.random.default_rng(seed)
+    subset = [unique[i] for i in sorted(rng.permutation(len(unique))[:size])]
+    kl = features(subset, n_jobs=n_jobs, with_kl=True)
+    return kl["kl_descriptors"], internal_max_similarity(kl["kl_fps"])
+
+
+def cached_kl_reference(
+    path: str | os.PathLike, cache_dir: str | os.PathLike, *, size: int = 10_000, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`compute_kl_reference` of the SMILES file ``path``, cached in ``cache_dir``."""
+    from medgen.utils.provenance import file_sha256
+
+    path = Path(path)
+    key = hashlib.sha256(f"{file_sha256(path)}:kl:{size}:{STATS_VERSION}".encode()).hexdigest()
+    cache = Path(cache_dir) / f"{path.name.split('.')[0]}-kl-{key[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as data:
+            return data["descriptors"], data["internal_similarity"]
+    log.info("computing GuacaMol KL reference of %s (%d molecules)", path, size)
+    descriptors, similarity = compute_kl_reference(_read_smiles(path), size=size, **kwargs)
+    with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, descriptors=descriptors, internal_similarity=similarity)
+    return descriptors, similarity
+
+
+def _read_smiles(path: Path, smiles_column: str | None = None, limit: int | None = None):
+    from medgen.chem.io import read_molecules
+
+    return [
+        s
+        for chunk in read_molecules(path, smiles_column=smiles_column, limit=limit)
+        for s in chunk["smiles"].tolist()
+        if isinstance(s, str)
+    ]
+
+
+def save_stats(stats: ReferenceStats, path: str | os.PathLike) -> Path:
+    """Write ``stats`` to an ``.npz`` that loads without pickle."""
+    arrays: dict[str, np.ndarray] = {
+        "version": np.array(STATS_VERSION),
+        "name": np.array(stats.name),
+        "fcd_mu": stats.fcd_mu,
+        "fcd_sigma": stats.fcd_sigma,
+        "fps": np.packbits(stats.fps, axis=1),
+        "frag_keys": np.array(list(stats.fragments), dtype=str),
+        "frag_counts": np.array(list(stats.fragments.values()), dtype=np.int64),
+        "scaf_keys": np.array(list(stats.scaffolds), dtype=str),
+        "scaf_counts": np.array(list(stats.scaffolds.values()), dtype=np.int64),
+    }
+    arrays |= {f"prop_{k}": v for k, v in stats.properties.items()}
+    if stats.kl_descriptors is not None:
+        arrays["kl_descriptors"] = stats.kl_descriptors
+        arrays["kl_internal_similarity"] = stats.kl_internal_similarity
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return Path(path)
+
+
+def load_stats(path: str | os.PathLike) -> ReferenceStats:
+    """Load statistics written by :func:`save_stats` (``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as data:
+        if int(data["version"]) != STATS_VERSION:
+            raise ValueError(f"{path}: stats version {int(data['version'])}, need {STATS_VERSION}")
+        n_bits = 1024
+        return ReferenceStats(
+            name=str(data["name"]),
+            fcd_mu=data["fcd_mu"],
+            fcd_sigma=data["fcd_sigma"],
+            fps=np.unpackbits(data["fps"], axis=1)[:, :n_bits],
+            fragments=dict(
+                zip(data["frag_keys"].tolist(), data["frag_counts"].tolist(), strict=True)
+            ),
+            scaffolds=dict(
+                zip(data["scaf_keys"].tolist(), data["scaf_counts"].tolist(), strict=True)
+            ),
+            properties={k: data[f"prop_{k}"] for k in PROPERTY_NAMES if f"prop_{k}" in data},
+            kl_descriptors=data["kl_descriptors"] if "kl_descriptors" in data else None,
+            kl_internal_similarity=(
+                data["kl_internal_similarity"] if "kl_internal_similarity" in data else None
+            ),
+        )
+
+
+def load_moses_stats(path: str | os.PathLike, name: str | None = None) -> ReferenceStats:
+    """Load MOSES's precomputed ``test_stats.npz`` / ``test_scaffolds_stats.npz``.
+
+    These files hold a pickled dict, so they need ``allow_pickle=True``: only load the files that
+    ``medgen data moses`` unpacked from the pinned (sha256-checked) molsets wheel.
+    """
+    with np.load(path, allow_pickle=True) as data:
+        stats = data["stats"].item()
+    return ReferenceStats(
+        name=name or Path(path).stem.removesuffix("_stats"),
+        fcd_mu=np.asarray(stats["FCD"]["mu"]),
+        fcd_sigma=np.asarray(stats["FCD"]["sigma"]),
+        fps=np.asarray(stats["SNN"]["fps"], dtype=np.uint8),
+        fragments=dict(stats["Frag"]["frag"]),
+        scaffolds=dict(stats["Scaf"]["scaf"]),
+        properties={k: np.asarray(stats[k]["values"], dtype=np.float64) for k in PROPERTY_NAMES},
+    )
+
+
+def cached_reference_stats(
+    path: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    *,
+    smiles_column: str | None = None,
+    limit: int | None = None,
+    **kwargs: Any,
+) -> ReferenceStats:
+    """Statistics of the SMILES file ``path``, computed once and cached in ``cache_dir`` under a
+    key made of the file's sha256, ``limit`` and the stats version."""
+    from medgen.utils.provenance import file_sha256
+
+    path = Path(path)
+    key = hashlib.sha256(f"{file_sha256(path)}:{limit}:{STATS_VERSION}".encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"{path.name.split('.')[0]}-{key}.npz"
+    if cache.is_file():
+        log.info("reference statistics from cache %s", cache)
+        return load_stats(cache)
+    smiles = _read_smiles(path, smiles_column, limit)
+    log.info("computing reference statistics of %s (%d SMILES)", path, len(smiles))
+    stats = compute_reference_stats(smiles, name=path.name.split(".")[0], **kwargs)
+    save_stats(stats, cache)
+    log.info("cached reference statistics in %s", cache)
+    return stats

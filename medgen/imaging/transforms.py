@@ -1,0 +1,157 @@
+"""MONAI transform pipeline for users' NIfTI scans, and checks that name the offending file.
+
+Pipeline (dictionary transforms on ``{"image": path, "label": path?, ...}``):
+``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``Orientationd("RAS")`` -> ``Spacingd`` (target mm; bilinear
+for images, nearest for labels) -> intensity mapping to [-1, 1] (``ScaleIntensityRanged``, or
+:class:`UnitIntensityd` for per-volume percentiles) -> crop/pad
+(``ResizeWithPadOrCropd``, padding with -1 = the bottom of the intensity range) or ``Resized`` to the
+training shape -> :class:`ToScanItemd` (plain tensors: ``image`` (1, D, H, W) float32, ``label``
+(1, D, H, W) int64, ``affine`` (4, 4) float64 RAS mm, ``source`` path).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medgen.imaging.intensity import IntensityMapping
+
+SHAPE_MODES = ("crop_pad", "resize")
+
+
+class UnitIntensityd:
+    """Map ``data[key]`` to [-1, 1] with :meth:`IntensityMapping.to_unit` (per-volume percentiles;
+    a constant volume maps to -1 instead of dividing by zero as MONAI's percentile scaling does)."""
+
+    def __init__(self, key: str, mapping: IntensityMapping) -> None:
+        self.key, self.mapping = key, mapping
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        out[self.key] = self.mapping.to_unit(data[self.key])
+        return out
+
+
+class ToScanItemd:
+    """Turn MONAI's MetaTensors into medgen's plain scan item (see module docstring)."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[str, Any]:
+        image = data["image"]
+        affine = getattr(image, "affine", None)
+        if affine is None:
+            raise ValueError(f"{data.get('source')}: the loaded image carries no affine")
+        item: dict[str, Any] = {
+            "image": torch.as_tensor(np.asarray(image), dtype=torch.float32).contiguous(),
+            "affine": torch.as_tensor(np.asarray(affine), dtype=torch.float64).clone(),
+            "source": str(data.get("source", "")),
+        }
+        if data.get("label") is not None:
+            label = torch.as_tensor(np.asarray(data["label"])).round().to(torch.int64)
+            item["label"] = label.contiguous()
+        if data.get("class_label") is not None:
+            item["class_label"] = int(data["class_label"])
+        return item
+
+
+def build_nifti_transforms(
+    *,
+    spatial_size: Sequence[int],
+    spacing: Sequence[float],
+    intensity: IntensityMapping,
+    shape_mode: str = "crop_pad",
+    with_label: bool = False,
+):
+    """The MONAI ``Compose`` that maps a NIfTI (image[, label]) to a training item of fixed shape."""
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        LoadImaged,
+        Orientationd,
+        Resized,
+        ResizeWithPadOrCropd,
+        Spacingd,
+    )
+
+    if shape_mode not in SHAPE_MODES:
+        raise ValueError(f"data.shape_mode must be one of {SHAPE_MODES}, got {shape_mode!r}")
+    keys = ["image", "label"] if with_label else ["image"]
+    interp = ("bilinear", "nearest") if with_label else ("bilinear",)
+    transforms = [
+        LoadImaged(keys=keys, image_only=True),
+        EnsureChannelFirstd(keys=keys),
+        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Spacingd(keys=keys, pixdim=tuple(float(s) for s in spacing), mode=interp),
+        UnitIntensityd("image", intensity)
+        if intensity.kind == "percentile"
+        else intensity.monai_transform("image"),
+    ]
+    size = tuple(int(s) for s in spatial_size)
+    if shape_mode == "crop_pad":
+        transforms.append(ResizeWithPadOrCropd(keys="image", spatial_size=size, value=-1.0))
+        if with_label:
+            transforms.append(ResizeWithPadOrCropd(keys="label", spatial_size=size, value=0))
+    else:
+        transforms.append(Resized(keys=keys, spatial_size=size, mode=("trilinear", "nearest")[
+            : len(keys)]))
+    transforms.append(ToScanItemd())
+    return Compose(transforms)
+
+
+def check_nifti(path: str | os.PathLike, *, role: str = "image") -> tuple[int, ...]:
+    """Check that ``path`` is a readable 3D NIfTI volume; return its spatial shape.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the path and the reason (missing, empty,
+    corrupt, or a shape that cannot be mapped to a single-channel 3D training volume).
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{role} file not found: {p}")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{role} file is empty: {p}")
+    try:
+        img = nib.load(str(p))
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as err:  # nibabel raises several types for truncated / foreign files
+        raise ValueError(f"{role} file is not a readable NIfTI volume: {p} ({err})") from err
+    spatial = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+    if len(spatial) != 3:
+        raise ValueError(
+            f"{role} {p} has shape {shape}: it cannot be mapped to a single-channel 3D training "
+            "volume (need 3 spatial dims, or 4 with a last dim of 1)"
+        )
+    if min(spatial) < 2:
+        raise ValueError(f"{role} {p} has shape {shape}: a spatial dim below 2 voxels cannot be "
+                         "resampled to the training shape")
+    return spatial
+
+
+def check_pair(image: str | os.PathLike, label: str | os.PathLike | None) -> None:
+    """Check an image (and its label map, if any); a label whose shape differs names both files."""
+    shape = check_nifti(image, role="image")
+    if label is None:
+        return
+    lshape = check_nifti(label, role="label")
+    if lshape != shape:
+        raise ValueError(
+            f"label map {label} has shape {lshape} but its image {image} has shape {shape}"
+        )
+
+
+def percentile_reference(paths: Sequence[str | os.PathLike], lo: float, hi: float) -> tuple[float, float]:
+    """Median over ``paths`` of each volume's ``lo``-th / ``hi``-th percentile (source units)."""
+    import nibabel as nib
+
+    los, his = [], []
+    for p in paths:
+        data = np.asarray(nib.load(str(p)).dataobj, dtype=np.float32)
+        a, b = np.percentile(data, [lo, hi])
+        los.append(float(a))
+        his.append(float(b))
+    return float(np.median(los)), float(np.median(his))

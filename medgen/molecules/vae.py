@@ -1,0 +1,371 @@
+"""Graph VAE: message-passing encoder and an autoregressive graph decoder with valence masks.
+
+Plain torch rather than PyTorch Geometric: drug-like molecules have at most a few dozen heavy atoms,
+so padded dense tensors (``(B, N, N)`` adjacency, batched matmuls) are simple and fast on CPU, and
+the decoder's step-by-step masking needs dense per-molecule state anyway. It saves a dependency.
+
+Decoding (Li et al. 2018, "Learning Deep Generative Models of Graphs", with a GRU state as in
+GraphRNN, You et al. 2018) builds atoms in the DFS order of :mod:`medgen.molecules.graph`. At step
+``j``:
+
+1. atom type or STOP, from the GRU state ``h_j`` (conditioned on ``z``);
+2. for ``j > 0``: the parent, a pointer over earlier atoms, and the bond order to it;
+3. ring closures: for each earlier atom ``i`` below the parent, bond order in {none, 1, 2, 3}.
+
+Every choice is masked by the remaining bond capacity of both atoms (RDKit's valence rules, see
+:func:`medgen.molecules.graph.bond_capacity`). Each new atom must bond to its parent, so the graph
+is one connected molecule, and no atom ever exceeds its valence, so it sanitizes: validity holds by
+construction, with no repair afterwards. Training uses the same masks (teacher forcing).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgen.molecules.graph import MAX_BOND_ORDER, GraphBatch
+
+NEG = -1e9  # masked logit (finite so that 0 * NEG stays 0 in losses)
+MAX_DIST = 16  # relative-position buckets for (j - i)
+MAX_REM = 8  # remaining-capacity buckets
+
+
+class GraphEncoder(nn.Module):
+    """Message passing over atoms and typed bonds, summed into a latent Gaussian.
+
+    ``forward(atoms (B, N), adj (B, N, N)) -> (mu (B, L), logvar (B, L))``.
+    """
+
+    def __init__(self, *, n_types: int, hidden_dim: int, latent_dim: int, layers: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(n_types + 1, hidden_dim)  # last row: padding
+        self.messages = nn.ModuleList(
+            nn.Linear(hidden_dim, MAX_BOND_ORDER * hidden_dim) for _ in range(layers)
+        )
+        self.updates = nn.ModuleList(
+            nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.SiLU()) for _ in range(layers)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(layers))
+        self.readout = nn.Sequential(
+            nn.Linear(2 * hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 2 * latent_dim)
+        )
+
+    def forward(self, atoms: torch.Tensor, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = (atoms >= 0).unsqueeze(-1).float()  # (B, N, 1)
+        h = self.embed(atoms.clamp(min=0)) * mask  # (B, N, H)
+        # one adjacency per bond order: (B, 3, N, N)
+        a = torch.stack([(adj == k).float() for k in range(1, MAX_BOND_ORDER + 1)], dim=1)
+        for msg, upd, norm in zip(self.messages, self.updates, self.norms, strict=True):
+            b, n, hd = h.shape
+            w = msg(h).view(b, n, MAX_BOND_ORDER, hd).transpose(1, 2)  # (B, 3, N, H)
+            m = (a @ w).sum(1)  # (B, N, H)
+            h = norm(h + upd(torch.cat([h, m], -1))) * mask
+        count = mask.sum(1).clamp(min=1)
+        pooled = torch.cat([h.sum(1) / math.sqrt(h.shape[1] or 1), h.sum(1) / count], -1)
+        mu, logvar = self.readout(pooled).chunk(2, dim=-1)
+        return mu, logvar.clamp(-10, 5)
+
+
+class GraphDecoder(nn.Module):
+    """Autoregressive graph decoder; see the module docstring for the procedure."""
+
+    def __init__(
+        self,
+        *,
+        n_types: int,
+        capacity: torch.Tensor,
+        max_atoms: int,
+        hidden_dim: int,
+        latent_dim: int,
+        pair_dim: int = 64,
+    ):
+        super().__init__()
+        self.n_types, self.max_atoms = n_types, max_atoms
+        self.stop = n_types  # STOP is the last atom class
+        self.register_buffer("capacity", capacity.long().clone(), persistent=False)
+        self.start = nn.Parameter(torch.zeros(hidden_dim))
+        self.in_type = nn.Embedding(n_types, hidden_dim)
+        self.in_order = nn.Embedding(MAX_BOND_ORDER + 1, hidden_dim)
+        self.in_closures = nn.Embedding(4, hidden_dim)
+        self.init_h = nn.Linear(latent_dim, hidden_dim)
+        # one GRU: over whole sequences for teacher forcing, one step at a time for sampling
+        self.gru = nn.GRU(hidden_dim + latent_dim, hidden_dim, batch_first=True)
+        self.atom_head = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, n_types + 1)
+        )
+        self.query_type = nn.Embedding(n_types, hidden_dim)
+        self.pair_q = nn.Linear(hidden_dim, pair_dim)
+        self.pair_k = nn.Linear(hidden_dim, pair_dim, bias=False)
+        self.pair_rem = nn.Embedding(MAX_REM + 1, pair_dim)
+        self.pair_dist = nn.Embedding(MAX_DIST + 1, pair_dim)
+        self.parent_head = nn.Linear(pair_dim, 1 + MAX_BOND_ORDER)  # pointer score + 3 orders
+        self.closure_head = nn.Linear(pair_dim, 1 + MAX_BOND_ORDER)  # none + 3 orders
+        self.closure_rem = nn.Embedding(MAX_REM + 1, 1 + MAX_BOND_ORDER)
+
+    # ----------------------------------------------------------------------------- shared pieces
+    def _pairs(self, q: torch.Tensor, keys: torch.Tensor, rem: torch.Tensor, dist: torch.Tensor):
+        """Pair features ``relu(Wq q_j + Wk m_i + E[rem_i] + E[j - i])``: (..., pair_dim).
+
+        ``keys`` are the projected ``Wk m_i`` (projected once per atom, not once per pair).
+        """
+        return F.relu(
+            self.pair_q(q).unsqueeze(-2)
+            + keys
+            + self.pair_rem(rem.clamp(0, MAX_REM))
+            + self.pair_dist(dist.clamp(0, MAX_DIST))
+        )
+
+    def _atom_mask(self, step: int | torch.Tensor, open_: torch.Tensor) -> torch.Tensor:
+        """Allowed atom classes (..., K + 1) at ``step``; ``open_``: an earlier atom can still bond.
+
+        Step 0: any type, no STOP. Later: STOP, plus types with capacity >= 1 if some earlier atom
+        can still bond. At ``max_atoms``: only STOP.
+        """
+        step = torch.as_tensor(step, device=open_.device)
+        bondable = torch.cat([self.capacity >= 1, self.capacity.new_ones(1, dtype=torch.bool)])
+        first = torch.cat([self.capacity >= 0, self.capacity.new_zeros(1, dtype=torch.bool)])
+        only_stop = torch.zeros_like(first)
+        only_stop[-1] = True
+        later = torch.where(open_.unsqueeze(-1), bondable, only_stop)
+        mask = torch.where((step == 0).unsqueeze(-1), first, later)
+        return torch.where((step >= self.max_atoms).unsqueeze(-1), only_stop, mask)
+
+    @staticmethod
+    def _order_mask(limit: torch.Tensor, with_none: bool) -> torch.Tensor:
+        """(..., 3 or 4) allowed bond orders 1..3 (preceded by 'none') given a capacity limit."""
+        orders = torch.arange(1, MAX_BOND_ORDER + 1, device=limit.device)
+        mask = orders <= limit.unsqueeze(-1)
+        if with_none:
+            mask = torch.cat([torch.ones_like(mask[..., :1]), mask], -1)
+        return mask
+
+    # ----------------------------------------------------------------------------- training
+    def log_likelihood(self, z: torch.Tensor, batch: GraphBatch) -> dict[str, torch.Tensor]:
+        """Teacher-forced log-likelihood terms per molecule, each ``(B,)`` in nats."""
+        atoms, adj, n_atoms = batch
+        bsz, n = atoms.shape
+        dev = atoms.device
+        idx = torch.arange(n, device=dev)
+        valid = idx < n_atoms.unsqueeze(1)  # (B, N)
+        t = atoms.clamp(min=0)
+        lower = torch.tril(adj, diagonal=-1)  # (B, j, i): bond of atom j to earlier atom i
+        earlier = lower > 0
+        # parent = latest earlier neighbour (DFS tree parent); -1 for the first atom
+        parent = torch.where(earlier, idx, -1).amax(-1)  # (B, N)
+        has_parent = (parent >= 0) & valid
+        p = parent.clamp(min=0)
+        p_order = lower.gather(2, p.unsqueeze(-1)).squeeze(-1) * has_parent  # (B, N)
+        closures = earlier & (idx < parent.unsqueeze(-1))  # (B, j, i) ring-closure bonds
+        n_clos = closures.sum(-1)
+
+        # GRU inputs: step j sees what step j - 1 emitted
+        x = self.in_type(t) + self.in_order(p_order) + self.in_closures(n_clos.clamp(max=3))
+        x = torch.cat([self.start.expand(bsz, 1, -1), x], 1)  # (B, N + 1, H)
+        zz = z.unsqueeze(1).expand(-1, n + 1, -1)
+        h, _ = self.gru(torch.cat([x, zz], -1), torch.tanh(self.init_h(z)).unsqueeze(0))
+
+        # atom type / STOP at steps 0..N
+        cap = self.capacity[t] * valid  # (B, N)
+        # used[b, i, j]: bond orders of atom i to atoms k < j, for steps j = 0..N
+        adj_pad = F.pad(adj, (0, 1))
+        used = torch.cumsum(adj_pad, dim=-1) - adj_pad
+        rem_all = (cap.unsqueeze(-1) - used).transpose(1, 2)  # (B, N + 1, N): rem of i before j
+        steps = torch.arange(n + 1, device=dev)
+        before = idx < steps.unsqueeze(-1)  # (N + 1, N)
+        open_ = ((rem_all >= 1) & before & valid.unsqueeze(1)).any(-1)  # (B, N + 1)
+        rem = rem_all[:, :n]  # (B, j, i)
+        amask = self._atom_mask(steps.expand(bsz, -1), open_)
+        target = torch.where(steps < n_atoms.unsqueeze(1), torch.cat([t, t[:, :1]], 1), self.stop)
+        logits = self.atom_head(h).masked_fill(~amask, NEG)
+        step_ok = steps <= n_atoms.unsqueeze(1)
+        ll_atoms = -F.cross_entropy(logits.transpose(1, 2), target, reduction="none") * step_ok
+
+        # pairs (j, i) for atoms j < n, using the query after the type is chosen
+        q = h[:, :n] + self.query_type(t)  # (B, N, H)
+        dist = idx.unsqueeze(-1) - idx  # (j, i)
+        pairs = self._pairs(q, self.pair_k(q).unsqueeze(1), rem, dist)  # (B, j, i, P)
+        below = (idx < idx.unsqueeze(-1)) & valid.unsqueeze(1) & valid.unsqueeze(-1)
+        par_out = self.parent_head(pairs)  # (B, j, i, 4)
+        ptr = par_out[..., 0].masked_fill(~(below & (rem >= 1)), NEG)
+        ll_parent = -F.cross_entropy(ptr.transpose(1, 2), p, reduction="none") * has_parent
+        rem_p = rem.gather(2, p.unsqueeze(-1)).squeeze(-1)
+        cap_j = self.capacity[t]
+        omask = self._order_mask(torch.minimum(rem_p, cap_j), with_none=False)
+        ologits = par_out.gather(2, p[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)[..., 1:]
+        ologits = ologits.masked_fill(~omask, NEG)
+        ll_order = (
+            -F.cross_entropy(ologits.transpose(1, 2), (p_order - 1).clamp(min=0), reduction="none")
+            * has_parent
+        )
+
+        # ring closures i < parent(j), in increasing i; j's capacity shrinks as they are made
+        clos_bonds = lower * (idx < parent.unsqueeze(-1))
+        rem_j = (cap_j - p_order).unsqueeze(-1) - (torch.cumsum(clos_bonds, -1) - clos_bonds)
+        cmask = self._order_mask(torch.minimum(rem, rem_j), with_none=True)
+        clogits = self.closure_head(pairs) + self.closure_rem(rem_j.clamp(0, MAX_REM))
+        clogits = clogits.masked_fill(~cmask, NEG)
+        in_scope = (idx < parent.unsqueeze(-1)) & has_parent.unsqueeze(-1)
+        ll_clos = -F.cross_entropy(clogits.permute(0, 3, 1, 2), clos_bonds, reduction="none")
+        ll_clos = (ll_clos * in_scope).sum(-1)
+
+        return {
+            "atoms": ll_atoms.sum(1),
+            "parents": ll_parent.sum(1),
+            "orders": ll_order.sum(1),
+            "closures": ll_clos.sum(1),
+        }
+
+    # ----------------------------------------------------------------------------- sampling
+    def noise_width(self) -> int:
+        """Uniform numbers one decoding step consumes (atom, parent, order, closures)."""
+        return (self.n_types + 1) + self.max_atoms + MAX_BOND_ORDER + 4 * self.max_atoms
+
+    @torch.no_grad()
+    def sample(
+        self,
+        z: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        uniforms: Callable[[int], torch.Tensor] | torch.Tensor | None = None,
+    ) -> GraphBatch:
+        """Decode latents ``z (B, L)`` into graphs, batched across molecules.
+
+        Each choice is ``argmax(logits / T + Gumbel(u))`` over the allowed options (Gumbel-max
+        sampling); ``temperature=0`` is greedy. ``uniforms`` is a ``(B, max_atoms + 1, W)`` tensor
+        of numbers in (0, 1) with ``W = noise_width()`` (so each molecule's draws depend only on
+        its own noise, whatever the batch), or None to draw them with torch's global RNG.
+        """
+        bsz, dev = z.shape[0], z.device
+        m = self.max_atoms
+        if uniforms is None:
+            uniforms = torch.rand(bsz, m + 1, self.noise_width(), device=dev)
+        k1 = self.n_types + 1
+        gumbels = -torch.log(-torch.log(uniforms.clamp(1e-10, 1 - 1e-7)))
+        # allowed {none, 1, 2, 3} for a capacity limit 0..3: row v allows none and orders <= v
+        closure_table = self._order_mask(torch.arange(MAX_BOND_ORDER + 1, device=dev), True)
+
+        def choose(logits: torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+            logits = logits.masked_fill(~mask, NEG)
+            if temperature > 0:
+                logits = logits / temperature + g
+            return logits.argmax(-1)
+
+        atoms = torch.full((bsz, m), -1, dtype=torch.long, device=dev)
+        adj = torch.zeros((bsz, m, m), dtype=torch.long, device=dev)
+        rem = torch.zeros((bsz, m), dtype=torch.long, device=dev)
+        keys = torch.zeros((bsz, m, self.pair_k.out_features), device=dev)
+        done = torch.zeros(bsz, dtype=torch.bool, device=dev)
+        n_atoms = torch.zeros(bsz, dtype=torch.long, device=dev)
+        rows = torch.arange(bsz, device=dev)
+        state = torch.tanh(self.init_h(z)).unsqueeze(0)  # (1, B, H)
+        x = self.start.expand(bsz, -1)
+        for j in range(m + 1):
+            u = gumbels[:, j]
+            out, state = self.gru(torch.cat([x, z], -1).unsqueeze(1), state)
+            h = out[:, 0]
+            open_ = (rem[:, :j] >= 1).any(-1) if j else torch.zeros_like(done)
+            t = choose(self.atom_head(h), self._atom_mask(j, open_), u[:, :k1])
+            done = done | (t == self.stop)
+            if j == m or bool(done.all()):
+                break
+            live = ~done
+            t = t.clamp(max=self.n_types - 1)
+            atoms[:, j] = torch.where(live, t, -1)
+            n_atoms += live.long()
+            cap = self.capacity[t]
+            q = h + self.query_type(t)
+            keys[:, j] = self.pair_k(q)
+            p_order = torch.zeros_like(t)
+            n_clos = torch.zeros_like(t)
+            if j > 0:
+                dist = j - torch.arange(j, device=dev)
+                pairs = self._pairs(q, keys[:, :j], rem[:, :j], dist)  # (B, j, P)
+                par_out = self.parent_head(pairs)
+                off = k1
+                p = choose(par_out[..., 0], rem[:, :j] >= 1, u[:, off : off + j])
+                off += m
+                rem_p = rem[rows, p]
+                omask = self._order_mask(torch.minimum(rem_p, cap), with_none=False)
+                ologits = par_out[rows, p, 1:]
+                p_order = (choose(ologits, omask, u[:, off : off + MAX_BOND_ORDER]) + 1) * live
+                off += MAX_BOND_ORDER
+                adj[rows, j, p] = torch.where(live, p_order, adj[rows, j, p])
+                adj[rows, p, j] = adj[rows, j, p]
+                rem[rows, p] -= p_order
+                rem_j = cap - p_order
+                base = self.closure_head(pairs)  # (B, j, 4)
+                rem_bias = self.closure_rem.weight
+                last = int(p[live].max()) if bool(live.any()) else 0
+                for i in range(last):  # closures go to atoms below the parent (i < p)
+                    act = live & (i < p)
+                    cl = base[:, i] + rem_bias[rem_j.clamp(0, MAX_REM)]
+                    cmask = closure_table[torch.minimum(rem[:, i], rem_j).clamp(0, MAX_BOND_ORDER)]
+                    o = choose(cl, cmask, u[:, off + 4 * i : off + 4 * i + 4]) * act
+                    adj[:, j, i] = torch.where(act, o, adj[:, j, i])
+                    adj[:, i, j] = adj[:, j, i]
+                    rem[:, i] -= o
+                    rem_j = rem_j - o
+                    n_clos += (o > 0).long()
+                rem[:, j] = torch.where(live, rem_j, 0)
+            else:
+                rem[:, 0] = torch.where(live, cap, 0)
+            x = self.in_type(t) + self.in_order(p_order) + self.in_closures(n_clos.clamp(max=3))
+        size = int(n_atoms.max()) if bsz else 0
+        return GraphBatch(atoms[:, :size], adj[:, :size, :size], n_atoms)
+
+
+class GraphVAE(nn.Module):
+    """Encoder + decoder; ``capacity (K,)`` is the vocabulary's bond capacity per atom type."""
+
+    def __init__(
+        self,
+        *,
+        capacity: torch.Tensor,
+        max_atoms: int,
+        latent_dim: int = 56,
+        hidden_dim: int = 256,
+        encoder_layers: int = 3,
+        pair_dim: int = 64,
+    ):
+        super().__init__()
+        n_types = int(capacity.numel())
+        self.latent_dim = latent_dim
+        self.encoder = GraphEncoder(
+            n_types=n_types, hidden_dim=hidden_dim, latent_dim=latent_dim, layers=encoder_layers
+        )
+        self.decoder = GraphDecoder(
+            n_types=n_types,
+            capacity=capacity,
+            max_atoms=max_atoms,
+            hidden_dim=hidden_dim,
+            latent_dim=latent_dim,
+            pair_dim=pair_dim,
+        )
+
+    def encode(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)``, each ``(B, L)``."""
+        return self.encoder(batch.atoms, batch.adj)
+
+    def forward(self, batch: GraphBatch, sample_z: bool | None = None) -> dict[str, torch.Tensor]:
+        """Batch means in nats per molecule: ``recon``, ``kl`` and the parts of ``recon``.
+
+        ``z`` is drawn from ``q(z|x)`` when ``sample_z`` (default: in training mode), else the mean.
+        """
+        mu, logvar = self.encode(batch)
+        if sample_z is None:
+            sample_z = self.training
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample_z else mu
+        ll = self.decoder.log_likelihood(z, batch)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
+        out = {f"nll_{k}": -v.mean() for k, v in ll.items()}
+        out["recon"] = -sum(ll.values()).mean()
+        out["kl"] = kl.mean()
+        return out
+
+    def sample(self, z: torch.Tensor, **kwargs) -> GraphBatch:
+        """Decode ``z (B, L)``; see :meth:`GraphDecoder.sample`."""
+        return self.decoder.sample(z, **kwargs)

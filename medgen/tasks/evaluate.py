@@ -1,0 +1,118 @@
+"""``medgen evaluate``: MOSES and GuacaMol distribution metrics for a file of generated SMILES."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from medgen.utils.atomic import atomic_write_json
+from medgen.utils.logging import get_logger
+from medgen.utils.provenance import file_sha256, provenance
+
+log = get_logger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Score ``cfg.samples`` against ``cfg.reference`` (``moses`` or a SMILES file) and
+    ``cfg.train``; log a table and write ``metrics.json`` (to ``cfg.out`` or the run dir)."""
+    from medgen.chem.evaluation import evaluate_smiles
+    from medgen.chem.properties import default_n_jobs
+    from medgen.chem.reference import _read_smiles
+
+    samples = Path(cfg.samples)
+    if not samples.is_file():
+        raise FileNotFoundError(f"samples file not found: {samples}")
+    smiles = _read_smiles(samples, cfg.get("smiles_column"), cfg.get("limit"))
+    log.info("%s: %d generated SMILES", samples, len(smiles))
+    n_jobs = cfg.n_jobs or default_n_jobs()
+    references, kl_reference = _references(cfg, n_jobs)
+    train = _train_set(cfg)
+    metrics = evaluate_smiles(
+        smiles,
+        references=references,
+        train=train,
+        kl_reference=kl_reference,
+        k=list(cfg.k),
+        n_jobs=n_jobs,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        kl_size=cfg.kl_size,
+    )
+    log.info("metrics of %s:\n%s", samples, format_table(metrics))
+    out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.output_dir) / "metrics.json"
+    record: dict[str, Any] = {
+        "metrics": metrics,
+        "samples": str(samples),
+        "samples_sha256": file_sha256(samples),
+        "n_samples": len(smiles),
+        "reference": str(cfg.reference),
+        "train": None if cfg.get("train") is None else str(cfg.train),
+        "provenance": provenance(cfg),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    atomic_write_json(out, record)
+    log.info("wrote %s", out)
+    return metrics
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """Two aligned columns, metric then value."""
+    width = max(map(len, metrics), default=0)
+    return "\n".join(f"  {name:<{width}}  {value:10.4f}" for name, value in metrics.items())
+
+
+def _references(cfg: DictConfig, n_jobs: int):
+    """``({name: ReferenceStats}, kl_reference or None)`` for ``cfg.reference``."""
+    from medgen.chem.reference import (
+        cached_kl_reference,
+        cached_reference_stats,
+        load_moses_stats,
+    )
+    from medgen.datasets import moses_path
+
+    if cfg.reference is None:
+        return {}, None
+    data_dir = cfg.paths.data_dir
+    cache_dir = Path(data_dir) / "cache" / "reference"
+    kwargs = {"n_jobs": n_jobs, "batch_size": cfg.batch_size, "device": cfg.device}
+    if str(cfg.reference) == "moses":
+        references = {
+            "Test": load_moses_stats(moses_path("test_stats", data_dir), "Test"),
+            "TestSF": load_moses_stats(moses_path("test_scaffolds_stats", data_dir), "TestSF"),
+        }
+        kl_source = moses_path("test", data_dir)
+    else:
+        kl_source = Path(cfg.reference)
+        if not kl_source.is_file():
+            raise FileNotFoundError(
+                f"reference must be 'moses' or a SMILES file; {kl_source} not found"
+            )
+        name = cfg.get("reference_name") or "Ref"
+        references = {name: cached_reference_stats(kl_source, cache_dir, **kwargs)}
+    kl_reference = None
+    if cfg.guacamol:
+        kl_reference = cached_kl_reference(kl_source, cache_dir, size=cfg.kl_size, n_jobs=n_jobs)
+    return references, kl_reference
+
+
+def _train_set(cfg: DictConfig) -> set[str] | None:
+    from medgen.chem.reference import _read_smiles
+    from medgen.datasets import moses_path
+
+    if cfg.get("train") is None:
+        return None
+    path = moses_path("train", cfg.paths.data_dir) if str(cfg.train) == "moses" else Path(cfg.train)
+    if not path.is_file():
+        raise FileNotFoundError(f"train must be 'moses' or a SMILES file; {path} not found")
+    train = set(_read_smiles(path))
+    log.info("novelty against %d training SMILES from %s", len(train), path)
+    return train
+
+
+if __name__ == "__main__":
+    from medgen.cli import main
+
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

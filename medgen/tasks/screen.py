@@ -1,0 +1,54 @@
+"""``medgen screen``: streaming, parallel scoring and filtering of a molecule file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from medgen.utils.atomic import atomic_write_json
+from medgen.utils.logging import get_logger
+from medgen.utils.provenance import provenance
+
+log = get_logger(__name__)
+
+
+def screen(cfg: DictConfig) -> dict:
+    """Screen ``cfg.input`` into ``cfg.out``; returns the summary (also written as JSON to the run
+    dir and beside ``out`` as ``<name>.summary.json``)."""
+    from medgen.chem.screen import screen_file
+
+    def plain(value):
+        return None if value is None else list(OmegaConf.to_container(value, resolve=True))
+
+    summary = screen_file(
+        cfg.input,
+        cfg.out,
+        rejects=cfg.get("rejects"),
+        smiles_column=cfg.get("smiles_column"),
+        rules=plain(cfg.rules) or [],
+        ranges=plain(cfg.ranges) or [],
+        dedup=bool(cfg.dedup),
+        sort_by=cfg.get("sort_by"),
+        descending=bool(cfg.descending),
+        top_k=cfg.get("top_k"),
+        groups=plain(cfg.get("properties")),
+        n_jobs=cfg.get("n_jobs"),
+        chunk_size=int(cfg.chunk_size),
+        limit=cfg.get("limit"),
+        progress=bool(cfg.progress),
+    )
+    log.info("screening summary:\n%s", summary.table())
+    record = {"summary": summary.as_dict(), "provenance": provenance(cfg)}
+    record["config"] = OmegaConf.to_container(cfg, resolve=True)
+    out = Path(cfg.out)
+    atomic_write_json(out.with_name(f"{out.name.split('.')[0]}.summary.json"), record)
+    atomic_write_json(Path(cfg.paths.output_dir) / "summary.json", record)
+    return summary.as_dict()
+
+
+if __name__ == "__main__":
+    from medgen.cli import main
+
+    sys.exit(main(["screen", *sys.argv[1:]]))

@@ -1,0 +1,54 @@
+"""A 2-process CPU (Gloo) run draws exactly n distinct samples, each once (in a subprocess)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import nibabel as nib
+import numpy as np
+
+from medgen.imaging.export import to_source_units
+from medgen.imaging.sample import generate
+from medgen.utils.provenance import file_sha256
+
+from .helpers import StandIn, spec_for, temporaries
+
+
+def test_two_ranks_draw_each_sample_exactly_once(tmp_path, repo_root):
+    out, n = tmp_path / "synth", 7
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.sampling.ddp_run", str(out), str(n)],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    summaries = [json.loads(line[8:]) for line in lines if line.startswith("SUMMARY ")]
+    assert len(summaries) == 2  # both ranks finished
+    assert sum(s["written"] for s in summaries) == n
+    sidecars = [json.loads(p.read_text()) for p in (out / "images").glob("sample_*.json")]
+    assert sorted(s["index"] for s in sidecars) == list(range(n))
+    assert Counter(s["rank"] for s in sidecars) == {0: 4, 1: 3}  # every other index per rank
+    assert len({s["sha256"] for s in sidecars}) == n  # n distinct volumes
+    with open(out / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["index"]) for r in rows] == list(range(n))
+    assert all(file_sha256(out / r["file"]) == r["sha256"] for r in rows)
+    assert temporaries(out) == []
+    # the same volumes as one process drawing them all in one batch (1 HU: float rounding)
+    module = StandIn()
+    spec = spec_for(module, seed=5, steps=2)
+    expected = generate(module, n, seed=5, steps=2, batch_size=n)
+    for i in range(n):
+        data = np.asarray(nib.load(out / f"images/sample_{i:05d}.nii.gz").dataobj).astype(int)
+        assert np.abs(data - to_source_units(expected[i], spec).astype(int)).max() <= 1
