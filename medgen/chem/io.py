@@ -171,14 +171,14 @@ def _read_parquet(
 
 
 def _read_sdf(path: Path, *, chunk_size: int, **_: Any) -> Iterator[pd.DataFrame]:
-    """SDF records, one at a time; a record RDKit cannot read gets ``smiles=None``."""
+    """SDF records, streamed; a record RDKit cannot read gets ``smiles=None``."""
     from rdkit import Chem, rdBase
 
     rows: list[dict[str, Any]] = []
     tags: list[str] | None = None
-    with _open_text(path) as fh, rdBase.BlockLogs():
-        for record, block in enumerate(_sdf_records(fh), start=1):
-            mol = Chem.MolFromMolBlock(block)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh, rdBase.BlockLogs():
+        for record, mol in enumerate(Chem.ForwardSDMolSupplier(fh), start=1):
             row: dict[str, Any] = {"line": record, "smiles": None, "name": ""}
             if mol is not None:
                 row["smiles"] = Chem.MolToSmiles(mol)
@@ -199,18 +199,6 @@ def _read_sdf(path: Path, *, chunk_size: int, **_: Any) -> Iterator[pd.DataFrame
 def _sdf_frame(rows: list[dict[str, Any]], tags: list[str] | None) -> pd.DataFrame:
     columns = ["line", "smiles", "name", *(tags or [])]
     return pd.DataFrame(rows, columns=columns).fillna({c: "" for c in columns[2:]})
-
-
-def _sdf_records(fh: IO[str]) -> Iterator[str]:
-    block: list[str] = []
-    for line in fh:
-        if line.startswith("$$$$"):
-            yield "".join(block)
-            block = []
-        else:
-            block.append(line)
-    if "".join(block).strip():
-        yield "".join(block)
 
 
 class MoleculeWriter:
@@ -294,7 +282,7 @@ class MoleculeWriter:
                 continue
             rdDepictor.Compute2DCoords(mol)
             for key, value in row.items():
-                if key != self.smiles_column and not _missing(value):
+                if key not in (self.smiles_column, "name") and not _missing(value):
                     mol.SetProp(str(key), str(value))
             name = row.get("name")
             mol.SetProp("_Name", "" if _missing(name) else str(name))

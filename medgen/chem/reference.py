@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from medgen.chem.mol import canonical_smiles, parse_smiles
-from medgen.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +182,16 @@ def compute_kl_reference(
     seeded random subset of ``size`` unique molecules (stereo removed, as GuacaMol does)."""
     from medgen.chem.similarity import internal_max_similarity
 
-    unique = sorted({c for c in (canonical_smiles(s, isomeric=False) for s in smiles) if c})
-    rng = np.random.default_rng(seed)
-    subset = [unique[i] for i in sorted(rng.permutation(len(unique))[:size])]
+    # draw raw SMILES in a seeded random order, canonicalizing only until `size` unique are found
+    order = np.random.default_rng(seed).permutation(len(smiles))
+    subset: dict[str, None] = {}
+    for i in order:
+        canon = canonical_smiles(smiles[i], isomeric=False)
+        if canon:
+            subset[canon] = None
+            if len(subset) >= size:
+                break
+    subset = sorted(subset)
     kl = features(subset, n_jobs=n_jobs, with_kl=True)
     return kl["kl_descriptors"], internal_max_similarity(kl["kl_fps"])
 
@@ -194,6 +200,7 @@ def cached_kl_reference(
     path: str | os.PathLike, cache_dir: str | os.PathLike, *, size: int = 10_000, **kwargs: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`compute_kl_reference` of the SMILES file ``path``, cached in ``cache_dir``."""
+    from medgen.utils.atomic import atomic_path
     from medgen.utils.provenance import file_sha256
 
     path = Path(path)
@@ -222,6 +229,8 @@ def _read_smiles(path: Path, smiles_column: str | None = None, limit: int | None
 
 def save_stats(stats: ReferenceStats, path: str | os.PathLike) -> Path:
     """Write ``stats`` to an ``.npz`` that loads without pickle."""
+    from medgen.utils.atomic import atomic_path  # (medgen.utils imports torch: keep it lazy)
+
     arrays: dict[str, np.ndarray] = {
         "version": np.array(STATS_VERSION),
         "name": np.array(stats.name),

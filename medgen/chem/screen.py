@@ -61,10 +61,6 @@ class ScreenSummary:
         return "\n".join(lines)
 
 
-def _score_chunk(smiles: list[str | None], groups: tuple[str, ...]) -> dict[str, list[Any]]:
-    return score_rows(smiles, groups)
-
-
 def _dedup_key(inchikey: str) -> int:
     # 8-byte digest instead of the 27-character key: ~3x less memory per distinct molecule
     return int.from_bytes(hashlib.blake2b(inchikey.encode(), digest_size=8).digest(), "little")
@@ -140,13 +136,16 @@ def screen_file(
 
     pending: list[pd.DataFrame] = []  # input chunks whose scores are in flight, in order
     smiles_chunks = (f["smiles"].tolist() for f in _tee(iter(peeked), pending))
-    scored = map_chunks(_score_chunk, smiles_chunks, n_jobs=n_jobs, args=(groups_t,))
+    scored = map_chunks(score_rows, smiles_chunks, n_jobs=n_jobs, args=(groups_t,))
     seen: dict[int, int] = {}
     best: pd.DataFrame | None = None
     held: list[pd.DataFrame] = []
     template = pd.DataFrame(columns=["line", *columns_for(groups_t), *extra])
     bar = _progress(progress, input)
-    with MoleculeWriter(out) as writer, MoleculeWriter(rejects) as reject_writer:
+    # SDF records hold the scored molecule (the largest fragment of a salt); "input" stays a tag
+    mol_column = "canonical_smiles" if "identity" in groups_t else "input"
+    writer_out = MoleculeWriter(out, smiles_column=mol_column)
+    with writer_out as writer, MoleculeWriter(rejects) as reject_writer:
         for columns in scored:
             source = pending.pop(0)
             frame = _merge(source, to_frame(columns))

@@ -1,8 +1,9 @@
 """Lightning datamodules for 3D scans: procedural phantoms, users' NIfTI scans, MedMNIST-3D.
 
-All yield the same item (see :mod:`medgen.imaging.sources`) and describe their data in ``data_meta``,
-a plain dict that :class:`~medgen.imaging.diffusion.DiffusionModule` stores in every checkpoint so that
-sampling and export can write volumes with the training data's geometry and units::
+All yield the same item (see :mod:`medgen.imaging.sources`) and describe their data in
+``data_meta``, a plain dict that :class:`~medgen.imaging.diffusion.DiffusionModule` stores in every
+checkpoint so that sampling and export can write volumes with the training data's geometry and
+units::
 
     {"source": str, "spatial_size": [D, H, W], "spacing": [sx, sy, sz] (mm),
      "affine": 4x4 nested list (RAS+ mm), "intensity": IntensityMapping.to_dict(),
@@ -15,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from medgen.imaging.intensity import IntensityMapping
@@ -26,7 +26,9 @@ log = get_logger(__name__)
 
 
 def _triple(value: Any, name: str, cast=float) -> tuple:
-    vals = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * 3
+    vals = (
+        list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * 3
+    )
     if len(vals) != 3:
         raise ValueError(f"data.{name} must be one value or 3 values, got {value}")
     return tuple(cast(v) for v in vals)
@@ -43,8 +45,15 @@ class ScanDataModule(pl.LightningDataModule):
         pin_memory: pin host memory (GPU training).
     """
 
-    def __init__(self, *, batch_size: int = 2, num_workers: int = 0, limit: int | None = None,
-                 seed: int = 0, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        limit: int | None = None,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
         super().__init__()
         if int(batch_size) < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -55,12 +64,12 @@ class ScanDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self._meta: dict[str, Any] | None = None
 
-    # -- subclass API -------------------------------------------------------------------------------
+    # -- subclass API -----------------------------------------------------------------------------
     def build(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
         """Return (train dataset, val dataset, data_meta)."""
         raise NotImplementedError
 
-    # -- Lightning ------------------------------------------------------------------------------------
+    # -- Lightning --------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
@@ -71,8 +80,13 @@ class ScanDataModule(pl.LightningDataModule):
         if len(train) == 0:
             raise ValueError(f"{type(self).__name__}: the training split is empty")
         self.train_set, self.val_set, self._meta = train, val, meta
-        log.info("%s: %d train / %d val volumes of %s", meta["source"], len(train), len(val),
-                 meta["spatial_size"])
+        log.info(
+            "%s: %d train / %d val volumes of %s",
+            meta["source"],
+            len(train),
+            len(val),
+            meta["spatial_size"],
+        )
 
     @property
     def data_meta(self) -> dict[str, Any]:
@@ -105,8 +119,15 @@ class ScanDataModule(pl.LightningDataModule):
         return self.val_dataloader()
 
 
-def _meta(source: str, size, spacing, intensity: IntensityMapping, modality: str,
-          num_classes: int | None, class_names: list[str] | None) -> dict[str, Any]:
+def _meta(
+    source: str,
+    size,
+    spacing,
+    intensity: IntensityMapping,
+    modality: str,
+    num_classes: int | None,
+    class_names: list[str] | None,
+) -> dict[str, Any]:
     return {
         "source": source,
         "spatial_size": [int(s) for s in size],
@@ -133,10 +154,19 @@ class PhantomDataModule(ScanDataModule):
         batch_size, num_workers, limit, seed, pin_memory: see :class:`ScanDataModule`.
     """
 
-    def __init__(self, *, size: int | Sequence[int] = 32, spacing: float | Sequence[float] | None = None,
-                 num_train: int = 256, num_val: int = 8, noise_hu: float = 12.0,
-                 window_lo: float = -1000.0, window_hi: float = 1000.0, cache: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        size: int | Sequence[int] = 32,
+        spacing: float | Sequence[float] | None = None,
+        num_train: int = 256,
+        num_val: int = 8,
+        noise_hu: float = 12.0,
+        window_lo: float = -1000.0,
+        window_hi: float = 1000.0,
+        cache: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         size = list(size) if isinstance(size, Sequence) else size
         spacing = list(spacing) if isinstance(spacing, Sequence) else spacing
@@ -148,12 +178,26 @@ class PhantomDataModule(ScanDataModule):
     def build(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
         from medgen.imaging.sources import PhantomDataset
 
-        common = dict(size=self.size, spacing=self.spacing, intensity=self.intensity,
-                      noise_hu=self.noise_hu, cache=self.cache)
+        common = dict(
+            size=self.size,
+            spacing=self.spacing,
+            intensity=self.intensity,
+            noise_hu=self.noise_hu,
+            cache=self.cache,
+        )
         train = PhantomDataset(seeds=[self.seed + i for i in range(self.num_train)], **common)
-        val = PhantomDataset(seeds=[self.seed + 1_000_000 + i for i in range(self.num_val)], **common)
-        meta = _meta("phantom", self.size, self.spacing, self.intensity, "CT", len(SIZE_CLASSES),
-                     list(SIZE_CLASSES))
+        val = PhantomDataset(
+            seeds=[self.seed + 1_000_000 + i for i in range(self.num_val)], **common
+        )
+        meta = _meta(
+            "phantom",
+            self.size,
+            self.spacing,
+            self.intensity,
+            "CT",
+            len(SIZE_CLASSES),
+            list(SIZE_CLASSES),
+        )
         return train, val, meta
 
 
@@ -171,17 +215,30 @@ class NiftiDataModule(ScanDataModule):
         intensity_lo, intensity_hi: bounds for ``intensity``.
         val_fraction: share of the entries held out for validation when the datalist has no
             ``validation`` list (split reproducibly with ``seed``).
-        cache: ``none``, ``memory`` (MONAI CacheDataset) or ``disk`` (PersistentDataset in cache_dir).
+        cache: ``none``, ``memory`` (MONAI CacheDataset) or ``disk`` (PersistentDataset in
+            ``cache_dir``).
         cache_dir: folder for ``cache=disk``.
         class_names: names of the datalist's ``class_label`` values (optional).
     """
 
-    def __init__(self, *, path: str, labels: str | None = None,
-                 spatial_size: int | Sequence[int] = 64, spacing: float | Sequence[float] = 2.0,
-                 shape_mode: str = "crop_pad", modality: str = "CT", intensity: str = "ct_window",
-                 intensity_lo: float = -1000.0, intensity_hi: float = 1000.0,
-                 val_fraction: float = 0.1, cache: str = "none", cache_dir: str | None = None,
-                 class_names: Sequence[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        path: str,
+        labels: str | None = None,
+        spatial_size: int | Sequence[int] = 64,
+        spacing: float | Sequence[float] = 2.0,
+        shape_mode: str = "crop_pad",
+        modality: str = "CT",
+        intensity: str = "ct_window",
+        intensity_lo: float = -1000.0,
+        intensity_hi: float = 1000.0,
+        val_fraction: float = 0.1,
+        cache: str = "none",
+        cache_dir: str | None = None,
+        class_names: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.path, self.labels = str(path), (str(labels) if labels else None)
         self.spatial_size = _triple(spatial_size, "spatial_size", int)
@@ -213,14 +270,19 @@ class NiftiDataModule(ScanDataModule):
             ref = percentile_reference([e["image"] for e in train[:8]], intensity.lo, intensity.hi)
             intensity = IntensityMapping("percentile", intensity.lo, intensity.hi, *ref)
         with_label = "label" in entries[0]
-        tf = build_nifti_transforms(spatial_size=self.spatial_size, spacing=self.spacing,
-                                    intensity=intensity, shape_mode=self.shape_mode,
-                                    with_label=with_label)
+        tf = build_nifti_transforms(
+            spatial_size=self.spatial_size,
+            spacing=self.spacing,
+            intensity=intensity,
+            shape_mode=self.shape_mode,
+            with_label=with_label,
+        )
         classes = [e["class_label"] for e in entries + val if "class_label" in e]
         num_classes = max(classes) + 1 if classes else None
         names = self.class_names if num_classes else None
-        meta = _meta(self.path, self.spatial_size, self.spacing, intensity, self.modality,
-                     num_classes, names)
+        meta = _meta(
+            self.path, self.spatial_size, self.spacing, intensity, self.modality, num_classes, names
+        )
         kw = dict(cache=self.cache, cache_dir=self.cache_dir)
         return NiftiDataset(train, tf, **kw), NiftiDataset(val, tf, **kw), meta
 
@@ -229,16 +291,24 @@ class MedMNIST3DDataModule(ScanDataModule):
     """A published MedMNIST-3D ``.npz`` (``data=medmnist3d data.path=<file.npz>``); no download.
 
     Args:
-        path: the ``.npz`` (``train_images`` (N, S, S, S) uint8, ``train_labels`` (N, 1), ``val_*``).
+        path: the ``.npz`` (``train_images`` (N, S, S, S) uint8, ``train_labels`` (N, 1),
+            ``val_*``).
         spatial_size: training shape; volumes are centre padded/cropped (28^3 -> 32^3 by default).
         spacing: nominal voxel size in mm written into the affine (MedMNIST records none).
         modality: ``CT`` or ``MR`` (recorded for export).
         class_names: names of the label values (optional).
     """
 
-    def __init__(self, *, path: str, spatial_size: int | Sequence[int] = 32,
-                 spacing: float | Sequence[float] = 1.0, modality: str = "CT",
-                 class_names: Sequence[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        path: str,
+        spatial_size: int | Sequence[int] = 32,
+        spacing: float | Sequence[float] = 1.0,
+        modality: str = "CT",
+        class_names: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.path = str(path)
         self.spatial_size = _triple(spatial_size, "spatial_size", int)
@@ -250,16 +320,22 @@ class MedMNIST3DDataModule(ScanDataModule):
     def build(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
         from medgen.imaging.sources import MedMNIST3DDataset
 
-        kw = dict(path=self.path, spatial_size=self.spatial_size, spacing=self.spacing,
-                  intensity=self.intensity)
+        kw = dict(
+            path=self.path,
+            spatial_size=self.spatial_size,
+            spacing=self.spacing,
+            intensity=self.intensity,
+        )
         train = MedMNIST3DDataset(split="train", **kw)
         val = MedMNIST3DDataset(split="val", **kw)
         num_classes = int(max(train.labels.max(), val.labels.max())) + 1
-        meta = _meta(self.path, self.spatial_size, self.spacing, self.intensity, self.modality,
-                     num_classes, self.class_names)
+        meta = _meta(
+            self.path,
+            self.spatial_size,
+            self.spacing,
+            self.intensity,
+            self.modality,
+            num_classes,
+            self.class_names,
+        )
         return train, val, meta
-
-
-def collate_scans(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Default collation, spelled out: tensors stacked, ``class_label`` a tensor, ``source`` a list."""
-    return torch.utils.data.default_collate(items)

@@ -1,13 +1,14 @@
 """``DiffusionModule``: a 3D denoising diffusion model on volumes, in Lightning.
 
 Network, noise maths and training pass all come from MONAI core: ``DiffusionModelUNet`` predicts,
-``DDPMScheduler`` (Ho et al. 2020, https://arxiv.org/abs/2006.11239) or ``RFlowScheduler`` (rectified
-flow, Liu et al. 2022, https://arxiv.org/abs/2209.03003) owns the forward process, and
-``DiffusionInferer`` composes them for the training loss. Sampling (:meth:`DiffusionModule.generate`)
-runs DDPM, DDIM (Song et al. 2020, https://arxiv.org/abs/2010.02502) or RFlow steps itself, so that
-each sample's noise can come from its own generator. Class conditioning uses the UNet's class
-embedding with one extra "null" class, label dropout in training and classifier-free guidance
-(Ho & Salimans 2022, https://arxiv.org/abs/2207.12598) at sampling time.
+``DDPMScheduler`` (Ho et al. 2020, https://arxiv.org/abs/2006.11239) or ``RFlowScheduler``
+(rectified flow, Liu et al. 2022, https://arxiv.org/abs/2209.03003) owns the forward process, and
+``DiffusionInferer`` composes them for the training loss. Sampling
+(:meth:`DiffusionModule.generate`) runs DDPM, DDIM (Song et al. 2020,
+https://arxiv.org/abs/2010.02502) or RFlow steps itself, so that each sample's noise can come from
+its own generator. Class conditioning uses the UNet's class embedding with one extra "null" class,
+label dropout in training and classifier-free guidance (Ho & Salimans 2022,
+https://arxiv.org/abs/2207.12598) at sampling time.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def _checkpoint_blocks(unet: nn.Module) -> None:
     from torch.utils.checkpoint import checkpoint
 
     for block in [*unet.down_blocks, unet.middle_block, *unet.up_blocks]:
+
         def forward(*args, _fwd=block.forward, **kwargs):
             if torch.is_grad_enabled():
                 return checkpoint(_fwd, *args, use_reentrant=False, **kwargs)
@@ -73,11 +75,11 @@ class DiffusionModule(pl.LightningModule):
         *,
         kind: str = "diffusion3d",
         objective: str = "ddpm",
-        channels: Sequence[int] = (32, 64, 64),
+        channels: Sequence[int] = (16, 32, 64),
         attention_levels: Sequence[bool] = (False, False, True),
         num_res_blocks: int = 1,
         num_head_channels: int = 32,
-        norm_num_groups: int = 16,
+        norm_num_groups: int = 8,
         use_flash_attention: bool = False,
         num_train_timesteps: int = 1000,
         schedule: str = "linear_beta",
@@ -106,11 +108,14 @@ class DiffusionModule(pl.LightningModule):
         if objective not in OBJECTIVES:
             raise ValueError(f"model.objective must be one of {OBJECTIVES}, got {objective!r}")
         if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"model.prediction_type must be epsilon or v_prediction, got "
-                             f"{prediction_type!r}")
+            raise ValueError(
+                f"model.prediction_type must be epsilon or v_prediction, got {prediction_type!r}"
+            )
         if len(channels) != len(attention_levels):
-            raise ValueError(f"model.channels {list(channels)} and model.attention_levels "
-                             f"{list(attention_levels)} must have the same length")
+            raise ValueError(
+                f"model.channels {list(channels)} and model.attention_levels "
+                f"{list(attention_levels)} must have the same length"
+            )
         hp = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         hp["channels"] = [int(c) for c in channels]
         hp["attention_levels"] = [bool(a) for a in attention_levels]
@@ -129,10 +134,16 @@ class DiffusionModule(pl.LightningModule):
         hp = self.hparams
         n_cls = int(hp.num_classes) + 1 if hp.class_conditional else None  # +1: the null class
         unet = DiffusionModelUNet(
-            spatial_dims=3, in_channels=1, out_channels=1, channels=tuple(hp.channels),
-            attention_levels=tuple(hp.attention_levels), num_res_blocks=hp.num_res_blocks,
-            num_head_channels=hp.num_head_channels, norm_num_groups=hp.norm_num_groups,
-            use_flash_attention=hp.use_flash_attention, num_class_embeds=n_cls,
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=1,
+            channels=tuple(hp.channels),
+            attention_levels=tuple(hp.attention_levels),
+            num_res_blocks=hp.num_res_blocks,
+            num_head_channels=hp.num_head_channels,
+            norm_num_groups=hp.norm_num_groups,
+            use_flash_attention=hp.use_flash_attention,
+            num_class_embeds=n_cls,
         )
         self.ema = EMA(unet, decay=hp.ema_decay)  # copied before checkpointing patches forwards
         if hp.activation_checkpointing:
@@ -144,11 +155,19 @@ class DiffusionModule(pl.LightningModule):
 
         hp = self.hparams
         if name == "rflow":
-            return RFlowScheduler(num_train_timesteps=hp.num_train_timesteps,
-                                  use_discrete_timesteps=True, sample_method=hp.rflow_sample_method)
-        common = dict(num_train_timesteps=hp.num_train_timesteps, schedule=hp.schedule,
-                      beta_start=hp.beta_start, beta_end=hp.beta_end,
-                      prediction_type=hp.prediction_type, clip_sample=True)
+            return RFlowScheduler(
+                num_train_timesteps=hp.num_train_timesteps,
+                use_discrete_timesteps=True,
+                sample_method=hp.rflow_sample_method,
+            )
+        common = dict(
+            num_train_timesteps=hp.num_train_timesteps,
+            schedule=hp.schedule,
+            beta_start=hp.beta_start,
+            beta_end=hp.beta_end,
+            prediction_type=hp.prediction_type,
+            clip_sample=True,
+        )
         return (DDPMScheduler if name == "ddpm" else DDIMScheduler)(**common)
 
     def _make_inferer(self):
@@ -169,8 +188,10 @@ class DiffusionModule(pl.LightningModule):
         meta = self.hparams.get("data_meta")
         if self.hparams.class_conditional and self.hparams.num_classes is None:
             if not meta or not meta.get("num_classes"):
-                raise ValueError("model.class_conditional=true but the data has no class labels "
-                                 "(data_meta.num_classes is empty); set model.num_classes")
+                raise ValueError(
+                    "model.class_conditional=true but the data has no class labels "
+                    "(data_meta.num_classes is empty); set model.num_classes"
+                )
             self.hparams["num_classes"] = int(meta["num_classes"])
         if self.unet is None:
             self._build_network()
@@ -178,18 +199,27 @@ class DiffusionModule(pl.LightningModule):
             factor = 2 ** (len(self.hparams.channels) - 1)
             size = list(meta["spatial_size"])
             if any(s % factor for s in size):
-                raise ValueError(f"data spatial_size {size} must be divisible by {factor} for a UNet "
-                                 f"with {len(self.hparams.channels)} levels ({self.hparams.channels})")
+                raise ValueError(
+                    f"data spatial_size {size} must be divisible by {factor} for a UNet "
+                    f"with {len(self.hparams.channels)} levels ({self.hparams.channels})"
+                )
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(
+            self.unet.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
         warm = max(1, int(self.hparams.warmup_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def diffusion_loss(self, batch: dict[str, Any], *, network: nn.Module | None = None,
-                       generator: torch.Generator | None = None, drop_labels: bool = False):
+    def diffusion_loss(
+        self,
+        batch: dict[str, Any],
+        *,
+        network: nn.Module | None = None,
+        generator: torch.Generator | None = None,
+        drop_labels: bool = False,
+    ):
         """Mean squared error of the network's prediction (noise, v or velocity) on ``batch``.
 
         ``batch["image"]``: (B, 1, D, H, W) in [-1, 1]. With ``generator`` the noise and timesteps
@@ -284,21 +314,33 @@ class DiffusionModule(pl.LightningModule):
             use_ema: sample with the EMA weights.
             progress: show a tqdm bar over steps.
         """
-        return sample_loop(self, noise, generators=generators, sampler=sampler, steps=steps,
-                           class_labels=class_labels, guidance_scale=guidance_scale,
-                           use_ema=use_ema, progress=progress)
+        return sample_loop(
+            self,
+            noise,
+            generators=generators,
+            sampler=sampler,
+            steps=steps,
+            class_labels=class_labels,
+            guidance_scale=guidance_scale,
+            use_ema=use_ema,
+            progress=progress,
+        )
 
     # -- checkpoints -------------------------------------------------------------------------------
     @classmethod
-    def load_medgen_checkpoint(cls, path, map_location: str | torch.device = "cpu") -> DiffusionModule:
+    def load_medgen_checkpoint(
+        cls, path, map_location: str | torch.device = "cpu"
+    ) -> DiffusionModule:
         """Rebuild a module from a medgen checkpoint (``weights_only=True``), weights and EMA."""
         from medgen.utils.checkpoint import load_checkpoint, resolve_checkpoint
 
         ckpt = load_checkpoint(path, map_location=map_location)
         hp = dict(ckpt.get("hyper_parameters") or {})
         if hp.get("kind") != "diffusion3d":
-            raise ValueError(f"checkpoint {resolve_checkpoint(path)} holds kind={hp.get('kind')!r}, "
-                             "not a diffusion3d model")
+            raise ValueError(
+                f"checkpoint {resolve_checkpoint(path)} holds kind={hp.get('kind')!r}, "
+                "not a diffusion3d model"
+            )
         module = cls(**hp)
         if module.unet is None:
             raise ValueError(f"checkpoint {path}: class-conditional model without num_classes")
@@ -322,8 +364,10 @@ def sample_loop(
     hp = module.hparams
     sampler = sampler or module.default_sampler()
     if sampler not in SAMPLERS[hp.objective]:
-        raise ValueError(f"sampler {sampler!r} does not fit a model trained with objective "
-                         f"{hp.objective!r}; use one of {SAMPLERS[hp.objective]}")
+        raise ValueError(
+            f"sampler {sampler!r} does not fit a model trained with objective "
+            f"{hp.objective!r}; use one of {SAMPLERS[hp.objective]}"
+        )
     if noise.ndim != 5 or noise.shape[1] != 1:
         raise ValueError(f"noise must be (B, 1, D, H, W), got {tuple(noise.shape)}")
     b, dev = noise.shape[0], noise.device
@@ -338,11 +382,15 @@ def sample_loop(
 
     y = None
     if hp.class_conditional:
-        y = (torch.full((b,), module.null_class, dtype=torch.long, device=dev)
-             if class_labels is None else torch.as_tensor(class_labels, device=dev).long())
+        y = (
+            torch.full((b,), module.null_class, dtype=torch.long, device=dev)
+            if class_labels is None
+            else torch.as_tensor(class_labels, device=dev).long()
+        )
         if y.shape != (b,) or int(y.min()) < 0 or int(y.max()) > module.null_class:
-            raise ValueError(f"class_labels must be {b} ints in 0..{hp.num_classes - 1}, got "
-                             f"{y.tolist()}")
+            raise ValueError(
+                f"class_labels must be {b} ints in 0..{hp.num_classes - 1}, got {y.tolist()}"
+            )
     elif class_labels is not None:
         raise ValueError("class_labels given, but the model is not class-conditional")
     guided = y is not None and class_labels is not None and float(guidance_scale) != 1.0
@@ -363,8 +411,11 @@ def sample_loop(
             t_batch = t.expand(b).to(dev)
             if guided:
                 null = torch.full_like(y, module.null_class)
-                out = net(torch.cat([x, x]), timesteps=torch.cat([t_batch, t_batch]),
-                          class_labels=torch.cat([y, null]))
+                out = net(
+                    torch.cat([x, x]),
+                    timesteps=torch.cat([t_batch, t_batch]),
+                    class_labels=torch.cat([y, null]),
+                )
                 cond, uncond = out.chunk(2)
                 out = uncond + float(guidance_scale) * (cond - uncond)
             else:
@@ -372,8 +423,12 @@ def sample_loop(
             if sampler == "rflow":
                 x, _ = sched.step(out, t, x, t_next)
             elif sampler == "ddpm" and generators is not None:  # per-sample noise, own generator
-                x = torch.cat([sched.step(out[i : i + 1], int(t), x[i : i + 1], generator=g)[0]
-                               for i, g in enumerate(generators)])
+                x = torch.cat(
+                    [
+                        sched.step(out[i : i + 1], int(t), x[i : i + 1], generator=g)[0]
+                        for i, g in enumerate(generators)
+                    ]
+                )
             else:
                 x, _ = sched.step(out, int(t), x)
     finally:
@@ -382,7 +437,7 @@ def sample_loop(
 
 
 def _plain(obj: Any) -> Any:
-    """Plain Python containers (no OmegaConf, tuples or numpy) for hparams loadable by weights_only."""
+    """Plain Python containers (no OmegaConf, tuples or numpy) for hparams (weights_only)."""
     if hasattr(obj, "items"):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple) or type(obj).__name__ == "ListConfig":

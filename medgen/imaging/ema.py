@@ -13,7 +13,8 @@ class EMA(nn.Module):
     """EMA copy of ``model``: ``ema = d * ema + (1 - d) * weights`` after each optimizer step.
 
     The decay warms up as ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so early EMA
-    weights are not dominated by the random initialisation. Buffers (e.g. norm statistics) are copied.
+    weights are not dominated by the random initialisation. Buffers (e.g. norm statistics) are
+    copied as they are.
 
     Args:
         model: the network to track (deep-copied; the copy never requires grad).
@@ -43,7 +44,9 @@ class EMA(nn.Module):
             self.last_step.fill_(step)
         d = self.current_decay()
         ema_params = list(self.module.parameters())
-        params = [p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_params, strict=True)]
+        params = [
+            p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_params, strict=True)
+        ]
         torch._foreach_lerp_(ema_params, params, 1.0 - d)
         for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)

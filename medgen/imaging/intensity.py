@@ -1,14 +1,15 @@
 """Intensity mapping between a scan's own units (HU for CT, scanner units for MR) and [-1, 1].
 
-Diffusion models train on images in [-1, 1]. :class:`IntensityMapping` records how a data set was mapped,
-is stored in every checkpoint (``hparams["data_meta"]["intensity"]``) and lets export map samples back:
+Diffusion models train on images in [-1, 1]. :class:`IntensityMapping` records how a data set was
+mapped, is stored in every checkpoint (``hparams["data_meta"]["intensity"]``) and lets export map
+samples back:
 
-- ``ct_window``: a fixed HU window ``[lo, hi]`` -> ``[-1, 1]``, clipped. Exactly invertible inside the
-  window (values outside it come back as ``lo`` or ``hi``).
-- ``percentile``: per volume, its ``lo``-th and ``hi``-th percentiles -> ``[-1, 1]``, clipped (MR, whose
-  units are arbitrary). ``ref_lo``/``ref_hi`` hold typical source values of those percentiles over the
-  training set (medians), used by :meth:`IntensityMapping.from_unit`.
-- ``minmax``: fixed source values ``[lo, hi]`` -> ``[-1, 1]`` (e.g. ``0..255`` for MedMNIST's uint8).
+- ``ct_window``: a fixed HU window ``[lo, hi]`` -> ``[-1, 1]``, clipped. Exactly invertible inside
+  the window (values outside it come back as ``lo`` or ``hi``).
+- ``percentile``: per volume, its ``lo``-th and ``hi``-th percentiles -> ``[-1, 1]``, clipped (MR,
+  whose units are arbitrary). ``ref_lo``/``ref_hi`` hold typical source values of those percentiles
+  over the training set (medians), used by :meth:`IntensityMapping.from_unit`.
+- ``minmax``: fixed source values ``[lo, hi]`` -> ``[-1, 1]`` (e.g. ``0..255`` for MedMNIST).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class IntensityMapping:
         if not float(self.hi) > float(self.lo):
             raise ValueError(f"intensity {self.kind}: hi ({self.hi}) must be > lo ({self.lo})")
         if self.kind == "percentile" and not (0.0 <= self.lo < self.hi <= 100.0):
-            raise ValueError(f"percentile bounds must satisfy 0 <= lo < hi <= 100, got {self.lo}, {self.hi}")
+            raise ValueError(
+                f"percentile bounds must satisfy 0 <= lo < hi <= 100, got {self.lo}, {self.hi}"
+            )
 
     # -- forward -----------------------------------------------------------------------------
     def source_range(self, x: ArrayLike | None = None) -> tuple[float, float]:
@@ -65,7 +68,7 @@ class IntensityMapping:
         return float(lo), float(hi)
 
     def to_unit(self, x: ArrayLike) -> ArrayLike:
-        """Map source intensities to ``[-1, 1]`` (clipped); same type and shape as ``x``, float32."""
+        """Map source intensities to ``[-1, 1]`` (clipped); same type/shape as ``x``, float32."""
         lo, hi = self.source_range(x)
         y = (x - lo) / (hi - lo) * 2.0 - 1.0
         if isinstance(y, torch.Tensor):
@@ -92,7 +95,8 @@ class IntensityMapping:
 
     # -- MONAI ---------------------------------------------------------------------------------
     def monai_transform(self, keys: str | list[str]):
-        """The equivalent MONAI dictionary transform (``ScaleIntensityRanged`` / ``...Percentilesd``)."""
+        """The equivalent MONAI dictionary transform (``ScaleIntensityRanged`` /
+        ``...Percentilesd``)."""
         from monai.transforms import ScaleIntensityRanged, ScaleIntensityRangePercentilesd
 
         if self.kind == "percentile":
@@ -105,7 +109,7 @@ class IntensityMapping:
 
     # -- plain-dict round trip (checkpoints, sidecars) -----------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict (str/float/None values) that :meth:`from_dict` turns back into this mapping."""
+        """A plain dict (str/float/None values) that :meth:`from_dict` turns back into it."""
         d = asdict(self)
         return {k: (float(v) if isinstance(v, int | float) else v) for k, v in d.items()}
 

@@ -3,16 +3,18 @@
 A seeded generator of CT-like torso volumes (thorax and upper abdomen) with anatomy that varies per
 subject: body outline with subcutaneous fat and muscle layers, paraspinal muscles, two lungs with a
 domed diaphragm, heart, aorta, liver, two kidneys, a segmented spine (vertebral bodies with cortical
-shell and cancellous core, discs, posterior arches, spinal canal) and ribs. Each subject draws its body
-size, fat thickness, organ sizes and positions, a small rigid pose change and a smooth deformation, and
-each tissue's mean HU; voxels get a smooth texture, partial-volume blur and correlated CT noise.
+shell and cancellous core, discs, posterior arches, spinal canal) and ribs. Each subject draws its
+body size, fat thickness, organ sizes and positions, a small rigid pose change and a smooth
+deformation, and each tissue's mean HU; voxels get a smooth texture, partial-volume blur and
+correlated CT noise.
 
 Everything is vectorised NumPy on coordinate grids in world millimetres, so any size (16^3 to 256^3)
-and voxel spacing give the same anatomy at that resolution; a 64^3 phantom takes well under a second.
+and voxel spacing give the same anatomy at that resolution; a 64^3 phantom takes well under 1 s.
 The same seed and geometry give the same volume bit for bit.
 
 Array axes are voxel indices ``(i, j, k)`` and the affine maps them to RAS+ world coordinates in mm
-(``+x`` to the subject's right, ``+y`` anterior, ``+z`` superior), origin at the centre of the volume.
+(``+x`` to the subject's right, ``+y`` anterior, ``+z`` superior), origin at the centre of
+the volume.
 
 Label table (value: name, mean HU ± between-subject SD of that mean):
 
@@ -34,8 +36,8 @@ Label table (value: name, mean HU ± between-subject SD of that mean):
 14    rib                  650 ± 60
 ====  ===================  ==================================================
 
-On top of the means: a smooth texture (SD ~8 HU in organs, ~40 HU in lungs), a partial-volume blur of
-0.5 voxel and Gaussian CT noise (SD ``noise_hu``, default 12 HU, slightly correlated); values are
+On top of the means: a smooth texture (SD ~8 HU in organs, ~40 HU in lungs), a partial-volume blur
+of 0.5 voxel and Gaussian CT noise (SD ``noise_hu``, default 12 HU, slightly correlated); values are
 clipped to the CT range [-1024, 3071].
 """
 
@@ -92,10 +94,8 @@ class Phantom:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def phantom_affine(
-    size: tuple[int, int, int], spacing: tuple[float, float, float]
-) -> np.ndarray:
-    """RAS+ affine (4, 4) float64 for a volume of ``size`` voxels at ``spacing`` mm, centred on 0."""
+def phantom_affine(size: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+    """RAS+ affine (4, 4) float64 of a ``size`` volume at ``spacing`` mm, centred at 0."""
     sp = np.asarray(spacing, dtype=np.float64)
     aff = np.diag([*sp, 1.0])
     aff[:3, 3] = -(np.asarray(size, dtype=np.float64) - 1.0) / 2.0 * sp
@@ -112,7 +112,9 @@ def resolve_geometry(
     if spacing is None:
         sp = tuple(DEFAULT_FOV_MM / s for s in shape)
     else:
-        sp = tuple(float(s) for s in (spacing if isinstance(spacing, list | tuple) else [spacing] * 3))
+        sp = tuple(
+            float(s) for s in (spacing if isinstance(spacing, list | tuple) else [spacing] * 3)
+        )
     if len(sp) != 3 or any(not s > 0 for s in sp):
         raise ValueError(f"phantom spacing must be 3 positive mm values (or one), got {spacing}")
     return shape, sp  # type: ignore[return-value]
@@ -131,8 +133,11 @@ def _rotation(rng: np.random.Generator, deg: tuple[float, float, float]) -> np.n
     return rz @ ry @ rx
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], cells: int = 6) -> np.ndarray:
-    """A smooth random field of unit-ish SD: Gaussian noise on a coarse grid, upsampled (order 1)."""
+def _smooth_field(
+    rng: np.random.Generator, shape: tuple[int, int, int], cells: int = 6
+) -> np.ndarray:
+    """A smooth random field of unit-ish SD: Gaussian noise on a coarse grid, upsampled (order
+    1)."""
     from scipy.ndimage import zoom
 
     coarse = rng.standard_normal((cells, cells, cells)).astype(np.float32)
@@ -161,7 +166,7 @@ def make_phantom(
         noise_hu: SD of the CT noise in HU (0 for a noise-free phantom).
 
     Returns:
-        :class:`Phantom` with ``image`` (D, H, W) float32 HU, ``labels`` (D, H, W) uint8 and ``affine``.
+        :class:`Phantom`: ``image`` (D, H, W) float32 HU, ``labels`` (D, H, W) uint8, ``affine``.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -185,8 +190,10 @@ def make_phantom(
     hu_cancellous = CANCELLOUS_HU[0] + rng.normal(0.0, CANCELLOUS_HU[1])
 
     # --- world coordinates (mm) of every voxel, mapped into the subject's anatomy frame ---------
-    idx = [np.arange(n, dtype=np.float32) * np.float32(sp[a]) + np.float32(affine[a, 3])
-           for a, n in enumerate(shape)]
+    idx = [
+        np.arange(n, dtype=np.float32) * np.float32(sp[a]) + np.float32(affine[a, 3])
+        for a, n in enumerate(shape)
+    ]
     px, py, pz = idx[0][:, None, None], idx[1][None, :, None], idx[2][None, None, :]
     px, py, pz = px - shift[0], py - shift[1], pz - shift[2]
     rt = rot.T.astype(np.float32)  # inverse rotation: world -> anatomy frame
@@ -218,8 +225,10 @@ def make_phantom(
     # spine reference: vertebral body centre, posterior in the body
     ay_mean = 165.0 * s * aspect
     y_vb = -ay_mean + fat + wall + 52.0 * s
-    para = (_ellipsoid(np.abs(x), y, 0.0, (38.0 * s, y_vb - 38.0 * s, 0.0), (30.0 * s, 26.0 * s, 1.0))
-            <= 1) & (r_fat <= 1)
+    para = (
+        _ellipsoid(np.abs(x), y, 0.0, (38.0 * s, y_vb - 38.0 * s, 0.0), (30.0 * s, 26.0 * s, 1.0))
+        <= 1
+    ) & (r_fat <= 1)
     labels[para] = 2
 
     # --- lungs above a domed diaphragm, ribs in the thoracic wall ------------------------------
@@ -227,8 +236,10 @@ def make_phantom(
     for lab, side in ((4, -1.0), (5, 1.0)):  # RAS: left lung at -x, right at +x
         c = np.array([side * 78.0 * s, 0.0, z_dia + 120.0 * s]) + jitter()
         r = np.array([70.0, 100.0, 150.0]) * s * scl()
-        dome_z = z_dia + (8.0 if side > 0 else 0.0) + 30.0 * s * np.exp(
-            -((x - c[0]) ** 2 + y**2) / (2 * (50.0 * s) ** 2)
+        dome_z = (
+            z_dia
+            + (8.0 if side > 0 else 0.0)
+            + 30.0 * s * np.exp(-((x - c[0]) ** 2 + y**2) / (2 * (50.0 * s) ** 2))
         )
         lung = (_ellipsoid(x, y, z, c, r) <= 1) & (z > dome_z) & (r_in <= 0.92)
         lung &= side * x > 14.0 * s
@@ -281,7 +292,7 @@ def make_phantom(
     labels[r_canal <= 1] = 12
     cortical = bone & ~(vb & (r_vb <= 0.55))  # cancellous core only inside the vertebral body
 
-    # --- intensities ---------------------------------------------------------------------------------
+    # --- intensities -----------------------------------------------------------------------------
     lut = np.array([hu[k] for k in sorted(LABELS)], dtype=np.float32)
     image = lut[labels]
     image[(labels == 11) & ~cortical] = hu_cancellous
@@ -296,7 +307,19 @@ def make_phantom(
         image += noise
     image = np.clip(image, -1024.0, 3071.0).astype(np.float32)
 
-    params = {"body_scale": s, "fat_mm": fat, "wall_mm": wall, "aspect": aspect,
-              "diaphragm_z_mm": float(z_dia), "hu": {LABEL_NAMES[k]: float(v) for k, v in hu.items()}}
-    return Phantom(image=image, labels=labels, affine=affine, seed=int(seed),
-                   size_class=size_class_of(s), params=params)
+    params = {
+        "body_scale": s,
+        "fat_mm": fat,
+        "wall_mm": wall,
+        "aspect": aspect,
+        "diaphragm_z_mm": float(z_dia),
+        "hu": {LABEL_NAMES[k]: float(v) for k, v in hu.items()},
+    }
+    return Phantom(
+        image=image,
+        labels=labels,
+        affine=affine,
+        seed=int(seed),
+        size_class=size_class_of(s),
+        params=params,
+    )

@@ -127,7 +127,9 @@ def load_medmnist_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]
         )
     labels = np.asarray(labels).reshape(len(labels), -1)[:, 0].astype(np.int64)
     if len(labels) != len(images):
-        raise ValueError(f"MedMNIST npz {path}: {len(images)} {split} images but {len(labels)} labels")
+        raise ValueError(
+            f"MedMNIST npz {path}: {len(images)} {split} images but {len(labels)} labels"
+        )
     return images, labels
 
 
@@ -172,7 +174,9 @@ def resolve_nifti_entries(
         elif p.is_file() and _is_nifti(p):
             files = [str(p)]
         else:
-            raise FileNotFoundError(f"data.path {path}: no such folder, NIfTI file or datalist JSON")
+            raise FileNotFoundError(
+                f"data.path {path}: no such folder, NIfTI file or datalist JSON"
+            )
         if not files:
             raise FileNotFoundError(f"data.path {path}: no .nii/.nii.gz files found")
         entries = [{"image": f} for f in files]
@@ -194,8 +198,14 @@ def _read_datalist(p: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]] 
         doc = json.loads(p.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"datalist {p} is not valid JSON (line {err.lineno}): {err.msg}") from err
-    if not isinstance(doc, dict) or not isinstance(doc.get("training"), list) or not doc["training"]:
-        raise ValueError(f'datalist {p} needs a non-empty "training" list of {{"image": ...}} entries')
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("training"), list)
+        or not doc["training"]
+    ):
+        raise ValueError(
+            f'datalist {p} needs a non-empty "training" list of {{"image": ...}} entries'
+        )
 
     def parse(items: list[Any], key: str) -> list[dict[str, Any]]:
         out = []
@@ -235,8 +245,14 @@ def split_entries(
 class NiftiDataset(Dataset):
     """A MONAI dataset over NIfTI entries whose errors name the file they came from."""
 
-    def __init__(self, entries: list[dict[str, Any]], transform, *, cache: str = "none",
-                 cache_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        entries: list[dict[str, Any]],
+        transform,
+        *,
+        cache: str = "none",
+        cache_dir: str | None = None,
+    ) -> None:
         from monai.data import CacheDataset, PersistentDataset
         from monai.data import Dataset as MonaiDataset
 

@@ -1,11 +1,11 @@
 """MONAI transform pipeline for users' NIfTI scans, and checks that name the offending file.
 
 Pipeline (dictionary transforms on ``{"image": path, "label": path?, ...}``):
-``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``Orientationd("RAS")`` -> ``Spacingd`` (target mm; bilinear
-for images, nearest for labels) -> intensity mapping to [-1, 1] (``ScaleIntensityRanged``, or
-:class:`UnitIntensityd` for per-volume percentiles) -> crop/pad
-(``ResizeWithPadOrCropd``, padding with -1 = the bottom of the intensity range) or ``Resized`` to the
-training shape -> :class:`ToScanItemd` (plain tensors: ``image`` (1, D, H, W) float32, ``label``
+``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``Orientationd("RAS")`` -> ``Spacingd`` (target mm;
+bilinear for images, nearest for labels) -> intensity mapping to [-1, 1]
+(``ScaleIntensityRanged``, or :class:`UnitIntensityd` for per-volume percentiles) -> crop/pad
+(``ResizeWithPadOrCropd``, padding with -1 = the bottom of the intensity range) or ``Resized`` to
+the training shape -> :class:`ToScanItemd` (plain tensors: ``image`` (1, D, H, W) float32, ``label``
 (1, D, H, W) int64, ``affine`` (4, 4) float64 RAS mm, ``source`` path).
 """
 
@@ -66,7 +66,7 @@ def build_nifti_transforms(
     shape_mode: str = "crop_pad",
     with_label: bool = False,
 ):
-    """The MONAI ``Compose`` that maps a NIfTI (image[, label]) to a training item of fixed shape."""
+    """The MONAI ``Compose`` that maps a NIfTI (image[, label]) to a fixed-shape training item."""
     from monai.transforms import (
         Compose,
         EnsureChannelFirstd,
@@ -96,8 +96,9 @@ def build_nifti_transforms(
         if with_label:
             transforms.append(ResizeWithPadOrCropd(keys="label", spatial_size=size, value=0))
     else:
-        transforms.append(Resized(keys=keys, spatial_size=size, mode=("trilinear", "nearest")[
-            : len(keys)]))
+        transforms.append(
+            Resized(keys=keys, spatial_size=size, mode=("trilinear", "nearest")[: len(keys)])
+        )
     transforms.append(ToScanItemd())
     return Compose(transforms)
 
@@ -127,8 +128,10 @@ def check_nifti(path: str | os.PathLike, *, role: str = "image") -> tuple[int, .
             "volume (need 3 spatial dims, or 4 with a last dim of 1)"
         )
     if min(spatial) < 2:
-        raise ValueError(f"{role} {p} has shape {shape}: a spatial dim below 2 voxels cannot be "
-                         "resampled to the training shape")
+        raise ValueError(
+            f"{role} {p} has shape {shape}: a spatial dim below 2 voxels cannot be "
+            "resampled to the training shape"
+        )
     return spatial
 
 
@@ -144,7 +147,9 @@ def check_pair(image: str | os.PathLike, label: str | os.PathLike | None) -> Non
         )
 
 
-def percentile_reference(paths: Sequence[str | os.PathLike], lo: float, hi: float) -> tuple[float, float]:
+def percentile_reference(
+    paths: Sequence[str | os.PathLike], lo: float, hi: float
+) -> tuple[float, float]:
     """Median over ``paths`` of each volume's ``lo``-th / ``hi``-th percentile (source units)."""
     import nibabel as nib
 

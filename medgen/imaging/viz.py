@@ -1,7 +1,7 @@
 """PNG previews of volumes: a grid of orthogonal mid-slices (axial, coronal, sagittal) per volume.
 
-Volumes are ``(D, H, W)`` arrays whose axes follow the RAS+ affine of medgen's data (axis 0 towards the
-subject's right, axis 1 anterior, axis 2 superior). Slices are shown with anterior / superior up.
+Volumes are ``(D, H, W)`` arrays whose axes follow the RAS+ affine of medgen's data (axis 0 towards
+the subject's right, axis 1 anterior, axis 2 superior). Slices are shown anterior/superior up.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ def _as_volumes(volumes) -> list[np.ndarray]:
         if volumes.ndim == 5:
             volumes = volumes[:, 0]
         if volumes.ndim != 4:
-            raise ValueError(f"expected volumes (B, 1, D, H, W) or (B, D, H, W), got {volumes.shape}")
+            raise ValueError(
+                f"expected volumes (B, 1, D, H, W) or (B, D, H, W), got {volumes.shape}"
+            )
         return list(volumes)
     out = []
     for v in volumes:
@@ -41,7 +43,7 @@ def _as_volumes(volumes) -> list[np.ndarray]:
 
 
 def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
-    """The axial, coronal and sagittal mid-slices of a (D, H, W) RAS volume, oriented for display."""
+    """The axial, coronal and sagittal mid-slices of a (D, H, W) RAS volume, for display."""
     d, h, w = volume.shape
     axial = volume[:, :, w // 2].T  # rows: posterior->anterior, cols: left->right (axis 0)
     coronal = volume[:, h // 2, :].T  # rows: inferior->superior
@@ -56,7 +58,9 @@ def slice_grid(volumes, *, vmin: float = -1.0, vmax: float = 1.0) -> np.ndarray:
     for v in vols:
         tiles = [np.flipud(s) for s in mid_slices(v)]  # origin at the bottom: anterior/superior up
         height = max(t.shape[0] for t in tiles)
-        padded = [np.pad(t, ((0, height - t.shape[0]), (0, 1)), constant_values=vmin) for t in tiles]
+        padded = [
+            np.pad(t, ((0, height - t.shape[0]), (0, 1)), constant_values=vmin) for t in tiles
+        ]
         rows.append(np.concatenate(padded, axis=1))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 1), (0, width - r.shape[1])), constant_values=vmin) for r in rows]
@@ -105,7 +109,8 @@ def save_slice_grid(
 
 
 def grid_to_uint8(volumes, *, vmin: float = -1.0, vmax: float = 1.0) -> np.ndarray:
-    """The slice grid as (H, W, 3) uint8, e.g. for ``TensorBoard.add_image(..., dataformats="HWC")``."""
+    """The slice grid as (H, W, 3) uint8, e.g. for ``TensorBoard.add_image(...,
+    dataformats="HWC")``."""
     grid = (slice_grid(volumes, vmin=vmin, vmax=vmax) * 255).round().astype(np.uint8)
     return np.repeat(grid[:, :, None], 3, axis=2)
 
@@ -125,13 +130,19 @@ def write_preview(module, folder: str | os.PathLike) -> Path:
     labels = None
     if hp.class_conditional and hp.num_classes:
         labels = torch.arange(n, device=module.device) % int(hp.num_classes)
-    samples = module.generate(noise, sampler=hp.preview_sampler, steps=int(hp.preview_steps),
-                              class_labels=labels, use_ema=True)
+    samples = module.generate(
+        noise,
+        sampler=hp.preview_sampler,
+        steps=int(hp.preview_steps),
+        class_labels=labels,
+        use_ema=True,
+    )
     epoch = int(module.current_epoch)
     titles = [f"class {int(c)}" for c in labels] if labels is not None else None
     path = save_slice_grid(samples, Path(folder) / f"epoch_{epoch:03d}.png", titles=titles)
     for lg in getattr(module, "loggers", []) or []:
         if type(lg).__name__ == "TensorBoardLogger":
-            lg.experiment.add_image("val/preview", grid_to_uint8(samples), int(module.global_step),
-                                    dataformats="HWC")
+            lg.experiment.add_image(
+                "val/preview", grid_to_uint8(samples), int(module.global_step), dataformats="HWC"
+            )
     return path

@@ -329,12 +329,20 @@ def batch_to_smiles(batch: GraphBatch, vocab: Vocabulary) -> list[str | None]:
     """Canonical SMILES of each graph in a batch; None where RDKit rejects one (never repaired)."""
     from rdkit import rdBase
 
+    atoms = batch.atoms.cpu().tolist()
+    # all bonds of the batch in one call: rows (b, i, j) with i > j, grouped by molecule
+    lower = torch.tril(batch.adj.cpu(), diagonal=-1)
+    where = lower.nonzero()
+    orders = lower[where[:, 0], where[:, 1], where[:, 2]].tolist()
+    per_mol: list[list[tuple[int, int, int]]] = [[] for _ in atoms]
+    for (b, i, j), order in zip(where.tolist(), orders, strict=True):
+        per_mol[b].append((i, j, order))
     out: list[str | None] = []
-    atoms, adj = batch.atoms.cpu(), batch.adj.cpu()
     with rdBase.BlockLogs():
-        for b in range(atoms.shape[0]):
+        for row, bonds in zip(atoms, per_mol, strict=True):
+            types = [vocab.types[a] for a in row if a >= 0]
             try:
-                out.append(mol_to_smiles(graph_to_mol(atoms[b], adj[b], vocab)))
+                out.append(mol_to_smiles(_build_mol(types, bonds)))
             except Exception:  # noqa: BLE001 - counted as invalid, never fixed
                 out.append(None)
     return out

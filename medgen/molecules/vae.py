@@ -224,7 +224,7 @@ class GraphDecoder(nn.Module):
         """Uniform numbers one decoding step consumes (atom, parent, order, closures)."""
         return (self.n_types + 1) + self.max_atoms + MAX_BOND_ORDER + 4 * self.max_atoms
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(
         self,
         z: torch.Tensor,

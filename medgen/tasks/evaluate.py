@@ -50,8 +50,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "n_samples": len(smiles),
         "reference": str(cfg.reference),
         "train": None if cfg.get("train") is None else str(cfg.train),
-        "provenance": provenance(cfg),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "provenance": provenance(job_config(cfg)),
+        "config": OmegaConf.to_container(job_config(cfg), resolve=True),
     }
     atomic_write_json(out, record)
     log.info("wrote %s", out)
@@ -110,6 +110,11 @@ def _train_set(cfg: DictConfig) -> set[str] | None:
     train = set(_read_smiles(path))
     log.info("novelty against %d training SMILES from %s", len(train), path)
     return train
+
+
+def job_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` without Hydra's own ``hydra`` node (present when composed in tests)."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
 
 
 if __name__ == "__main__":

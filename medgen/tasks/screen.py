@@ -40,12 +40,17 @@ def screen(cfg: DictConfig) -> dict:
         progress=bool(cfg.progress),
     )
     log.info("screening summary:\n%s", summary.table())
-    record = {"summary": summary.as_dict(), "provenance": provenance(cfg)}
-    record["config"] = OmegaConf.to_container(cfg, resolve=True)
+    record = {"summary": summary.as_dict(), "provenance": provenance(job_config(cfg))}
+    record["config"] = OmegaConf.to_container(job_config(cfg), resolve=True)
     out = Path(cfg.out)
     atomic_write_json(out.with_name(f"{out.name.split('.')[0]}.summary.json"), record)
     atomic_write_json(Path(cfg.paths.output_dir) / "summary.json", record)
     return summary.as_dict()
+
+
+def job_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` without Hydra's own ``hydra`` node (present when composed in tests)."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Scan sources and datamodules: the shared item contract, NIfTI through MONAI, MedMNIST, bad input."""
+"""Scan sources and datamodules: the item contract, NIfTI through MONAI, MedMNIST, bad input."""
 
 from __future__ import annotations
 
@@ -67,8 +67,13 @@ def test_limit_caps_each_split():
 def test_nifti_lps_anisotropic_comes_out_ras_at_target_spacing(tmp_path):
     write_scan(tmp_path / "scans", "a")
     write_scan(tmp_path / "scans", "b")
-    dm = NiftiDataModule(path=str(tmp_path / "scans"), labels=str(tmp_path / "scans" / "labels"),
-                         spatial_size=16, spacing=2.0, val_fraction=0.5)
+    dm = NiftiDataModule(
+        path=str(tmp_path / "scans"),
+        labels=str(tmp_path / "scans" / "labels"),
+        spatial_size=16,
+        spacing=2.0,
+        val_fraction=0.5,
+    )
     dm.setup()
     item = dm.train_set[0]
     check_item(item, (16, 16, 16))
@@ -76,15 +81,17 @@ def test_nifti_lps_anisotropic_comes_out_ras_at_target_spacing(tmp_path):
     assert nib.aff2axcodes(aff) == ("R", "A", "S")
     np.testing.assert_allclose(nib.affines.voxel_sizes(aff), [2.0, 2.0, 2.0], atol=1e-5)
     # the bright cube and its label stay at the same place in the world (mm)
-    cube_world = nib.affines.apply_affine(LPS_AFFINE, np.argwhere(np.pad(
-        np.ones((4, 4, 2)), 0)) + [4, 10, 3]).mean(0)
+    cube_world = nib.affines.apply_affine(
+        LPS_AFFINE, np.argwhere(np.pad(np.ones((4, 4, 2)), 0)) + [4, 10, 3]
+    ).mean(0)
     label = item["label"][0].numpy()
     assert set(np.unique(label)) == {0, 1}
     label_world = nib.affines.apply_affine(aff, np.argwhere(label == 1)).mean(0)
     np.testing.assert_allclose(label_world, cube_world, atol=1.5)
     bright = item["image"][0].numpy() > 0.5
-    np.testing.assert_allclose(nib.affines.apply_affine(aff, np.argwhere(bright)).mean(0),
-                               cube_world, atol=1.5)
+    np.testing.assert_allclose(
+        nib.affines.apply_affine(aff, np.argwhere(bright)).mean(0), cube_world, atol=1.5
+    )
     assert float(item["image"].min()) == -1.0  # air and padding at the floor of the window
     assert dm.data_meta["spacing"] == [2.0, 2.0, 2.0]
 
@@ -92,13 +99,24 @@ def test_nifti_lps_anisotropic_comes_out_ras_at_target_spacing(tmp_path):
 def test_datalist_json_resize_and_percentile(tmp_path):
     for n in "abc":
         write_scan(tmp_path / "imagesTr", n, label=False)
-    doc = {"training": [{"image": f"./imagesTr/{n}.nii.gz", "class_label": i}
-                        for i, n in enumerate("ab")],
-           "validation": [{"image": "./imagesTr/c.nii.gz", "class_label": 1}]}
+    doc = {
+        "training": [
+            {"image": f"./imagesTr/{n}.nii.gz", "class_label": i} for i, n in enumerate("ab")
+        ],
+        "validation": [{"image": "./imagesTr/c.nii.gz", "class_label": 1}],
+    }
     (tmp_path / "dataset.json").write_text(json.dumps(doc))
-    dm = NiftiDataModule(path=str(tmp_path / "dataset.json"), spatial_size=[8, 8, 8], spacing=3.0,
-                         shape_mode="resize", modality="MR", intensity="percentile",
-                         intensity_lo=0.0, intensity_hi=100.0, cache="memory")
+    dm = NiftiDataModule(
+        path=str(tmp_path / "dataset.json"),
+        spatial_size=[8, 8, 8],
+        spacing=3.0,
+        shape_mode="resize",
+        modality="MR",
+        intensity="percentile",
+        intensity_lo=0.0,
+        intensity_hi=100.0,
+        cache="memory",
+    )
     dm.setup()
     assert len(dm.train_set) == 2 and len(dm.val_set) == 1
     item = dm.val_set[0]
@@ -144,7 +162,7 @@ def test_medmnist_npz(tmp_path):
     assert len(dm.val_set) == 2
 
 
-# -- bad input: each names the file and the reason ---------------------------------------------------
+# -- bad input: each names the file and the reason ------------------------------------------------
 def test_missing_empty_corrupt_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         NiftiDataModule(path=str(tmp_path / "nowhere")).setup()

@@ -70,8 +70,15 @@ def test_hu_per_label_as_documented():
     ph = make_phantom(3, 64, noise_hu=0.0)
     drawn = ph.params["hu"]
     for k, (name, mean, sd) in LABELS.items():
-        if name in ("vertebra", "rib", "spinal_canal", "disc", "aorta", "kidney_left",
-                    "kidney_right"):
+        if name in (
+            "vertebra",
+            "rib",
+            "spinal_canal",
+            "disc",
+            "aorta",
+            "kidney_left",
+            "kidney_right",
+        ):
             continue  # thin structures: partial volume dominates at this size
         core = binary_erosion(ph.labels == k, iterations=2)
         if core.sum() < 20:

@@ -1,0 +1,167 @@
+"""Chemistry benchmark: ``score`` throughput on 1 core vs all cores, and peak memory of streaming
+``screen`` on a file prefix vs a file many times larger (memory must not grow with file size).
+
+    python benchmarks/chem.py                 # quick: 2,000 molecules; screen 20k vs 200k rows
+    python benchmarks/chem.py --full          # screen all of MOSES train (1.58 M rows)
+
+Molecules come from MOSES train (``medgen data moses``; ``$MEDGEN_DATA_DIR`` or ./data) or, without
+it, from the 200-molecule test fixture repeated. Peak memory is the largest summed RSS of the
+screening process and its workers, sampled from /proc every 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def molecules(n: int) -> list[str]:
+    """``n`` SMILES from MOSES train (the first rows) or the repeated test fixture."""
+    data = Path(os.environ.get("MEDGEN_DATA_DIR") or ROOT / "data") / "moses" / "train.csv.gz"
+    out: list[str] = []
+    if data.is_file():
+        with gzip.open(data, "rt") as fh:
+            next(fh)
+            for line in fh:
+                out.append(line.strip())
+                if len(out) >= n:
+                    return out
+    fixture = ROOT / "tests" / "data" / "chem" / "moses_test_200.smi"
+    base = [s for s in fixture.read_text().split() if s and not s.startswith("#")]
+    base = [s for s in base if not s.startswith("(")]
+    while len(out) < n:
+        out.extend(base)
+    return out[:n]
+
+
+def bench_score(n: int, n_jobs: int) -> list[tuple[str, float, float]]:
+    from medgen.chem.properties import score
+
+    smiles = molecules(n)
+    score(smiles[:50], n_jobs=1)  # warm caches (catalogs, SA table) in this process
+    rows = []
+    for jobs in (1, n_jobs):
+        t0 = time.perf_counter()
+        frame = score(smiles, n_jobs=jobs, chunk_size=250)
+        seconds = time.perf_counter() - t0
+        assert len(frame) == n
+        rows.append((f"score, n_jobs={jobs}", seconds, n / seconds))
+    return rows
+
+
+def _tree_rss(pid: int) -> int:
+    """Summed RSS (bytes) of ``pid`` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/statm") as fh:
+                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            pass
+        stack.extend(children.get(p, []))
+    return total
+
+
+def bench_screen(path: Path, rows: int, n_jobs: int, groups: str) -> tuple[float, float, float]:
+    """Run ``medgen screen`` on the first ``rows`` rows of ``path``; (seconds, peak tree RSS GiB,
+    peak main-process RSS GiB)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable, "-m", "medgen", "screen", f"input={path}", f"out={tmp}/out.csv",
+            f"limit={rows}", f"n_jobs={n_jobs}", f"properties={groups}", "progress=false",
+            f"hydra.run.dir={tmp}/run",
+        ]  # fmt: skip
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peak_tree = peak_main = 0
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak_tree, peak_main
+            while not done.is_set():
+                peak_tree = max(peak_tree, _tree_rss(proc.pid))
+                try:
+                    with open(f"/proc/{proc.pid}/statm") as fh:
+                        rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                    peak_main = max(peak_main, rss)
+                except OSError:
+                    pass
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        _, err = proc.communicate()
+        done.set()
+        thread.join()
+        if proc.returncode != 0:
+            raise RuntimeError(f"medgen screen failed:\n{err[-3000:]}")
+        return time.perf_counter() - t0, peak_tree / 2**30, peak_main / 2**30
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="molecules for the score timing")
+    parser.add_argument("--full", action="store_true", help="screen all of MOSES train")
+    parser.add_argument("--small", type=int, default=20_000, help="rows of the reference screen")
+    parser.add_argument("--large", type=int, default=200_000, help="rows of the large screen")
+    parser.add_argument("--groups", default="[identity,descriptors]", help="screen properties")
+    args = parser.parse_args()
+    from medgen.chem.properties import default_n_jobs
+
+    n_jobs = default_n_jobs()
+    print(f"# chem benchmark: {n_jobs} cores\n")
+    rows = bench_score(args.n, n_jobs)
+    (_, t1, r1), (_, tn, rn) = rows
+    print(f"| {'case':<22} | {'seconds':>8} | {'mol/s':>8} | {'ratio vs 1 core':>15} |")
+    print(f"|{'-' * 24}|{'-' * 10}|{'-' * 10}|{'-' * 17}|")
+    for name, seconds, rate in rows:
+        print(f"| {name:<22} | {seconds:8.2f} | {rate:8.0f} | {rate / r1:15.2f} |")
+    print(f"\nparallel efficiency on {n_jobs} cores: {(rn / r1) / n_jobs:.2f} (target >= 0.85)\n")
+
+    data = Path(os.environ.get("MEDGEN_DATA_DIR") or ROOT / "data") / "moses" / "train.csv.gz"
+    if not data.is_file():
+        data = Path(tempfile.mkdtemp()) / "mols.smi"
+        data.write_text("\n".join(molecules(args.large)) + "\n")
+    large = 10**9 if args.full else args.large
+    print(f"screening {data} (properties={args.groups}, n_jobs={n_jobs})\n")
+    print(f"| {'rows':>10} | {'seconds':>8} | {'rows/s':>7} | {'peak RSS, all procs':>19} | "
+          f"{'peak RSS, main':>14} | {'ratio vs small':>14} |")  # fmt: skip
+    print(f"|{'-' * 12}|{'-' * 10}|{'-' * 9}|{'-' * 21}|{'-' * 16}|{'-' * 16}|")
+    reference = None
+    for limit in (args.small, large):
+        seconds, tree, main_rss = bench_screen(data, limit, n_jobs, args.groups)
+        n_rows = limit if limit < 10**9 else _count_rows(data)
+        reference = reference or tree
+        print(f"| {n_rows:>10,} | {seconds:8.1f} | {n_rows / seconds:7.0f} | {tree:15.2f} GiB | "
+              f"{main_rss:10.2f} GiB | {tree / reference:14.2f} |")  # fmt: skip
+    print("\ntarget: peak memory < 1 GiB whatever the file size (ratio ~1)")
+
+
+def _count_rows(path: Path) -> int:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        return sum(1 for _ in fh) - (1 if path.name.endswith((".csv", ".csv.gz")) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Graph VAE speed and memory: training molecules/s, decoding valid molecules/s, peak memory.
+
+    python benchmarks/molecules.py [--ckpt RUN_OR_CKPT] [--device cpu|cuda] [--decode-batch 1000]
+    python benchmarks/molecules.py --round-trip [--test PATH] [--limit N]
+
+Without ``--ckpt`` the model is untrained, and untrained decoders stop early (small molecules), so
+decoding looks faster than it is: pass a trained checkpoint (e.g. from
+``medgen train experiment=smiles_graph_vae_quick``). The reference row is RDKit parsing and
+canonicalizing the same SMILES, measured in the same run. ``--round-trip`` measures graph ->
+molecule -> canonical SMILES on the MOSES test set and lists the kinds of mismatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from collections import Counter
+
+import torch
+
+
+def peak_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def build(args):
+    from medgen.molecules.data import GraphDataModule
+    from medgen.molecules.module import GraphVAEModule
+
+    dm = GraphDataModule(path=args.data, batch_size=args.train_batch, val_fraction=0.0)
+    dm.setup()
+    if args.ckpt:
+        module = GraphVAEModule.load_medgen_checkpoint(args.ckpt)
+        dm.use_vocabulary(module.vocab.tokens)
+    else:
+        module = GraphVAEModule()
+        module.build(dm.vocabulary.tokens, dm.max_atoms_seen)
+    return dm, module
+
+
+def bench_train(dm, module, device: str, steps: int) -> float:
+    vae = module.vae.to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-4)
+    batches = iter(dm.train_dataloader())
+    done, elapsed = 0, 0.0
+    for step in range(steps + 1):
+        batch = next(batches).to(device)
+        t0 = time.perf_counter()
+        out = vae(batch)
+        loss = out["recon"] + 0.1 * out["kl"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if step:  # the first step warms up
+            elapsed += time.perf_counter() - t0
+            done += batch.atoms.shape[0]
+    return done / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", default=None, help="trained checkpoint or run dir")
+    parser.add_argument("--data", default=None, help="SMILES source (default: embedded sample)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--train-batch", type=int, default=128)
+    parser.add_argument("--train-steps", type=int, default=5)
+    parser.add_argument("--decode-batch", type=int, default=1000)
+    parser.add_argument("--decode-rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--round-trip", action="store_true")
+    parser.add_argument("--test", default=None, help="round trip: SMILES file (default MOSES test)")
+    parser.add_argument("--limit", type=int, default=None, help="round trip: first N molecules")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.round_trip:
+        return round_trip(args)
+
+    from medgen.molecules.api import sample_smiles
+    from medgen.molecules.graph import batch_to_smiles
+
+    dev = args.device
+    dm, module = build(args)
+    vae, vocab = module.vae, module.vocab
+    rows = []
+    train_rate = bench_train(dm, module, dev, args.train_steps)
+    rows.append((f"train step (batch {args.train_batch})", train_rate, peak_mb(dev)))
+
+    vae.eval()
+    sample_smiles(vae, vocab, args.decode_batch, seed=99)  # warm-up (thread pools, allocator)
+    n = args.decode_batch
+    graph_time = smiles_time = 0.0
+    smiles: list = []
+    atoms = []
+    for r in range(args.decode_rounds):
+        from medgen.molecules.api import draw_noise
+
+        t0 = time.perf_counter()
+        z, u = draw_noise(vae, n, seed=r, device=dev)  # per-molecule generators: part of the cost
+        with torch.no_grad():
+            graphs = vae.sample(z, temperature=1.0, uniforms=u)
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        out = batch_to_smiles(graphs, vocab)
+        t2 = time.perf_counter()
+        graph_time += t1 - t0
+        smiles_time += t2 - t0
+        smiles += out
+        atoms.append(graphs.n_atoms.float().mean().item())
+    from medgen.chem.metrics import fraction_valid
+
+    valid = fraction_valid(smiles)
+    total = n * args.decode_rounds
+    rows.append((f"decode graphs (batch {n})", total / graph_time, peak_mb(dev)))
+    rows.append((f"decode -> valid SMILES (batch {n})", valid * total / smiles_time, peak_mb(dev)))
+
+    from rdkit import Chem
+
+    t0 = time.perf_counter()
+    for s in smiles:
+        Chem.MolToSmiles(Chem.MolFromSmiles(s))
+    ref = len(smiles) / (time.perf_counter() - t0)
+    rows.append(("reference: RDKit parse + canonical SMILES", ref, peak_mb(dev)))
+
+    print(
+        f"\ngraph VAE benchmark on {dev}, torch threads {torch.get_num_threads()}, "
+        f"{'checkpoint ' + args.ckpt if args.ckpt else 'UNTRAINED model'}, "
+        f"vocabulary {len(vocab)} types, max_atoms {vae.decoder.max_atoms}"
+    )
+    print(f"sampled: validity {valid:.4f}, mean heavy atoms {sum(atoms) / len(atoms):.1f}\n")
+    print(f"| {'measure':<44} | {'molecules/s':>11} | {'x reference':>11} | {'peak MiB':>8} |")
+    print(f"|{'-' * 46}|{'-' * 13}|{'-' * 13}|{'-' * 10}|")
+    for name, rate, mem in rows:
+        print(f"| {name:<44} | {rate:>11.0f} | {rate / ref:>11.3f} | {mem:>8.0f} |")
+    goal = rows[2][1]
+    print(f"\ngoal >= 1000 valid molecules/s when decoding: {'met' if goal >= 1000 else 'NOT met'}")
+    return 0
+
+
+def round_trip(args) -> int:
+    import pandas as pd
+    from rdkit import Chem, rdBase
+
+    from medgen.molecules.graph import FeaturizeError
+    from medgen.molecules.graph import round_trip as graph_round_trip
+
+    path = args.test
+    if path is None:
+        from medgen.datasets import moses_path
+
+        path = moses_path("test")
+    smiles = pd.read_csv(path)["SMILES"].tolist()
+    if args.limit:
+        smiles = smiles[: args.limit]
+    kinds: Counter = Counter()
+    examples: dict[str, str] = {}
+    t0 = time.perf_counter()
+    with rdBase.BlockLogs():
+        for s in smiles:
+            expected = Chem.MolToSmiles(Chem.MolFromSmiles(s), isomericSmiles=False)
+            try:
+                got = graph_round_trip(s)
+                kind = "ok" if got == expected else "different canonical SMILES"
+            except FeaturizeError as err:
+                kind = f"not featurizable: {str(err).split(':')[0]}"
+            except Exception as err:  # noqa: BLE001 - counted and reported
+                kind = f"RDKit rejected the rebuilt molecule: {type(err).__name__}"
+            kinds[kind] += 1
+            examples.setdefault(kind, s)
+    elapsed = time.perf_counter() - t0
+    print(f"\nround trip on {len(smiles)} molecules of {path} ({len(smiles) / elapsed:.0f}/s)")
+    for kind, count in kinds.most_common():
+        print(f"  {kind:<50} {count:>8}  {count / len(smiles):8.5%}  e.g. {examples[kind]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

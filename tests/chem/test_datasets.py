@@ -1,0 +1,89 @@
+"""`medgen data`: unpacking from a (fake, local) wheel, no-op on rerun, clear errors. No network."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import medgen.datasets as ds
+
+
+def _fake_wheel(folder: Path, source: ds.WheelSource, members: dict[str, bytes]) -> ds.WheelSource:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / source.filename
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return ds.WheelSource(source.package, source.version, digest, source.licence)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """Wheels come only from tmp_path/wheels; any attempt to run pip fails the test."""
+
+    def no_pip(*args, **kwargs):
+        raise AssertionError(f"tried to download: {args}")
+
+    monkeypatch.setattr(ds.subprocess, "run", no_pip)
+    monkeypatch.setattr(ds, "SHARED_WHEEL_DIR", tmp_path / "no-shared-wheels")
+    monkeypatch.setenv("MEDGEN_WHEEL_DIR", str(tmp_path / "wheels"))
+    return tmp_path / "wheels"
+
+
+def test_moses_unpacks_then_is_a_noop(offline, tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="medgen.datasets")
+    members = {m: f"payload of {n}".encode() for n, m in ds.MOSES_FILES.items()}
+    monkeypatch.setattr(ds, "MOSES", _fake_wheel(offline, ds.MOSES, members))
+    first = ds.prepare("moses", tmp_path / "data")
+    assert sorted(Path(p).name for p in first["written"]) == sorted(ds.MOSES_FILES)
+    assert ds.moses_path("test", tmp_path / "data").read_bytes() == b"payload of test.csv.gz"
+    assert ds.moses_path("test_stats", tmp_path / "data").name == "test_stats.npz"
+    second = ds.prepare("moses", tmp_path / "data")
+    assert second["skipped"] and second["written"] == []
+    assert "nothing to do" in caplog.text
+
+
+def test_qm9_merges_parts_into_one_csv(offline, tmp_path, monkeypatch):
+    header = ",".join(["XYZ_file", *ds.QM9_COLUMNS])
+    parts = {}
+    for i, member in enumerate(ds.QM9_PARTS):
+        values = [f"f{i}.xyz", str(3 - i), "C" * (i + 1), "InChI=x"] + ["1.5"] * 15
+        parts[member] = f"{header}\n{','.join(values)}\n".encode()
+    monkeypatch.setattr(ds, "QM9", _fake_wheel(offline, ds.QM9, parts))
+    ds.prepare("qm9", tmp_path / "data")
+    frame = pd.read_csv(ds.qm9_path(tmp_path / "data"))
+    assert frame["smiles"].tolist() == ["CCC", "CC", "C"]  # sorted by QM9 index
+    assert list(frame.columns) == list(ds.QM9_COLUMNS.values())
+
+
+def test_missing_data_tells_the_user_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `medgen data moses`"):
+        ds.moses_path("train", tmp_path)
+    with pytest.raises(ValueError, match="unknown MOSES split 'validation'"):
+        ds.moses_path("validation", tmp_path)
+    with pytest.raises(ValueError, match="unknown data set 'zinc'"):
+        ds.prepare("zinc", tmp_path)
+
+
+def test_corrupt_cached_wheel_is_not_used(offline, tmp_path, monkeypatch):
+    offline.mkdir(parents=True)
+    (offline / ds.MOSES.filename).write_bytes(b"not a wheel")
+    with pytest.raises(AssertionError, match="tried to download"):
+        ds.fetch_wheel(ds.MOSES, tmp_path / "data" / "wheels")
+
+
+def test_data_task_through_config(compose_cfg, offline, monkeypatch):
+    members = {m: b"x" for m in ds.MOSES_FILES.values()}
+    monkeypatch.setattr(ds, "MOSES", _fake_wheel(offline, ds.MOSES, members))
+    from medgen.tasks.data import data
+
+    cfg = compose_cfg("data", ["dataset=moses"])
+    result = data(cfg)
+    assert Path(result["folder"]) == Path(cfg.paths.data_dir) / "moses"
+    assert io.BytesIO(Path(result["written"][0]).read_bytes()).read() == b"x"

@@ -1,0 +1,195 @@
+"""DiffusionModule: learning, sampling contract, checkpoints with EMA, resume, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from medgen.imaging.data import PhantomDataModule
+from medgen.imaging.diffusion import DiffusionModule
+
+
+@pytest.fixture(scope="module")
+def batch():
+    dm = PhantomDataModule(size=16, num_train=2, batch_size=2)
+    dm.setup()
+    return next(iter(dm.train_dataloader()))
+
+
+def _eval_loss(module, batch, n=6):
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        return sum(module.diffusion_loss(batch, generator=gen).item() for _ in range(n)) / n
+
+
+def test_tiny_model_overfits_one_batch(batch, tiny_kwargs):
+    torch.manual_seed(0)
+    module = DiffusionModule(**{**tiny_kwargs, "lr": 3e-3})
+    opt = module.configure_optimizers()["optimizer"]
+    start = _eval_loss(module, batch)
+    for _ in range(60):
+        loss = module.diffusion_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = _eval_loss(module, batch)
+    assert start > 0.8 and end < 0.3 * start, (start, end)
+
+
+@pytest.mark.parametrize(
+    "objective,extra", [("rflow", {}), ("ddpm", {"prediction_type": "v_prediction"})]
+)
+def test_other_objectives_learn(batch, tiny_kwargs, objective, extra):
+    torch.manual_seed(0)
+    module = DiffusionModule(**{**tiny_kwargs, "lr": 3e-3, "objective": objective, **extra})
+    opt = module.configure_optimizers()["optimizer"]
+    start = _eval_loss(module, batch)
+    for _ in range(30):
+        loss = module.diffusion_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert _eval_loss(module, batch) < 0.6 * start
+
+
+def test_generate_contract(tiny_kwargs):
+    torch.manual_seed(0)
+    module = DiffusionModule(**tiny_kwargs)
+    module.train()
+    noise = torch.randn(2, 1, 16, 16, 16)
+    x = module.generate(noise, steps=3)
+    assert x.shape == (2, 1, 16, 16, 16) and float(x.abs().max()) <= 1.0
+    assert module.unet.training  # state restored
+    assert module.default_sampler() == "ddim"
+    # stochastic DDPM: sample 0 with its own generator is the same alone or in a batch of two
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    both = module.generate(noise, sampler="ddpm", steps=4, generators=gens([5, 6]))
+    alone = module.generate(noise[:1], sampler="ddpm", steps=4, generators=gens([5]))
+    torch.testing.assert_close(both[:1], alone, atol=1e-5, rtol=0)
+    other = module.generate(noise[:1], sampler="ddpm", steps=4, generators=gens([7]))
+    assert not torch.allclose(other, alone)
+    with pytest.raises(ValueError, match="'rflow'.*objective 'ddpm'"):
+        module.generate(noise, sampler="rflow")
+    with pytest.raises(ValueError, match="not class-conditional"):
+        module.generate(noise, class_labels=[0, 1])
+    with pytest.raises(ValueError, match="generators"):
+        module.generate(noise, sampler="ddpm", steps=2, generators=gens([1]))
+
+
+def test_class_conditional_guidance(tiny_kwargs, batch):
+    torch.manual_seed(0)
+    module = DiffusionModule(**tiny_kwargs, class_conditional=True, num_classes=3)
+    assert module.diffusion_loss(batch, drop_labels=True).isfinite()
+    noise = torch.randn(2, 1, 16, 16, 16)
+    for w in (1.0, 3.0):
+        x = module.generate(noise, steps=2, class_labels=torch.tensor([0, 2]), guidance_scale=w)
+        assert x.shape == noise.shape
+    assert module.generate(noise, steps=2).shape == noise.shape  # unconditional = null class
+    with pytest.raises(ValueError, match="class_labels"):
+        module.generate(noise, steps=2, class_labels=[0, 7])
+
+
+def test_rflow_generate(tiny_kwargs):
+    module = DiffusionModule(**tiny_kwargs, objective="rflow")
+    assert module.default_sampler() == "rflow"
+    assert module.generate(torch.randn(1, 1, 16, 16, 16), steps=3).shape == (1, 1, 16, 16, 16)
+
+
+def test_non_finite_loss_names_step_and_sources(tiny_kwargs, batch):
+    module = DiffusionModule(**tiny_kwargs)
+    bad = {**batch, "image": batch["image"].clone()}
+    bad["image"][0, 0, 0, 0, 0] = math.nan
+    with pytest.raises(FloatingPointError, match=r"global step 0; batch sources") as err:
+        module.training_step(bad, 0)
+    assert "phantom:0" in str(err.value) and "phantom:1" in str(err.value)
+
+
+def test_activation_checkpointing_same_gradients(tiny_kwargs, batch):
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        module = DiffusionModule(**tiny_kwargs, activation_checkpointing=ckpt)
+        torch.manual_seed(1)
+        module.diffusion_loss(batch).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.unet.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_bad_config_names_values(tiny_kwargs):
+    with pytest.raises(ValueError, match="'score'"):
+        DiffusionModule(**{**tiny_kwargs, "objective": "score"})
+    with pytest.raises(ValueError, match="same length"):
+        DiffusionModule(**{**tiny_kwargs, "channels": (8, 16, 16)})
+    module = DiffusionModule(**tiny_kwargs)
+    module._trainer = None
+    module.hparams["data_meta"] = {"spatial_size": [15, 16, 16]}
+    with pytest.raises(ValueError, match=r"\[15, 16, 16\].*divisible by 2"):
+        module.setup("fit")
+
+
+# -- Lightning: checkpoints, EMA, resume ----------------------------------------------------------
+class Probe(pl.Callback):
+    def on_train_start(self, trainer, module):
+        self.start_step = trainer.global_step
+        self.start_ema = {k: v.clone() for k, v in module.ema.state_dict().items()}
+
+
+def _fit(tmp_path, tiny_kwargs, max_epochs, ckpt_path=None):
+    torch.manual_seed(0)
+    dm = PhantomDataModule(size=16, num_train=4, num_val=2, batch_size=2)
+    module = DiffusionModule(**tiny_kwargs, preview_steps=2, preview_num_samples=1)
+    probe = Probe()
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[
+            probe,
+            pl.callbacks.ModelCheckpoint(
+                dirpath=str(tmp_path / "checkpoints"), save_last=True, monitor="val/loss"
+            ),
+        ],
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer, module, probe
+
+
+def test_checkpoint_resume_continues_step_and_ema(tmp_path, tiny_kwargs):
+    trainer, module, _ = _fit(tmp_path, tiny_kwargs, max_epochs=2)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert trainer.global_step == 4 and last.is_file()
+    assert (tmp_path / "previews" / "epoch_001.png").is_file()
+    raw = torch.load(last, map_location="cpu", weights_only=True)  # plain values only
+    hp = raw["hyper_parameters"]
+    assert hp["kind"] == "diffusion3d" and hp["data_meta"]["spatial_size"] == [16, 16, 16]
+    assert hp["data_meta"]["intensity"]["kind"] == "ct_window"
+    assert any(k.startswith("ema.module.") for k in raw["state_dict"])
+    assert int(raw["state_dict"]["ema.num_updates"]) == 4
+
+    loaded = DiffusionModule.load_medgen_checkpoint(last)
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
+    assert not torch.equal(loaded.ema.module.conv_in.conv.weight, loaded.unet.conv_in.conv.weight)
+
+    trainer2, module2, probe = _fit(
+        tmp_path / "resumed", tiny_kwargs, max_epochs=3, ckpt_path=str(last)
+    )
+    assert probe.start_step == 4 and trainer2.global_step == 6
+    ema_ckpt = {k[len("ema.") :]: v for k, v in raw["state_dict"].items() if k.startswith("ema.")}
+    for key, value in ema_ckpt.items():
+        torch.testing.assert_close(probe.start_ema[key], value, msg=key)
+    assert int(module2.ema.num_updates) == 6
+
+
+def test_load_rejects_other_kinds(tmp_path):
+    torch.save({"hyper_parameters": {"kind": "graph_vae"}, "state_dict": {}}, tmp_path / "g.ckpt")
+    with pytest.raises(ValueError, match="graph_vae"):
+        DiffusionModule.load_medgen_checkpoint(tmp_path / "g.ckpt")
