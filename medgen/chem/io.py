@@ -164,8 +164,9 @@ def _read_parquet(
     column = smiles_column
     start = 1
     for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-        chunk = batch.to_pandas().astype(str)
+        chunk = batch.to_pandas()  # carried columns keep their parquet types
         column = column or detect_smiles_column(chunk, path)
+        chunk[column] = chunk[column].astype(object).where(chunk[column].notna(), None)
         yield _with_line(chunk, column, start)
         start += len(chunk)
 

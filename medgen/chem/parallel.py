@@ -24,29 +24,41 @@ def map_chunks(
     n_jobs: int = 1,
     args: Sequence[Any] = (),
     max_in_flight: int | None = None,
+    executor: ProcessPoolExecutor | None = None,
 ) -> Iterator[R]:
     """Yield ``fn(chunk, *args)`` for each chunk, in order.
 
     ``n_jobs=1``, or a sequence of at most one chunk, runs in this process (no pool start-up cost).
     Otherwise ``n_jobs`` spawned workers share the chunks; ``fn`` must be a module-level function.
     At most ``max_in_flight`` (default ``2 * n_jobs``) chunks are pending at any time.
+    ``executor``: an already running pool to use (and leave running) instead of starting one.
     """
-    if n_jobs <= 1 or (isinstance(chunks, Sequence) and len(chunks) <= 1):
+    if executor is None and (n_jobs <= 1 or (isinstance(chunks, Sequence) and len(chunks) <= 1)):
         for chunk in chunks:
             yield fn(chunk, *args)
         return
-    limit = max_in_flight or 2 * n_jobs
-    # spawn: workers start clean (no copy of a parent that may hold torch threads or big tables)
-    ctx = multiprocessing.get_context("spawn")
+    if executor is not None:
+        yield from _map_ordered(executor, fn, chunks, args, max_in_flight or 2 * n_jobs)
+        return
+    with worker_pool(n_jobs) as pool:
+        yield from _map_ordered(pool, fn, chunks, args, max_in_flight or 2 * n_jobs)
+
+
+def worker_pool(n_jobs: int) -> ProcessPoolExecutor:
+    """A pool of ``n_jobs`` spawned workers (they start clean: no copy of a parent that may hold
+    torch threads or large tables)."""
+    return ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _map_ordered(pool, fn, chunks, args, limit: int):
     pending: deque[Future] = deque()
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
-        try:
-            for chunk in chunks:
-                pending.append(pool.submit(fn, chunk, *args))
-                if len(pending) >= limit:
-                    yield pending.popleft().result()
-            while pending:
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(fn, chunk, *args))
+            if len(pending) >= limit:
                 yield pending.popleft().result()
-        finally:
-            for fut in pending:  # the consumer stopped early or a chunk failed
-                fut.cancel()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for fut in pending:  # the consumer stopped early or a chunk failed
+            fut.cancel()

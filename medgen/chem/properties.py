@@ -10,15 +10,19 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from rdkit import Chem, rdBase
 from rdkit.Chem import QED, Crippen, Descriptors, rdMolDescriptors
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
 from medgen.chem.alerts import ALERT_CATALOGS, alerts, moses_filters_pass
 from medgen.chem.mol import parse_smiles_with_reason
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
+    import pandas as pd
 
 #: property groups :func:`score` can compute, each adding the columns listed
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -177,6 +181,8 @@ def score_rows(smiles: Sequence[str | None], groups: Sequence[str]) -> dict[str,
 
 def to_frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
     """A DataFrame with stable dtypes (nullable ints and booleans, so invalid rows stay NA)."""
+    import pandas as pd  # lazy: worker processes only need RDKit
+
     frame = pd.DataFrame(columns)
     for name in frame.columns:
         if name in _INT_COLUMNS:
@@ -204,6 +210,7 @@ def score(
     n_jobs: int | None = None,
     chunk_size: int = 2000,
     groups: Sequence[str] | None = None,
+    executor: ProcessPoolExecutor | None = None,
 ) -> pd.DataFrame:
     """Score ``smiles``: one row per input, in input order.
 
@@ -213,6 +220,7 @@ def score(
         n_jobs: worker processes (None: all cores). Inputs that fit in one chunk run in-process.
         chunk_size: molecules per task sent to a worker.
         groups: property groups (keys of :data:`GROUPS`); None computes all.
+        executor: a running pool (:func:`medgen.chem.parallel.worker_pool`) to reuse across calls.
 
     Returns:
         DataFrame with :data:`BASE_COLUMNS` then the group columns. Multi-fragment inputs are
@@ -226,7 +234,7 @@ def score(
     items = list(smiles)
     chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     n_jobs = default_n_jobs() if n_jobs is None else max(1, int(n_jobs))
-    parts = list(map_chunks(score_rows, chunks, n_jobs=n_jobs, args=(groups,)))
+    parts = list(map_chunks(score_rows, chunks, n_jobs=n_jobs, args=(groups,), executor=executor))
     merged: dict[str, list[Any]] = {c: [] for c in columns_for(groups)}
     for part in parts:
         for c, values in part.items():

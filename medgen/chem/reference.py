@@ -72,9 +72,8 @@ def compute_scaffold(mol, min_rings: int = 2) -> str | None:
 def brics_fragments(mol) -> list[str]:
     """SMILES of the fragments left after cutting ``mol`` at its BRICS bonds (MOSES Frag keys)."""
     from rdkit import Chem
-    from rdkit.Chem import BRICS
 
-    return Chem.MolToSmiles(BRICS.BreakBRICSBonds(mol)).split(".")
+    return Chem.MolToSmiles(Chem.FragmentOnBRICSBonds(mol)).split(".")
 
 
 def molecule_features(smiles: Sequence[str], with_kl: bool = False) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from medgen.chem.extsort import ExternalSorter, sort_frame
 from medgen.chem.filters import Filter, build_filters
 from medgen.chem.io import MoleculeWriter, read_molecules
 from medgen.chem.parallel import map_chunks
@@ -104,8 +105,8 @@ def screen_file(
         dedup: keep only the first row of each InChIKey. Memory grows with the number of distinct
             passing molecules (about 100 bytes each), not with the file size.
         sort_by: sort the output by this column (``descending`` by default). Without ``top_k``
-            the passing rows are held in memory to sort them; with ``top_k`` only the best
-            ``top_k`` are kept.
+            an external merge sort spills sorted runs to a temporary folder beside ``out``; with
+            ``top_k`` only the best ``top_k`` rows are kept in memory.
         groups: property groups to compute (None: all); groups the filters need are added.
         n_jobs: worker processes (None: all cores). chunk_size: rows per worker task.
         limit: read only the first ``limit`` rows.
@@ -139,13 +140,15 @@ def screen_file(
     scored = map_chunks(score_rows, smiles_chunks, n_jobs=n_jobs, args=(groups_t,))
     seen: dict[int, int] = {}
     best: pd.DataFrame | None = None
-    held: list[pd.DataFrame] = []
     template = pd.DataFrame(columns=["line", *columns_for(groups_t), *extra])
     bar = _progress(progress, input)
     # SDF records hold the scored molecule (the largest fragment of a salt); "input" stays a tag
     mol_column = "canonical_smiles" if "identity" in groups_t else "input"
     writer_out = MoleculeWriter(out, smiles_column=mol_column)
-    with writer_out as writer, MoleculeWriter(rejects) as reject_writer:
+    sorter = ExternalSorter(
+        sort_by or "line", descending=descending, tmp_dir=Path(out).resolve().parent
+    )
+    with writer_out as writer, MoleculeWriter(rejects) as reject_writer, sorter:
         for columns in scored:
             source = pending.pop(0)
             frame = _merge(source, to_frame(columns))
@@ -163,16 +166,17 @@ def screen_file(
                 reason = f"outside top_k={top_k}" + (f" by {sort_by}" if sort_by else "")
                 _write_rejects(reject_writer, evicted, None, reason, extra)
             elif sort_by is not None:
-                held.append(passed)
+                sorter.add(passed)
             else:
                 writer.write(passed)
-        if top_k is not None or sort_by is not None:
-            final = (
-                best if top_k is not None else pd.concat(held, ignore_index=True) if held else None
-            )
-            if final is not None and sort_by is not None:
-                final = _sorted(final, sort_by, descending)
-            writer.write(final if final is not None else template)
+        if top_k is not None:
+            final = best if best is not None else template
+            writer.write(sort_frame(final, sort_by, descending) if sort_by is not None else final)
+        elif sort_by is not None:
+            for chunk in sorter.sorted_chunks():
+                writer.write(chunk)
+            if writer.rows == 0:
+                writer.write(template)
         summary.written = writer.rows
         summary.rejected = reject_writer.rows
         bar.close()
@@ -277,22 +281,11 @@ def _write_rejects(writer: MoleculeWriter, frame, mask, reasons, extra: list[str
         writer.write(out)
 
 
-def _sorted(frame: pd.DataFrame, sort_by: str, descending: bool) -> pd.DataFrame:
-    # stable sort with the input line as tie-breaker: the same input gives the same order
-    key = pd.to_numeric(frame[sort_by], errors="coerce")
-    if key.isna().all() and frame[sort_by].notna().any():
-        key = frame[sort_by].astype(str)  # a text column
-    order = pd.DataFrame({"k": key, "line": frame["line"]}).sort_values(
-        ["k", "line"], ascending=[not descending, True], na_position="last", kind="mergesort"
-    )
-    return frame.loc[order.index].reset_index(drop=True)
-
-
 def _keep_top(best, passed, sort_by, descending, top_k):
     """Merge ``passed`` into the running top-k; return the new top-k and the rows pushed out."""
     both = passed if best is None else pd.concat([best, passed], ignore_index=True)
     if sort_by is not None:
-        both = _sorted(both, sort_by, descending)
+        both = sort_frame(both, sort_by, descending)
     return both.iloc[:top_k].reset_index(drop=True), both.iloc[top_k:]
 
 

@@ -277,7 +277,7 @@ class DiffusionModule(pl.LightningModule):
         trainer = self.trainer
         if every <= 0 or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if (self.current_epoch + 1) % every and not trainer.is_last_batch:
+        if (self.current_epoch + 1) % every:
             return
         from medgen.imaging.viz import write_preview
 
@@ -345,6 +345,8 @@ class DiffusionModule(pl.LightningModule):
         if module.unet is None:
             raise ValueError(f"checkpoint {path}: class-conditional model without num_classes")
         module.load_state_dict(ckpt["state_dict"])
+        if isinstance(map_location, str | torch.device):
+            module.to(map_location)
         return module.eval()
 
 

@@ -158,8 +158,11 @@ def resolve_sampling(
         )
     if sampler is None and callable(getattr(module, "default_sampler", None)):
         sampler = module.default_sampler()
-    if steps is None and sampler is not None:
-        steps = DEFAULT_STEPS.get(sampler) or hparams.get("num_train_timesteps")
+    timesteps = hparams.get("num_train_timesteps")
+    if steps is None and sampler is not None:  # at most the timesteps the model was trained on
+        steps = min(DEFAULT_STEPS.get(sampler, timesteps or 1000), timesteps or 1000)
+    if steps is not None and timesteps and sampler != "rflow" and int(steps) > int(timesteps):
+        raise ValueError(f"steps={steps}: this model was trained with {timesteps} timesteps")
     return sampler, (None if steps is None else int(steps)), cond, cond_name
 
 

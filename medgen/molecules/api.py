@@ -263,18 +263,20 @@ class MoleculeVAE:
         *,
         n_starts: int = 32,
         steps: int = 60,
-        lr: float = 0.1,
-        prior_weight: float = 0.05,
+        lr: float = 0.02,
+        prior_weight: float = 0.1,
         decode_every: int = 5,
         maximize: bool = True,
     ):
         """Gradient ascent on the property head from the best fitted molecules' latents.
 
-        The objective is ``head(z) - prior_weight * |z|^2 / 2`` (keeps ``z`` where the decoder was
-        trained). Every ``decode_every`` steps all points are decoded greedily; decoded molecules
-        are scored with RDKit when the property is computable (else by the head) and the ``n``
-        best distinct ones that are not among the fitted molecules are returned as a DataFrame
-        (``smiles, score, predicted, step, start_smiles, start_score``), best first.
+        The objective, in standard deviations of the property, is
+        ``head(z) - prior_weight * |z|^2 / 2``: the prior term keeps ``z`` where the decoder was
+        trained and the head is not extrapolating. Every ``decode_every`` steps all points are
+        decoded greedily; decoded molecules are scored with RDKit when the property is
+        computable (else by the head) and the ``n`` best distinct ones that are not among the
+        fitted molecules are returned as a DataFrame (``smiles, score, predicted, step,
+        start_smiles, start_score``), best first.
         """
         import pandas as pd
 
@@ -289,7 +291,7 @@ class MoleculeVAE:
         rows: dict[str, dict] = {}
         opt = torch.optim.Adam([z], lr=lr)
         for step in range(1, steps + 1):
-            objective = sign * head(z) - prior_weight * 0.5 * z.pow(2).sum(-1)
+            objective = sign * head.net(z).squeeze(-1) - prior_weight * 0.5 * z.pow(2).sum(-1)
             opt.zero_grad()
             (-objective.sum()).backward()
             opt.step()

@@ -334,7 +334,6 @@ class GraphDataModule(pl.LightningDataModule):
             self.vocabulary = Vocabulary(tokens)
         remap = torch.tensor([self.vocabulary.index.get(t, -1) for t in src.tokens])
         n_atoms = src.n_atoms()
-        unknown = torch.zeros(len(src), dtype=torch.bool)
         bad_atom = (remap[src.atoms.long()] < 0).long()
         per_mol = torch.zeros(len(src), dtype=torch.long).index_add_(
             0, torch.repeat_interleave(torch.arange(len(src)), n_atoms), bad_atom
@@ -343,17 +342,20 @@ class GraphDataModule(pl.LightningDataModule):
         too_big = n_atoms > self.max_atoms if self.max_atoms else torch.zeros_like(unknown)
         self.rejects = list(src.rejects)
         keep = []
-        for k in range(len(src)):
-            if unknown[k]:
+        lines, sizes = src.lines.tolist(), n_atoms.tolist()
+        for k, (is_unknown, is_big) in enumerate(
+            zip(unknown.tolist(), too_big.tolist(), strict=True)
+        ):
+            if is_unknown:
                 a0, a1 = int(src.atom_ptr[k]), int(src.atom_ptr[k + 1])
                 missing = sorted(
                     {src.tokens[a] for a in src.atoms[a0:a1].tolist()} - set(self.vocabulary.tokens)
                 )
                 reason = f"atom type(s) not in the vocabulary: {', '.join(missing)}"
-                self.rejects.append([int(src.lines[k]), src.smiles[k], reason])
-            elif too_big[k]:
-                reason = f"{int(n_atoms[k])} heavy atoms > max_atoms={self.max_atoms}"
-                self.rejects.append([int(src.lines[k]), src.smiles[k], reason])
+                self.rejects.append([lines[k], src.smiles[k], reason])
+            elif is_big:
+                reason = f"{sizes[k]} heavy atoms > max_atoms={self.max_atoms}"
+                self.rejects.append([lines[k], src.smiles[k], reason])
             else:
                 keep.append(k)
         if not keep:

@@ -171,7 +171,7 @@ class GraphVAEModule(pl.LightningModule):
             "val/heavy_atoms": _mean_atoms(valid),
         }
         for key, value in metrics.items():
-            self.log(key, float(value), rank_zero_only=True)
+            self.log(key, float(value))  # same seed and weights on every rank: same values
         if self.trainer.is_global_zero:
             self._write_grid(valid)
 

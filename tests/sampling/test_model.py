@@ -1,0 +1,131 @@
+"""Sampling with the real ``DiffusionModule`` (tiny UNet, 10 timesteps) and the sample config."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from medgen.imaging.data import NiftiDataModule, PhantomDataModule
+from medgen.imaging.diffusion import DiffusionModule
+from medgen.imaging.sample import generate, sample_from_config
+from medgen.utils.provenance import file_sha256
+
+from .helpers import data_meta
+
+TINY = dict(
+    channels=(8, 8),
+    attention_levels=(False, False),
+    num_res_blocks=1,
+    norm_num_groups=8,
+    num_head_channels=8,
+    num_train_timesteps=10,
+    preview_every_n_epochs=0,
+)
+
+
+def tiny(objective: str = "ddpm", **kw) -> DiffusionModule:
+    torch.manual_seed(0)
+    return DiffusionModule(objective=objective, **TINY, data_meta=data_meta(8), **kw)
+
+
+def trained_run(tmp_path_factory, name: str, **kw):
+    """A run dir with checkpoints/last.ckpt after one training step on 16^3 phantoms."""
+    run = tmp_path_factory.mktemp(name)
+    torch.manual_seed(0)
+    module = DiffusionModule(**TINY, **kw)
+    dm = PhantomDataModule(size=16, num_train=2, num_val=1, batch_size=2)
+    trainer = pl.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=run,
+    )
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
+    (run / "provenance.json").write_text(json.dumps({"config_hash": f"hash-of-{name}"}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def ddpm_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    return trained_run(tmp_path_factory, "ddpm")
+
+
+@pytest.mark.parametrize("objective,sampler", [("ddpm", "ddpm"), ("ddpm", "ddim"), ("rflow", None)])
+def test_sample_i_is_the_same_alone_or_in_a_batch_of_eight(objective, sampler):
+    module = tiny(objective)
+    alone = generate(module, 8, sampler=sampler, steps=5, seed=9, batch_size=1)
+    batched = generate(module, 8, sampler=sampler, steps=5, seed=9, batch_size=8)
+    torch.testing.assert_close(alone, batched, atol=1e-5, rtol=0)
+    rerun = generate(module, 3, sampler=sampler, steps=5, seed=9, batch_size=2)
+    torch.testing.assert_close(rerun, alone[:3], atol=1e-5, rtol=0)
+    assert alone.shape == (8, 1, 8, 8, 8) and alone.abs().max() <= 1.0
+    assert not torch.allclose(alone[0], alone[1])
+
+
+def test_sampler_and_condition_errors_name_the_value():
+    with pytest.raises(ValueError, match="sampler='rflow' does not fit .* 'ddpm' objective"):
+        generate(tiny("ddpm"), 1, sampler="rflow")
+    with pytest.raises(ValueError, match="condition=1: this checkpoint was trained without"):
+        generate(tiny("ddpm"), 1, condition=1)
+    with pytest.raises(ValueError, match="steps=20: this model was trained with 10 timesteps"):
+        generate(tiny("ddpm"), 1, sampler="ddim", steps=20)
+
+
+def test_medgen_sample_config_writes_a_cohort_that_reads_back(ddpm_run, compose_cfg, tmp_path):
+    out = tmp_path / "synth"
+    cfg = compose_cfg("sample", [f"ckpt={ddpm_run}", "n=3", "batch_size=2", f"out={out}"])
+    summary = sample_from_config(cfg, ddpm_run / "checkpoints" / "last.ckpt")
+    assert summary["count"] == 3 and summary["written"] == 3
+    run = json.loads((out / "run.json").read_text())
+    assert (run["sampler"], run["steps"], run["seed"]) == ("ddim", 10, 0)  # model defaults
+    ckpt = torch.load(ddpm_run / "checkpoints" / "last.ckpt", weights_only=True)
+    meta = ckpt["hyper_parameters"]["data_meta"]
+    for i in range(3):
+        img = nib.load(out / "images" / f"sample_{i:05d}.nii.gz")
+        np.testing.assert_allclose(img.affine, meta["affine"], atol=1e-5)
+        np.testing.assert_allclose(img.header.get_zooms(), meta["spacing"], rtol=1e-5)
+        data = np.asarray(img.dataobj)
+        assert data.dtype == np.int16 and data.shape == (16, 16, 16)
+        lo, hi = meta["intensity"]["lo"], meta["intensity"]["hi"]
+        assert lo <= data.min() and data.max() <= hi
+        side = json.loads((out / "images" / f"sample_{i:05d}.json").read_text())
+        assert side["checkpoint_sha256"] == file_sha256(ddpm_run / "checkpoints" / "last.ckpt")
+        assert side["training_config_hash"] == "hash-of-ddpm"
+    assert (out / "preview.png").is_file()
+    # the same volumes as the Python API (float rounding: at most 1 HU)
+    x = generate(ddpm_run, 3, seed=0, batch_size=3)
+    for i in range(3):
+        data = np.asarray(nib.load(out / "images" / f"sample_{i:05d}.nii.gz").dataobj)
+        assert np.abs(data - np.rint(x[i, 0].numpy() * (hi - lo) / 2 + (hi + lo) / 2)).max() <= 1
+    dm = NiftiDataModule(
+        path=str(out / "dataset.json"), spatial_size=16, spacing=meta["spacing"], val_fraction=0.34
+    )
+    dm.setup()
+    assert len(dm.train_set) + len(dm.val_set) == 3
+    assert dm.train_set[0]["image"].shape == (1, 16, 16, 16)
+    # a different seed into the same folder is refused
+    cfg = compose_cfg("sample", [f"ckpt={ddpm_run}", "n=3", "seed=1", f"out={out}"])
+    with pytest.raises(FileExistsError, match="seed: 0 there, 1 now"):
+        sample_from_config(cfg, ddpm_run / "checkpoints" / "last.ckpt")
+
+
+def test_class_conditional_export_records_the_class(tmp_path_factory, compose_cfg, tmp_path):
+    run = trained_run(tmp_path_factory, "cond", class_conditional=True)
+    out = tmp_path / "synth"
+    overrides = [f"ckpt={run}", "n=2", "sampler=ddim", "steps=3", f"out={out}", "preview=false"]
+    cfg = compose_cfg("sample", [*overrides, "condition=large", "guidance_scale=2.0"])
+    sample_from_config(cfg, run / "checkpoints" / "last.ckpt")
+    side = json.loads((out / "images" / "sample_00001.json").read_text())
+    assert (side["condition"], side["condition_name"], side["guidance_scale"]) == (2, "large", 2.0)
+    datalist = json.loads((out / "dataset.json").read_text())
+    assert [e["class_label"] for e in datalist["training"]] == [2, 2]
