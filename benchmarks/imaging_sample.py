@@ -55,7 +55,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, action="append", help="edge in voxels (repeatable)")
     parser.add_argument("--n", type=int, default=1, help="volumes per sampler")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = args.size or ([32, 64] if args.device.startswith("cuda") else [32])
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, n={args.n} per sampler")
     for size in sizes:

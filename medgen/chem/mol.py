@@ -14,7 +14,7 @@ def parse_smiles(smiles: str | None) -> Chem.Mol | None:
 
     RDKit's error log is blocked for the call only and restored afterwards.
     """
-    if smiles is None:
+    if _missing(smiles):
         return None
     text = str(smiles).strip()
     if not text:
@@ -30,8 +30,8 @@ def parse_smiles_with_reason(smiles: str | None) -> tuple[Chem.Mol | None, str]:
     input: 'C1CC'"``, ``"Explicit valence for atom # 1 C, 5, is greater than permitted"``), captured
     from its error log without printing it.
     """
-    if smiles is None:
-        return None, "missing SMILES"
+    if _missing(smiles):
+        return None, "missing SMILES (no value, or an SDF record RDKit could not read)"
     text = str(smiles).strip()
     if not text:
         return None, "empty SMILES"
@@ -42,6 +42,13 @@ def parse_smiles_with_reason(smiles: str | None) -> tuple[Chem.Mol | None, str]:
     lines = [_TIMESTAMP.sub("", line).strip() for line in capture.messages.splitlines()]
     lines = [line for line in lines if line]
     return None, (lines[0] if lines else "RDKit could not parse the SMILES")
+
+
+def _missing(value: object) -> bool:
+    # None, NaN and pd.NA: what pandas puts in an empty cell
+    if value is None or isinstance(value, str):
+        return value is None
+    return str(value) in ("nan", "<NA>", "NaT")
 
 
 def canonical_smiles(smiles: str | None, isomeric: bool = True) -> str | None:

@@ -85,7 +85,7 @@ class DiffusionModule(pl.LightningModule):
         schedule: str = "linear_beta",
         beta_start: float = 1e-4,
         beta_end: float = 2e-2,
-        prediction_type: str = "epsilon",
+        prediction_type: str = "v_prediction",
         rflow_sample_method: str = "logit-normal",
         class_conditional: bool = False,
         num_classes: int | None = None,
@@ -307,7 +307,9 @@ class DiffusionModule(pl.LightningModule):
                 (DDPM), so sample i never depends on the rest of its batch.
             sampler: ``ddpm`` | ``ddim`` (DDPM-trained) or ``rflow`` (RFlow-trained); None: ddim
                 for DDPM-trained, rflow for RFlow-trained models.
-            steps: number of sampling steps (None: 1000 for ddpm, 50 ddim, 30 rflow).
+            steps: number of sampling steps (None: all training timesteps for ddpm, 50 ddim,
+                30 rflow); ddpm with fewer steps than training timesteps runs the DDPM posterior
+                on the sub-sequence (DDIM with eta = 1).
             class_labels: (B,) class per sample for a class-conditional model (None: unconditional).
             guidance_scale: classifier-free guidance scale w (1.0: plain conditional sampling);
                 ``pred = uncond + w * (cond - uncond)``.
@@ -376,7 +378,16 @@ def sample_loop(
     if generators is not None and len(generators) != b:
         raise ValueError(f"got {len(generators)} generators for a batch of {b}")
     steps = int(steps or DEFAULT_STEPS.get(sampler, hp.num_train_timesteps))
-    sched = module._make_scheduler(sampler)
+    if not 1 <= steps <= hp.num_train_timesteps:
+        raise ValueError(
+            f"steps={steps} must be in 1..{hp.num_train_timesteps} (training timesteps)"
+        )
+    # MONAI's DDPMScheduler.step assumes consecutive timesteps; DDPM on a shorter sub-sequence is
+    # DDIM with eta = 1 (the DDPM posterior between any two timesteps, Song et al. 2020, eq. 16)
+    respaced = sampler == "ddpm" and steps < hp.num_train_timesteps
+    sched = module._make_scheduler("ddim" if respaced else sampler)
+    step_kw: dict[str, Any] = {"eta": 1.0} if respaced else {}
+    stochastic = sampler == "ddpm"
     if sampler == "rflow":
         sched.set_timesteps(steps, device=dev, input_img_size_numel=int(noise[0, 0].numel()))
     else:
@@ -424,15 +435,15 @@ def sample_loop(
                 out = net(x, timesteps=t_batch, class_labels=y)
             if sampler == "rflow":
                 x, _ = sched.step(out, t, x, t_next)
-            elif sampler == "ddpm" and generators is not None:  # per-sample noise, own generator
+            elif stochastic and generators is not None:  # per-sample noise, own generator
                 x = torch.cat(
                     [
-                        sched.step(out[i : i + 1], int(t), x[i : i + 1], generator=g)[0]
+                        sched.step(out[i : i + 1], int(t), x[i : i + 1], generator=g, **step_kw)[0]
                         for i, g in enumerate(generators)
                     ]
                 )
             else:
-                x, _ = sched.step(out, int(t), x)
+                x, _ = sched.step(out, int(t), x, **step_kw)
     finally:
         net.train(was_training)
     return x.clamp(-1.0, 1.0)

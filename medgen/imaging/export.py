@@ -209,18 +209,17 @@ def write_sample(
         **dict(extra or {}),
     }
     if label is not None:
-        lab = np.asarray(getattr(label, "cpu", lambda: label)()).squeeze()
+        lab = np.asarray(label.cpu() if hasattr(label, "cpu") else label).squeeze()
         if lab.shape != data.shape:
             raise ValueError(f"label map of {name} has shape {lab.shape}, image has {data.shape}")
         lab = lab.astype(np.uint8 if lab.min() >= 0 and lab.max() < 256 else np.int16)
         label_file = out / LABELS / f"{name}.nii.gz"
         record["label"] = f"{LABELS}/{name}.nii.gz"
         record["label_sha256"] = _save_nifti(_nifti(lab, spec, f"medgen labels {name}"), label_file)
-    # provenance last so that its keys (time, version, commit) are never shadowed by spec.extra
-    record.update(provenance(None, seed=spec.seed))
-    record.pop(
-        "config_hash", None
-    )  # provenance's hash of no config; training_config_hash is the one
+    # provenance last so that its keys (time, version, commit) are never shadowed by spec.extra;
+    # its config_hash (of no config) is dropped: training_config_hash is the one that matters
+    prov = provenance(None, seed=spec.seed)
+    record.update({k: v for k, v in prov.items() if k != "config_hash"})
     atomic_write_json(out / IMAGES / f"{name}.json", record)
     return record
 
@@ -340,7 +339,8 @@ def prepare_output(out: str | os.PathLike, spec: CohortSpec, *, overwrite: bool 
     if not (out / RUN_FILE).is_file():
         record = {**spec.identity(), "condition_name": spec.condition_name}
         record.update(training_config_hash=spec.config_hash, source=spec.source)
-        atomic_write_json(out / RUN_FILE, {**record, "provenance": provenance(None)})
+        prov = {k: v for k, v in provenance(None).items() if k not in ("config_hash", "seed")}
+        atomic_write_json(out / RUN_FILE, {**record, "provenance": prov})
     return out
 
 

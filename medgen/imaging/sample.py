@@ -420,49 +420,36 @@ def sample_to_folder(
                 return_predictions=False,
             )
         seconds = time.perf_counter() - start
-        _barrier()  # every rank's files are on disk before rank 0 lists them
-        summary: dict[str, Any] = {"out": str(out), "n": n, "written": len(writer.written)}
+        # a collective, so also a barrier: every rank's files are on disk before rank 0 lists them
+        local = torch.tensor(len(writer.written), device=trainer.strategy.root_device)
+        written_total = int(trainer.strategy.reduce(local, reduce_op="sum").item())
+        summary: dict[str, Any] = {"out": str(out), "n": n, "rank": trainer.global_rank}
+        summary["written"] = len(writer.written)
+        summary["written_total"] = written_total
         summary["seconds"] = round(seconds, 3)
         summary["seconds_per_sample"] = round(seconds / max(1, len(writer.written)), 3)
         if trainer.is_global_zero:
             summary.update(finalize_output(out, spec, preview=preview))
-            summary["written_total"] = _reduce_sum(len(writer.written))
             log.info(
                 "%d samples in %s (manifest.csv, dataset.json%s)",
                 summary["count"],
                 out,
                 ", preview.png" if summary.get("preview") else "",
             )
-        else:
-            _reduce_sum(len(writer.written))
-    finally:
-        _teardown_distributed()
+    except BaseException:
+        _end_distributed(barrier=False)  # another rank may be gone: do not wait for it
+        raise
+    _end_distributed(barrier=True)
     return summary
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _reduce_sum(value: int) -> int:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.long)
-    dist.all_reduce(t)
-    return int(t.item())
-
-
-def _teardown_distributed() -> None:
+def _end_distributed(*, barrier: bool) -> None:
     """Destroy the process group after DDP: without it Gloo runs abort at exit now and then."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

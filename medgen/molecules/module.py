@@ -97,6 +97,11 @@ class GraphVAEModule(pl.LightningModule):
             dm.use_vocabulary(self.vocab.tokens)  # the model's vocabulary wins; others rejected
         if self.vae is None:
             self.build(dm.vocabulary.tokens, self.hparams.max_atoms or dm.max_atoms_seen)
+        if dm.max_atoms_seen > self.hparams.max_atoms:
+            raise ValueError(
+                f"the data has molecules of {dm.max_atoms_seen} heavy atoms but "
+                f"model.max_atoms={self.hparams.max_atoms}; set data.max_atoms to reject them"
+            )
         self.train_smiles = set(dm.train_smiles())
 
     @classmethod

@@ -81,3 +81,14 @@ def test_parquet_and_csv_gz_round_trip_and_atomicity(tmp_path):
             writer.write(frame)
             raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv.gz", "a.parquet"]  # no b.csv
+
+
+def test_unreadable_sdf_record_keeps_its_place(tmp_path):
+    from rdkit import Chem
+
+    block = Chem.MolToMolBlock(Chem.MolFromSmiles("CCO"))
+    broken = block.replace(" O ", " Xx")  # an unknown element: RDKit rejects the record
+    (tmp_path / "b.sdf").write_text(f"{block}$$$$\n{broken}$$$$\n{block}>  <x>\n1\n\n$$$$\n")
+    frame = pd.concat(read_molecules(tmp_path / "b.sdf"))
+    assert frame["line"].tolist() == [1, 2, 3]
+    assert frame["smiles"][0] == frame["smiles"][2] == "CCO" and pd.isna(frame["smiles"][1])

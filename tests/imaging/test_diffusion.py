@@ -193,3 +193,43 @@ def test_load_rejects_other_kinds(tmp_path):
     torch.save({"hyper_parameters": {"kind": "graph_vae"}, "state_dict": {}}, tmp_path / "g.ckpt")
     with pytest.raises(ValueError, match="graph_vae"):
         DiffusionModule.load_medgen_checkpoint(tmp_path / "g.ckpt")
+
+
+class _Oracle(torch.nn.Module):
+    """The ideal network for a single known x0: it returns exactly what the model should predict."""
+
+    def __init__(self, module, x0):
+        super().__init__()
+        self.x0, self.hp = x0, module.hparams
+        self.alphas = module._make_scheduler("ddpm").alphas_cumprod
+
+    def forward(self, x, timesteps, class_labels=None):
+        if self.hp.objective == "rflow":  # x_t = (1 - s) x0 + s noise, velocity x0 - noise
+            s = (timesteps.float() / self.hp.num_train_timesteps).view(-1, 1, 1, 1, 1)
+            return (self.x0 - x) / s.clamp_min(1e-6)
+        a = self.alphas[timesteps.long()].view(-1, 1, 1, 1, 1)
+        eps = (x - a.sqrt() * self.x0) / (1 - a).sqrt()
+        if self.hp.prediction_type == "v_prediction":
+            return a.sqrt() * eps - (1 - a).sqrt() * self.x0
+        return eps
+
+
+@pytest.mark.parametrize(
+    "objective,prediction,sampler,steps",
+    [
+        ("ddpm", "epsilon", "ddim", 10),
+        ("ddpm", "v_prediction", "ddim", 7),
+        ("ddpm", "v_prediction", "ddpm", 100),  # all training timesteps: MONAI's DDPM steps
+        ("ddpm", "epsilon", "ddpm", 12),  # respaced DDPM posterior
+        ("rflow", "v_prediction", "rflow", 10),
+    ],
+)
+def test_samplers_recover_x0_with_an_ideal_network(
+    tiny_kwargs, objective, prediction, sampler, steps
+):
+    module = DiffusionModule(**tiny_kwargs, objective=objective, prediction_type=prediction)
+    x0 = torch.rand(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    module.ema.module = _Oracle(module, x0)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    x = module.generate(torch.randn(2, 1, 8, 8, 8), sampler=sampler, steps=steps, generators=gens)
+    torch.testing.assert_close(x, x0, atol=1e-3, rtol=0)

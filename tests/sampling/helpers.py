@@ -69,6 +69,26 @@ class StandIn(pl.LightningModule):
         return x.clamp(-1.0, 1.0)
 
 
+# a tiny real DiffusionModule: 8^3 volumes, two UNet levels of 8 channels, 10 timesteps
+TINY = dict(
+    channels=(8, 8),
+    attention_levels=(False, False),
+    num_res_blocks=1,
+    norm_num_groups=8,
+    num_head_channels=8,
+    num_train_timesteps=10,
+    preview_every_n_epochs=0,
+)
+
+
+def tiny(objective: str = "ddpm", **kw):
+    """An untrained tiny ``DiffusionModule`` (same weights on every call)."""
+    from medgen.imaging.diffusion import DiffusionModule
+
+    torch.manual_seed(0)
+    return DiffusionModule(objective=objective, **TINY, data_meta=data_meta(8), **kw)
+
+
 def spec_for(module, *, seed: int = 0, **kw) -> CohortSpec:
     meta = module.hparams["data_meta"]
     kw.setdefault("checkpoint_sha256", "0" * 64)

@@ -15,22 +15,7 @@ from medgen.imaging.diffusion import DiffusionModule
 from medgen.imaging.sample import generate, sample_from_config
 from medgen.utils.provenance import file_sha256
 
-from .helpers import data_meta
-
-TINY = dict(
-    channels=(8, 8),
-    attention_levels=(False, False),
-    num_res_blocks=1,
-    norm_num_groups=8,
-    num_head_channels=8,
-    num_train_timesteps=10,
-    preview_every_n_epochs=0,
-)
-
-
-def tiny(objective: str = "ddpm", **kw) -> DiffusionModule:
-    torch.manual_seed(0)
-    return DiffusionModule(objective=objective, **TINY, data_meta=data_meta(8), **kw)
+from .helpers import TINY, tiny
 
 
 def trained_run(tmp_path_factory, name: str, **kw):
@@ -56,8 +41,12 @@ def trained_run(tmp_path_factory, name: str, **kw):
 
 @pytest.fixture(scope="module")
 def ddpm_run(tmp_path_factory):
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    return trained_run(tmp_path_factory, "ddpm")
+    try:
+        return trained_run(tmp_path_factory, "ddpm")
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("objective,sampler", [("ddpm", "ddpm"), ("ddpm", "ddim"), ("rflow", None)])
@@ -129,3 +118,26 @@ def test_class_conditional_export_records_the_class(tmp_path_factory, compose_cf
     assert (side["condition"], side["condition_name"], side["guidance_scale"]) == (2, "large", 2.0)
     datalist = json.loads((out / "dataset.json").read_text())
     assert [e["class_label"] for e in datalist["training"]] == [2, 2]
+
+
+@pytest.mark.slow
+def test_medgen_sample_cli_on_two_ranks(ddpm_run, tmp_path, repo_root):
+    """The console script with trainer=ddp (Gloo, 2 CPU ranks): n distinct samples, once each."""
+    from tests.conftest import run_medgen
+
+    out, n = tmp_path / "synth", 5
+    args = ["sample", f"ckpt={ddpm_run}", f"n={n}", "sampler=ddpm", "steps=4", f"out={out}"]
+    args += ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "batch_size=2"]
+    proc = run_medgen(args, cwd=tmp_path, timeout=300, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sidecars = [json.loads(p.read_text()) for p in (out / "images").glob("sample_*.json")]
+    assert sorted(s["index"] for s in sidecars) == list(range(n))
+    assert sorted(s["rank"] for s in sidecars) == [0, 0, 0, 1, 1]
+    assert len({s["sha256"] for s in sidecars}) == n
+    datalist = json.loads((out / "dataset.json").read_text())
+    assert datalist["numTraining"] == n
+    # rerun of the same command: nothing drawn again, still n files
+    proc = run_medgen(args, cwd=tmp_path, timeout=300, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((out / "images").glob("sample_*.nii.gz"))) == n
+    assert "drawing 0" in proc.stdout + proc.stderr
