@@ -8,6 +8,9 @@ yields results in input order, so a stream of any length is processed in constan
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -46,8 +49,25 @@ def map_chunks(
 
 def worker_pool(n_jobs: int) -> ProcessPoolExecutor:
     """A pool of ``n_jobs`` spawned workers (they start clean: no copy of a parent that may hold
-    torch threads or large tables)."""
-    return ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"))
+    torch threads or large tables). Workers exit on their own if the parent process dies."""
+    return ProcessPoolExecutor(
+        max_workers=n_jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: a daemon thread ends this worker when ``parent`` is gone (a killed
+    parent cannot shut its pool down, and orphaned workers would otherwise wait forever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="medgen-parent-watch").start()
 
 
 def _map_ordered(pool, fn, chunks, args, limit: int):

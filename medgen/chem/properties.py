@@ -218,6 +218,8 @@ def score(
         smiles: SMILES strings (None, empty and unparsable entries give ``valid=False`` rows with
             the reason in ``error``; they never raise).
         n_jobs: worker processes (None: all cores). Inputs that fit in one chunk run in-process.
+            Workers are spawned, so a script calling this with ``n_jobs > 1`` needs the usual
+            ``if __name__ == "__main__":`` guard.
         chunk_size: molecules per task sent to a worker.
         groups: property groups (keys of :data:`GROUPS`); None computes all.
         executor: a running pool (:func:`medgen.chem.parallel.worker_pool`) to reuse across calls.

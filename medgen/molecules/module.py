@@ -35,6 +35,8 @@ class GraphVAEModule(pl.LightningModule):
         latent_dim, hidden_dim, encoder_layers, pair_dim: network sizes.
         lr, weight_decay: AdamW settings.
         beta, kl_start_step, kl_warmup_steps: KL weight schedule.
+        free_bits: KL floor per latent dimension in nats (batch mean); 0 = plain ELBO. Counters
+            posterior collapse (the decoder ignoring ``z``); ``val/loss`` stays the plain ELBO.
         n_val_samples: molecules sampled from the prior after each validation epoch (0: none) for
             validity / uniqueness / novelty and a PNG grid.
         grid_size: molecules drawn in that grid.
@@ -56,6 +58,7 @@ class GraphVAEModule(pl.LightningModule):
         beta: float = 1.0,
         kl_start_step: int = 0,
         kl_warmup_steps: int = 5000,
+        free_bits: float = 0.0,
         n_val_samples: int = 256,
         grid_size: int = 24,
         sample_seed: int = 0,
@@ -141,7 +144,10 @@ class GraphVAEModule(pl.LightningModule):
     def training_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
         out = self.vae(batch)
         beta = self.beta_at(self.global_step)
-        loss = out["recon"] + beta * out["kl"]
+        kl_term = out["kl"]
+        if self.hparams.free_bits > 0:  # Kingma et al. 2016: no KL pressure below the floor
+            kl_term = out["kl_per_dim"].clamp(min=self.hparams.free_bits).sum()
+        loss = out["recon"] + beta * kl_term
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.global_step}")
         self._log_terms("train", out, loss, batch.atoms.shape[0])

@@ -360,10 +360,12 @@ class GraphVAE(nn.Module):
             sample_z = self.training
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample_z else mu
         ll = self.decoder.log_likelihood(z, batch)
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
+        kl_dims = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)  # (B, L)
+        kl = kl_dims.sum(-1)
         out = {f"nll_{k}": -v.mean() for k, v in ll.items()}
         out["recon"] = -sum(ll.values()).mean()
         out["kl"] = kl.mean()
+        out["kl_per_dim"] = kl_dims.mean(0)  # (L,), for free-bits objectives
         return out
 
     def sample(self, z: torch.Tensor, **kwargs) -> GraphBatch:

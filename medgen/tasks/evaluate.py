@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     log.info("metrics of %s:\n%s", samples, format_table(metrics))
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.output_dir) / "metrics.json"
     record: dict[str, Any] = {
-        "metrics": metrics,
+        # NaN (e.g. Scaf when no molecule has 2+ rings) is not valid JSON: write null
+        "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()},
         "samples": str(samples),
         "samples_sha256": file_sha256(samples),
         "n_samples": len(smiles),

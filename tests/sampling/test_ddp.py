@@ -34,6 +34,7 @@ def test_two_ranks_draw_each_sample_exactly_once(tmp_path, repo_root):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summaries = [json.loads((tmp_path / f"summary_{r}.json").read_text()) for r in (0, 1)]
     assert sum(s["written"] for s in summaries) == n
+    assert summaries[0]["written_total"] == n and summaries[0]["count"] == n
     sidecars = [json.loads(p.read_text()) for p in (out / "images").glob("sample_*.json")]
     assert sorted(s["index"] for s in sidecars) == list(range(n))
     assert Counter(s["rank"] for s in sidecars) == {0: 4, 1: 3}  # every other index per rank
