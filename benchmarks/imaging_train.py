@@ -166,7 +166,8 @@ def main() -> None:
         f"({args.warmup} warm-up), median of {args.repeats} runs, alternating order"
     )
     header = (
-        f"{'size':>5} {'loop':<10} {'steps/s':>9} {'peak RSS MiB':>13} {'GPU MiB':>8} {'ratio':>6}"
+        f"{'size':>5} {'loop':<10} {'steps/s':>9} {'(min-max)':>13} {'peak RSS MiB':>13} "
+        f"{'GPU MiB':>8} {'ratio':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -181,9 +182,11 @@ def main() -> None:
         for variant in ("plain", "lightning"):
             m = med[variant]
             gpu = f"{m['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in m else "-"
+            rates = [r["steps_per_s"] for r in runs[variant]]
+            spread = f"({min(rates):.2f}-{max(rates):.2f})"
             print(
-                f"{size:>5} {variant:<10} {m['steps_per_s']:>9.3f} {m['peak_rss_mib']:>13.0f} "
-                f"{gpu:>8} {m['steps_per_s'] / ref:>6.3f}"
+                f"{size:>5} {variant:<10} {m['steps_per_s']:>9.3f} {spread:>13} "
+                f"{m['peak_rss_mib']:>13.0f} {gpu:>8} {m['steps_per_s'] / ref:>6.3f}"
             )
 
 

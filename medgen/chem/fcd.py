@@ -87,4 +87,5 @@ def frechet_distance(
     inner = root1 @ sigma2 @ root1
     trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
+    return float(max(distance, 0.0))  # a distance: tiny negatives are round-off
