@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from medgen.tasks.instantiate import instantiate_group
 from medgen.utils.atomic import atomic_write_json, atomic_write_text
 from medgen.utils.checkpoint import resolve_checkpoint
+from medgen.utils.distributed import end_distributed
 from medgen.utils.logging import get_logger
 from medgen.utils.provenance import provenance
 from medgen.utils.seeding import seed_everything
@@ -70,8 +71,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             atomic_write_json(run_dir / "metrics.json", metrics)
             log.info("metrics: %s", {k: round(v, 5) for k, v in metrics.items()})
             log.info("outputs in %s", run_dir)
-    finally:
-        _teardown_distributed()
+    except BaseException:
+        end_distributed(barrier=False)  # another rank may be gone: do not wait for it
+        raise
+    end_distributed(barrier=True)
     return metrics
 
 
@@ -91,15 +94,6 @@ def _best_checkpoint(trainer) -> str | None:
     ckpt_cb = getattr(trainer, "checkpoint_callback", None)
     best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""
     return best or None
-
-
-def _teardown_distributed() -> None:
-    """Destroy the process group after DDP: without it Gloo runs abort at exit now and then."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # Lightning's DDP launcher re-executes this file for ranks > 0
