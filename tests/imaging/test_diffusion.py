@@ -233,3 +233,20 @@ def test_samplers_recover_x0_with_an_ideal_network(
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
     x = module.generate(torch.randn(2, 1, 8, 8, 8), sampler=sampler, steps=steps, generators=gens)
     torch.testing.assert_close(x, x0, atol=1e-3, rtol=0)
+
+
+def test_bf16_mixed_precision_with_checkpointing_and_classes(tmp_path, tiny_kwargs):
+    """The switches together: trainer bf16-mixed autocast, activation checkpointing, CFG labels."""
+    dm = PhantomDataModule(size=16, num_train=4, num_val=2, batch_size=2)
+    kwargs = {**tiny_kwargs, "attention_levels": (False, True)}
+    module = DiffusionModule(
+        **kwargs, activation_checkpointing=True, class_conditional=True, preview_every_n_epochs=0
+    )
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", precision="bf16-mixed", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 2 and math.isfinite(float(trainer.callback_metrics["val/loss"]))
+    assert module.hparams["num_classes"] == 3

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from medgen.imaging import predict
 from medgen.imaging import sample as sm
 from medgen.imaging.export import intact_indices, to_source_units
 
@@ -87,7 +88,7 @@ def test_predict_into_folder_matches_the_api_and_resumes(tmp_path):
 def test_killed_sampling_run_resumes_exactly(tmp_path, monkeypatch):
     module, out, n, k = StandIn(), tmp_path / "synth", 6, 3
     spec = spec_for(module, seed=0, steps=2)
-    real_write = sm.write_sample
+    real_write = predict.write_sample  # SampleWriter looks it up there
     count = []
 
     def dying_write(*args, **kwargs):
@@ -96,10 +97,10 @@ def test_killed_sampling_run_resumes_exactly(tmp_path, monkeypatch):
         count.append(1)
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(sm, "write_sample", dying_write)
+    monkeypatch.setattr(predict, "write_sample", dying_write)
     with pytest.raises(RuntimeError, match="simulated kill"):
         sm.sample_to_folder(module, spec, out=out, n=n, batch_size=2)
-    monkeypatch.setattr(sm, "write_sample", real_write)
+    monkeypatch.setattr(predict, "write_sample", real_write)
     assert intact_indices(out, spec) == set(range(k))
     (out / "images" / ".sample_00003.tmp-dead.nii.gz").write_bytes(b"half")
     summary = sm.sample_to_folder(module, spec, out=out, n=n, batch_size=2)
