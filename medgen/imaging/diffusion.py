@@ -377,7 +377,9 @@ def sample_loop(
     b, dev = noise.shape[0], noise.device
     if generators is not None and len(generators) != b:
         raise ValueError(f"got {len(generators)} generators for a batch of {b}")
-    steps = int(steps or DEFAULT_STEPS.get(sampler, hp.num_train_timesteps))
+    if steps is None:  # the sampler's default, never more than the model was trained with
+        steps = min(DEFAULT_STEPS.get(sampler, hp.num_train_timesteps), hp.num_train_timesteps)
+    steps = int(steps)
     if not 1 <= steps <= hp.num_train_timesteps:
         raise ValueError(
             f"steps={steps} must be in 1..{hp.num_train_timesteps} (training timesteps)"

@@ -77,6 +77,9 @@ def test_generate_contract(tiny_kwargs):
         module.generate(noise, class_labels=[0, 1])
     with pytest.raises(ValueError, match="generators"):
         module.generate(noise, sampler="ddpm", steps=2, generators=gens([1]))
+    # default step counts (DDIM 50) never exceed the training timesteps of a small model
+    short = DiffusionModule(**{**tiny_kwargs, "num_train_timesteps": 10})
+    assert short.generate(noise[:1]).shape == (1, 1, 16, 16, 16)
 
 
 def test_class_conditional_guidance(tiny_kwargs, batch):
