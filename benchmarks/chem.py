@@ -1,7 +1,7 @@
 """Chemistry benchmark: ``score`` throughput on 1 core vs all cores, and peak memory of streaming
 ``screen`` on a file prefix vs a file many times larger (memory must not grow with file size).
 
-    python benchmarks/chem.py                 # quick: 2,000 molecules; screen 20k vs 200k rows
+    python benchmarks/chem.py                 # quick: 2,000 molecules; screen 10k vs 100k rows
     python benchmarks/chem.py --full          # screen all of MOSES train (1.58 M rows)
 
 Molecules come from MOSES train (``medgen data moses``; ``$MEDGEN_DATA_DIR`` or ./data) or, without
@@ -155,8 +155,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="molecules for the score timing")
     parser.add_argument("--full", action="store_true", help="screen all of MOSES train")
-    parser.add_argument("--small", type=int, default=20_000, help="rows of the reference screen")
-    parser.add_argument("--large", type=int, default=200_000, help="rows of the large screen")
+    parser.add_argument("--small", type=int, default=10_000, help="rows of the reference screen")
+    parser.add_argument("--large", type=int, default=100_000, help="rows of the large screen")
     parser.add_argument("--groups", default="[identity,descriptors]", help="screen properties")
     parser.add_argument("--skip-score", action="store_true", help="only the screening part")
     parser.add_argument("--skip-screen", action="store_true", help="only the score timing")

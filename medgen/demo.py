@@ -47,6 +47,7 @@ def main(root: str | None = None) -> Path:
         "train",
         "experiment=smiles_graph_vae_quick",
         "debug=fast",
+        "data.limit=2000",
         "trainer.limit_train_batches=20",
         f"hydra.run.dir={demo}/molecule_train",
     )

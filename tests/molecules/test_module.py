@@ -26,6 +26,8 @@ def trained_run(tmp_path_factory):
     from tests.conftest import CONFIG_DIR
 
     tmp = tmp_path_factory.mktemp("graph_vae")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module-scoped: runs before the per-test thread fixture
     mp = pytest.MonkeyPatch()
     mp.setenv("MEDGEN_CACHE_DIR", str(tmp / "cache"))
     GlobalHydra.instance().clear()
@@ -50,6 +52,7 @@ def trained_run(tmp_path_factory):
         del cfg["hydra"]  # resolved already; train() writes the resolved config
     metrics = train(cfg)
     GlobalHydra.instance().clear()
+    torch.set_num_threads(threads)
     yield tmp / "run", metrics
     mp.undo()
 
