@@ -14,20 +14,29 @@ from pathlib import Path
 from typing import Any
 
 
-def _plain(cfg: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+def plain_container(cfg: Any) -> Any:
+    """An OmegaConf config as plain Python containers (resolved); anything else unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-        if isinstance(cfg, DictConfig | ListConfig):
-            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
+    if isinstance(cfg, DictConfig | ListConfig):
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     return cfg
 
 
+# Keys that say where or how a run was launched, not what it computes: a rerun of the same recipe
+# into another folder (or resumed from a checkpoint) has the same config hash.
+RUN_LOCATION_KEYS = ("paths", "hydra", "ckpt_path")
+
+
 def config_hash(cfg: Any) -> str:
-    """sha256 (first 16 hex digits) of a config's canonical JSON (sorted keys, resolved values)."""
-    text = json.dumps(_plain(cfg), sort_keys=True, default=str, separators=(",", ":"))
+    """sha256 (first 16 hex digits) of a config's canonical JSON (sorted keys, resolved values).
+
+    Top-level :data:`RUN_LOCATION_KEYS` (run dir, data dir, resume checkpoint) are left out.
+    """
+    plain = plain_container(cfg)
+    if isinstance(plain, dict):
+        plain = {k: v for k, v in plain.items() if k not in RUN_LOCATION_KEYS}
+    text = json.dumps(plain, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

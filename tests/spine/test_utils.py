@@ -66,12 +66,18 @@ def test_sample_seed_depends_only_on_seed_and_index():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="-1"):
         sample_seed(0, -1)
+    with pytest.raises(ValueError, match="seed must be .* got -5"):
+        sample_seed(-5, 0)
 
 
 def test_config_hash_ignores_key_order_and_sees_values():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
     assert len(config_hash({})) == 16
+    # where a run was written (or resumed from) is not part of what it computes
+    a = {"model": {"lr": 1}, "paths": {"output_dir": "/runs/1"}, "ckpt_path": None}
+    b = {"model": {"lr": 1}, "paths": {"output_dir": "/runs/2"}, "ckpt_path": "/runs/1/last.ckpt"}
+    assert config_hash(a) == config_hash(b)
 
 
 def test_provenance_record_fields():
