@@ -68,7 +68,8 @@ class CohortSpec:
 
     ``affine`` is the 4x4 voxel-to-RAS (mm) matrix of the training data; array axes of a volume
     ``(1, D, H, W)`` are the NIfTI axes ``(i, j, k)``. ``intensity.from_unit`` maps [-1, 1] back
-    to source units (HU for CT). ``modality`` "CT" writes int16 (rounded, clipped), else float32.
+    to source units; its ``units`` (``"HU"`` for a CT window) decide the dtype: HU are written as
+    int16 (rounded, clipped), anything else as float32. ``modality`` is recorded only.
     """
 
     affine: np.ndarray
@@ -104,8 +105,17 @@ class CohortSpec:
         return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
 
     @property
+    def units(self) -> str:
+        """``"HU"`` or ``"source"``: the intensity mapping's ``units``, else from the modality."""
+        units = getattr(self.intensity, "units", None)
+        if units is None:
+            units = "HU" if self.modality.upper() == "CT" else "source"
+        return str(units)
+
+    @property
     def is_ct(self) -> bool:
-        return self.modality.upper() == "CT"
+        """Whether samples come back in HU (written as int16)."""
+        return self.units == "HU"
 
     def identity(self) -> dict[str, Any]:
         """The settings recorded in ``run.json`` that a rerun into the same folder must match."""

@@ -7,7 +7,7 @@ units::
 
     {"source": str, "spatial_size": [D, H, W], "spacing": [sx, sy, sz] (mm),
      "affine": 4x4 nested list (RAS+ mm), "intensity": IntensityMapping.to_dict(),
-     "modality": "CT" | "MR", "num_classes": int | None, "class_names": list | None}
+     "modality": "CT" | "MR" | "OT", "num_classes": int | None, "class_names": list | None}
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -127,12 +128,20 @@ def _meta(
     modality: str,
     num_classes: int | None,
     class_names: list[str] | None,
+    affine: Any = None,
 ) -> dict[str, Any]:
+    """``data_meta``; ``affine`` (4, 4) is a transformed training item's (its column norms give
+    the spacing), else a phantom-style affine centred at 0 from ``size`` and ``spacing``."""
+    if affine is None:
+        affine = phantom_affine(tuple(size), tuple(spacing))
+    else:
+        affine = np.asarray(affine, dtype=np.float64)
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
     return {
         "source": source,
         "spatial_size": [int(s) for s in size],
-        "spacing": [float(s) for s in spacing],
-        "affine": phantom_affine(tuple(size), tuple(spacing)).tolist(),
+        "spacing": [round(float(s), 6) for s in spacing],
+        "affine": np.asarray(affine, dtype=np.float64).tolist(),
         "intensity": intensity.to_dict(),
         "modality": modality,
         "num_classes": num_classes,
@@ -280,11 +289,22 @@ class NiftiDataModule(ScanDataModule):
         classes = [e["class_label"] for e in entries + val if "class_label" in e]
         num_classes = max(classes) + 1 if classes else None
         names = self.class_names if num_classes else None
-        meta = _meta(
-            self.path, self.spatial_size, self.spacing, intensity, self.modality, num_classes, names
-        )
         kw = dict(cache=self.cache, cache_dir=self.cache_dir)
-        return NiftiDataset(train, tf, **kw), NiftiDataset(val, tf, **kw), meta
+        train_ds, val_ds = NiftiDataset(train, tf, **kw), NiftiDataset(val, tf, **kw)
+        # the geometry of a transformed item (MONAI's MetaTensor tracks the affine through
+        # orientation, resampling, resize and crop/pad): world origin and true voxel size
+        first = train_ds[0] if len(train_ds) else val_ds[0]
+        meta = _meta(
+            self.path,
+            self.spatial_size,
+            self.spacing,
+            intensity,
+            self.modality,
+            num_classes,
+            names,
+            affine=first["affine"].numpy(),
+        )
+        return train_ds, val_ds, meta
 
 
 class MedMNIST3DDataModule(ScanDataModule):
@@ -295,7 +315,8 @@ class MedMNIST3DDataModule(ScanDataModule):
             ``val_*``).
         spatial_size: training shape; volumes are centre padded/cropped (28^3 -> 32^3 by default).
         spacing: nominal voxel size in mm written into the affine (MedMNIST records none).
-        modality: ``CT`` or ``MR`` (recorded for export).
+        modality: recorded for export only (default ``OT``, DICOM "other"): MedMNIST holds
+            0..255 display values, exported in that scale (float32), never as HU.
         class_names: names of the label values (optional).
     """
 
@@ -305,7 +326,7 @@ class MedMNIST3DDataModule(ScanDataModule):
         path: str,
         spatial_size: int | Sequence[int] = 32,
         spacing: float | Sequence[float] = 1.0,
-        modality: str = "CT",
+        modality: str = "OT",
         class_names: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:

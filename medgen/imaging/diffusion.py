@@ -24,13 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from medgen.imaging.ema import EMA
+from medgen.imaging.samplers import OBJECTIVES, SAMPLERS, sample_loop
 from medgen.utils.logging import get_logger
+from medgen.utils.provenance import plain_container
 
 log = get_logger(__name__)
-
-OBJECTIVES = ("ddpm", "rflow")
-SAMPLERS = {"ddpm": ("ddpm", "ddim"), "rflow": ("rflow",)}
-DEFAULT_STEPS = {"ddim": 50, "rflow": 30}
 
 
 def _checkpoint_blocks(unet: nn.Module) -> None:
@@ -119,7 +117,7 @@ class DiffusionModule(pl.LightningModule):
         hp = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         hp["channels"] = [int(c) for c in channels]
         hp["attention_levels"] = [bool(a) for a in attention_levels]
-        hp["data_meta"] = _plain(data_meta) if data_meta is not None else None
+        hp["data_meta"] = plain_container(data_meta) if data_meta is not None else None
         self.save_hyperparameters(hp)
         self.unet: nn.Module | None = None
         self.ema: EMA | None = None
@@ -184,7 +182,7 @@ class DiffusionModule(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         meta = getattr(dm, "data_meta", None) if dm is not None else None
         if meta is not None:
-            self.hparams["data_meta"] = _plain(meta)
+            self.hparams["data_meta"] = plain_container(meta)
         meta = self.hparams.get("data_meta")
         if self.hparams.class_conditional and self.hparams.num_classes is None:
             if not meta or not meta.get("num_classes"):
@@ -230,10 +228,7 @@ class DiffusionModule(pl.LightningModule):
         net = network if network is not None else self.unet
         noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
         sched = self.inferer.scheduler
-        if hp.objective == "rflow" and generator is None:
-            t = sched.sample_timesteps(x0)
-        else:
-            t = torch.randint(0, hp.num_train_timesteps, (b,), generator=generator, device=dev)
+        t = self.sample_timesteps(b, device=dev, generator=generator)
         if hp.class_conditional:
             y = batch["class_label"].to(dev).long()
             if drop_labels and hp.cond_drop_prob > 0:
@@ -248,6 +243,37 @@ class DiffusionModule(pl.LightningModule):
         else:
             target = noise
         return F.mse_loss(pred.float(), target.float())
+
+    def sample_timesteps(
+        self,
+        n: int,
+        *,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(n,) long training timesteps in ``0..T-1``, the same distribution in training and
+        validation: uniform for DDPM; for RFlow ``rflow_sample_method`` (``uniform``, or
+        ``logit-normal``: t/T = sigmoid(z), z ~ N(0, 1), Esser et al. 2024,
+        https://arxiv.org/abs/2403.03206, as MONAI's ``RFlowScheduler.sample_timesteps`` draws
+        it) but from ``generator`` when given (deterministic validation)."""
+        total = int(self.hparams.num_train_timesteps)
+        kw = dict(generator=generator, device=device)
+        if self.hparams.objective == "ddpm":
+            return torch.randint(0, total, (n,), **kw)
+        if self.hparams.rflow_sample_method == "logit-normal":
+            u = torch.sigmoid(torch.randn(n, **kw))
+        else:
+            u = torch.rand(n, **kw)
+        return (u * total).long().clamp_(0, total - 1)
+
+    def on_train_start(self) -> None:
+        """Under DDP every rank starts from the same global seed: reseed torch's RNG from
+        (seed, global rank) so that each rank draws its own training noise and timesteps."""
+        if self.trainer.world_size > 1:
+            from medgen.utils.seeding import sample_seed
+
+            base = self.__dict__.setdefault("_base_seed", torch.initial_seed())
+            torch.manual_seed(sample_seed(base % 2**63, int(self.global_rank)))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch, drop_labels=True)
@@ -285,7 +311,7 @@ class DiffusionModule(pl.LightningModule):
 
     # -- sampling -------------------------------------------------------------------------------
     def default_sampler(self) -> str:
-        return "ddim" if self.hparams.objective == "ddpm" else "rflow"
+        return SAMPLERS[self.hparams.objective][0]
 
     @torch.no_grad()
     def generate(
@@ -350,113 +376,3 @@ class DiffusionModule(pl.LightningModule):
         if isinstance(map_location, str | torch.device):
             module.to(map_location)
         return module.eval()
-
-
-def sample_loop(
-    module: DiffusionModule,
-    noise: torch.Tensor,
-    *,
-    generators: Sequence[torch.Generator] | None = None,
-    sampler: str | None = None,
-    steps: int | None = None,
-    class_labels: torch.Tensor | Sequence[int] | None = None,
-    guidance_scale: float = 1.0,
-    use_ema: bool = True,
-    progress: bool = False,
-) -> torch.Tensor:
-    """The reverse process behind :meth:`DiffusionModule.generate` (same arguments)."""
-    hp = module.hparams
-    sampler = sampler or module.default_sampler()
-    if sampler not in SAMPLERS[hp.objective]:
-        raise ValueError(
-            f"sampler {sampler!r} does not fit a model trained with objective "
-            f"{hp.objective!r}; use one of {SAMPLERS[hp.objective]}"
-        )
-    if noise.ndim != 5 or noise.shape[1] != 1:
-        raise ValueError(f"noise must be (B, 1, D, H, W), got {tuple(noise.shape)}")
-    b, dev = noise.shape[0], noise.device
-    if generators is not None and len(generators) != b:
-        raise ValueError(f"got {len(generators)} generators for a batch of {b}")
-    if steps is None:  # the sampler's default, never more than the model was trained with
-        steps = min(DEFAULT_STEPS.get(sampler, hp.num_train_timesteps), hp.num_train_timesteps)
-    steps = int(steps)
-    if not 1 <= steps <= hp.num_train_timesteps:
-        raise ValueError(
-            f"steps={steps} must be in 1..{hp.num_train_timesteps} (training timesteps)"
-        )
-    # MONAI's DDPMScheduler.step assumes consecutive timesteps; DDPM on a shorter sub-sequence is
-    # DDIM with eta = 1 (the DDPM posterior between any two timesteps, Song et al. 2020, eq. 16)
-    respaced = sampler == "ddpm" and steps < hp.num_train_timesteps
-    sched = module._make_scheduler("ddim" if respaced else sampler)
-    step_kw: dict[str, Any] = {"eta": 1.0} if respaced else {}
-    stochastic = sampler == "ddpm"
-    if sampler == "rflow":
-        sched.set_timesteps(steps, device=dev, input_img_size_numel=int(noise[0, 0].numel()))
-    else:
-        sched.set_timesteps(steps, device=dev)
-
-    y = None
-    if hp.class_conditional:
-        y = (
-            torch.full((b,), module.null_class, dtype=torch.long, device=dev)
-            if class_labels is None
-            else torch.as_tensor(class_labels, device=dev).long()
-        )
-        if y.shape != (b,) or int(y.min()) < 0 or int(y.max()) > module.null_class:
-            raise ValueError(
-                f"class_labels must be {b} ints in 0..{hp.num_classes - 1}, got {y.tolist()}"
-            )
-    elif class_labels is not None:
-        raise ValueError("class_labels given, but the model is not class-conditional")
-    guided = y is not None and class_labels is not None and float(guidance_scale) != 1.0
-
-    net = module.ema.module if use_ema else module.unet
-    was_training = net.training
-    net.eval()
-    try:
-        x = noise.clone()
-        ts = sched.timesteps
-        next_ts = torch.cat([ts[1:], torch.zeros(1, dtype=ts.dtype, device=ts.device)])
-        pairs = list(zip(ts, next_ts, strict=True))
-        if progress:
-            from tqdm.auto import tqdm
-
-            pairs = tqdm(pairs, desc=f"{sampler} {steps} steps", leave=False)
-        for t, t_next in pairs:
-            t_batch = t.expand(b).to(dev)
-            if guided:
-                null = torch.full_like(y, module.null_class)
-                out = net(
-                    torch.cat([x, x]),
-                    timesteps=torch.cat([t_batch, t_batch]),
-                    class_labels=torch.cat([y, null]),
-                )
-                cond, uncond = out.chunk(2)
-                out = uncond + float(guidance_scale) * (cond - uncond)
-            else:
-                out = net(x, timesteps=t_batch, class_labels=y)
-            if sampler == "rflow":
-                x, _ = sched.step(out, t, x, t_next)
-            elif stochastic and generators is not None:  # per-sample noise, own generator
-                x = torch.cat(
-                    [
-                        sched.step(out[i : i + 1], int(t), x[i : i + 1], generator=g, **step_kw)[0]
-                        for i, g in enumerate(generators)
-                    ]
-                )
-            else:
-                x, _ = sched.step(out, int(t), x, **step_kw)
-    finally:
-        net.train(was_training)
-    return x.clamp(-1.0, 1.0)
-
-
-def _plain(obj: Any) -> Any:
-    """Plain Python containers (no OmegaConf, tuples or numpy) for hparams (weights_only)."""
-    if hasattr(obj, "items"):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple) or type(obj).__name__ == "ListConfig":
-        return [_plain(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return obj

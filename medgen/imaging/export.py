@@ -70,7 +70,7 @@ __all__ = [
     "to_source_units",
     "write_datalist",
     "write_manifest",
-    "write_preview",
+    "write_cohort_preview",
     "write_sample",
 ]
 
@@ -92,7 +92,8 @@ INT16_MIN, INT16_MAX = -32768, 32767
 def to_source_units(volume: Any, spec: CohortSpec) -> np.ndarray:
     """Map a generated volume ``(1, D, H, W)`` or ``(D, H, W)`` in [-1, 1] to source units.
 
-    Returns ``(D, H, W)``: int16 HU for CT (rounded, clipped to the int16 range), float32 otherwise.
+    Returns ``(D, H, W)``: int16 when the mapping's units are HU (rounded, clipped to the int16
+    range), float32 otherwise.
     """
     import torch
 
@@ -156,7 +157,7 @@ def write_sample(
         "affine": spec.affine.tolist(),
         "dtype": str(data.dtype),
         "modality": spec.modality,
-        "units": "HU" if spec.is_ct else "source",
+        "units": spec.units,
         "value_range": [float(data.min()), float(data.max())],
         "condition_name": spec.condition_name,
         "training_config_hash": spec.config_hash,
@@ -238,7 +239,7 @@ def write_datalist(
     return atomic_write_json(Path(out) / DATALIST, datalist)
 
 
-def write_preview(
+def write_cohort_preview(
     out: str | os.PathLike, records: Sequence[Mapping[str, Any]], spec: CohortSpec, *, k: int = 4
 ) -> Path | None:
     """Write ``out/preview.png``: orthogonal mid-slices of the first ``k`` samples, source units."""
@@ -278,7 +279,7 @@ def finalize_output(
         "preview": None,
     }
     if preview and records:
-        path = write_preview(out, records, spec)
+        path = write_cohort_preview(out, records, spec)
         summary["preview"] = str(path) if path else None
     return summary
 

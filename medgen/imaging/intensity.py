@@ -54,6 +54,12 @@ class IntensityMapping:
                 f"percentile bounds must satisfy 0 <= lo < hi <= 100, got {self.lo}, {self.hi}"
             )
 
+    @property
+    def units(self) -> str:
+        """Units of the values :meth:`from_unit` returns: ``"HU"`` for a CT window, else
+        ``"source"`` (the source's own scale: MR scanner units, MedMNIST's 0..255)."""
+        return "HU" if self.kind == "ct_window" else "source"
+
     # -- forward -----------------------------------------------------------------------------
     def source_range(self, x: ArrayLike | None = None) -> tuple[float, float]:
         """The source values that map to -1 and +1 (for ``percentile``: computed from ``x``)."""

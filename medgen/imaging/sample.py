@@ -30,6 +30,8 @@ from medgen.imaging.predict import (
     sample_to_folder,
     shard,
 )
+from medgen.imaging.samplers import ALL_SAMPLERS as SAMPLERS
+from medgen.imaging.samplers import DEFAULT_STEPS, resolve_sampler
 from medgen.utils.checkpoint import resolve_checkpoint
 from medgen.utils.provenance import file_sha256
 
@@ -58,10 +60,6 @@ __all__ = [
     "shard",
     "training_config_hash",
 ]
-
-SAMPLERS = ("ddpm", "ddim", "rflow")
-# steps when none are given (DDPM: all the training timesteps), as DiffusionModule.generate does
-DEFAULT_STEPS = {"ddim": 50, "rflow": 30}
 
 
 def resolve_condition(condition: Any, hparams: dict[str, Any]) -> tuple[int | None, str | None]:
@@ -97,17 +95,13 @@ def resolve_sampling(
     default step count, so that exports record what was actually run.
     """
     hparams = dict(getattr(module, "hparams", {}) or {})
-    if sampler is not None and sampler not in SAMPLERS:
-        raise ValueError(f"sampler={sampler!r}: choose one of {', '.join(SAMPLERS)} (or null)")
-    objective = hparams.get("objective")
-    allowed = {"ddpm": ("ddpm", "ddim"), "rflow": ("rflow",)}.get(objective, SAMPLERS)
-    if sampler is not None and sampler not in allowed:
-        raise ValueError(
-            f"sampler={sampler!r} does not fit a model trained with the {objective!r} objective; "
-            f"use one of {', '.join(allowed)}"
-        )
-    if steps is not None and int(steps) < 1:
-        raise ValueError(f"steps={steps!r}: must be a positive number of steps (or null)")
+    # every sampler and step count is checked here, before any output folder is prepared
+    sampler, steps = resolve_sampler(
+        hparams.get("objective", "ddpm"),
+        sampler,
+        steps,
+        int(hparams.get("num_train_timesteps") or 1000),
+    )
     guidance_scale = float(guidance_scale)
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number >= 0")
@@ -116,13 +110,6 @@ def resolve_sampling(
         raise ValueError(
             f"guidance_scale={guidance_scale}: classifier-free guidance needs a class condition"
         )
-    if sampler is None and callable(getattr(module, "default_sampler", None)):
-        sampler = module.default_sampler()
-    timesteps = hparams.get("num_train_timesteps")
-    if steps is None and sampler is not None:  # at most the timesteps the model was trained on
-        steps = min(DEFAULT_STEPS.get(sampler, timesteps or 1000), timesteps or 1000)
-    if steps is not None and timesteps and sampler != "rflow" and int(steps) > int(timesteps):
-        raise ValueError(f"steps={steps}: this model was trained with {timesteps} timesteps")
     return sampler, (None if steps is None else int(steps)), cond, cond_name
 
 

@@ -33,6 +33,10 @@ class PhantomDataset(Dataset):
     """Procedural torso phantoms generated on the fly (see :mod:`medgen.imaging.phantom`).
 
     Item ``i`` is the subject with seed ``seeds[i]``; ``class_label`` is its body-size bin.
+
+    With ``cache`` the generated subjects are kept (image float32, label map uint8, widened to
+    int64 on access) in the main process only: DataLoader workers generate on the fly instead of
+    each building its own copy of the cache. Items are identical either way (seeded).
     """
 
     def __init__(
@@ -55,19 +59,23 @@ class PhantomDataset(Dataset):
         return len(self.seeds)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if index in self._cache:
-            return self._cache[index]
-        seed = self.seeds[index]
-        ph = make_phantom(seed, self.size, self.spacing, noise_hu=self.noise_hu)
-        item = {
-            "image": torch.from_numpy(self.intensity.to_unit(ph.image))[None],
-            "affine": torch.from_numpy(ph.affine),
-            "label": torch.from_numpy(ph.labels.astype(np.int64))[None],
-            "class_label": ph.size_class,
-            "source": f"phantom:{seed}",
-        }
-        if self.cache:
-            self._cache[index] = item
+        stored = self._cache.get(index)
+        if stored is None:
+            seed = self.seeds[index]
+            ph = make_phantom(seed, self.size, self.spacing, noise_hu=self.noise_hu)
+            stored = {
+                "image": torch.from_numpy(self.intensity.to_unit(ph.image))[None],
+                "affine": torch.from_numpy(ph.affine),
+                "label": torch.from_numpy(ph.labels.astype(np.uint8))[None],  # labels 0..<256
+                "class_label": ph.size_class,
+                "source": f"phantom:{seed}",
+            }
+            if self.cache and torch.utils.data.get_worker_info() is None:
+                self._cache[index] = stored
+        item = dict(stored)
+        item["image"] = stored["image"].clone()
+        item["affine"] = stored["affine"].clone()
+        item["label"] = stored["label"].to(torch.int64)
         return item
 
 

@@ -26,7 +26,7 @@ from medgen.molecules.graph import (
     encode_tokens,
     smiles_to_tokens,
 )
-from medgen.molecules.vae import GraphVAE
+from medgen.molecules.vae import GraphVAE, check_temperature
 from medgen.utils.logging import get_logger
 from medgen.utils.seeding import sample_generator
 
@@ -61,7 +61,11 @@ def sample_smiles(
     batch_size: int = 1000,
     start: int = 0,
 ) -> list[str | None]:
-    """``n`` molecules from the prior as canonical SMILES (None only if RDKit rejected one)."""
+    """``n`` molecules from the prior as canonical SMILES (None only if RDKit rejected one).
+
+    ``temperature`` must be finite and > 0 (``ValueError`` naming the value otherwise).
+    """
+    temperature = check_temperature(temperature)
     was_training = vae.training
     vae.eval()
     device = next(vae.parameters()).device
@@ -215,7 +219,8 @@ class MoleculeVAE:
         """Train a :class:`PropertyHead` for ``name`` on the latents of ``smiles``.
 
         ``values`` defaults to the computed property (``qed``, ``logp``, ``sa``); pass a column of
-        the training CSV for anything else. Returns train / held-out R^2 (last 10% held out).
+        the training CSV for anything else. Returns train / held-out R^2 (a random 10%, drawn
+        with ``seed``, held out).
         """
         smiles = list(smiles)
         y = torch.tensor(
@@ -227,6 +232,8 @@ class MoleculeVAE:
         y = y[keep]
         if len(y) < 10:
             raise ValueError(f"fit_property({name!r}) needs at least 10 molecules, got {len(y)}")
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        smiles, y = [smiles[k] for k in order.tolist()], y[order]
         z = torch.cat([self.encode(smiles[i : i + 500]) for i in range(0, len(smiles), 500)])
         torch.manual_seed(seed)
         head = PropertyHead(self.latent_dim)
@@ -287,7 +294,7 @@ class MoleculeVAE:
         top = torch.argsort(sign * y, descending=True)[:n_starts]
         z = z_all[top].clone().requires_grad_(True)
         head = self.heads[property]
-        seen = set(smiles)
+        seen = {_canonical(s) for s in smiles}  # decodes are canonical: compare like with like
         rows: dict[str, dict] = {}
         opt = torch.optim.Adam([z], lr=lr)
         for step in range(1, steps + 1):
@@ -329,6 +336,16 @@ class MoleculeVAE:
                 float((sign * y).max() * sign),
             )
         return frame
+
+
+def _canonical(smiles: str) -> str:
+    """Canonical SMILES of the standardized graph (as decodes are); the input if unreadable."""
+    from medgen.molecules.graph import round_trip
+
+    try:
+        return round_trip(smiles)
+    except Exception:  # noqa: BLE001 - an unreadable SMILES simply matches no decode
+        return smiles
 
 
 def _r2(pred: torch.Tensor, y: torch.Tensor) -> float:

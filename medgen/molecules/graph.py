@@ -178,28 +178,30 @@ def standardize(mol):
         raise FeaturizeError("no atoms")
     Chem.RemoveStereochemistry(mol)
     for atom in mol.GetAtoms():
+        if atom.GetAtomicNum() == 0:
+            raise FeaturizeError(f"dummy/query atom {atom.GetSymbol()!r} (atomic number 0)")
         atom.SetIsotope(0)
         atom.SetAtomMapNum(0)
     mol = Chem.RemoveHs(mol, sanitize=True)
     n_frags = len(Chem.GetMolFrags(mol))
     if n_frags > 1:
         raise FeaturizeError(f"{n_frags} disconnected fragments (salts/mixtures are not supported)")
+    try:
+        Chem.Kekulize(mol, clearAromaticFlags=True)
+    except Exception as err:  # noqa: BLE001 - RDKit raises several kinds here
+        raise FeaturizeError(f"cannot kekulize: {err}") from err
+    # checked after kekulizing: an aromatic bond outside a ring (``C:C``) stays aromatic
+    to_order, _ = _bond_types()
     for bond in mol.GetBonds():
-        if bond.GetBondType() not in _RDKIT_BOND_OK:
-            raise FeaturizeError(f"unsupported bond type {bond.GetBondType()}")
-    Chem.Kekulize(mol, clearAromaticFlags=True)
+        if bond.GetBondType() not in to_order:
+            raise FeaturizeError(f"unsupported bond type {bond.GetBondType()} after kekulization")
     return mol
-
-
-_RDKIT_BOND_OK: set = set()
 
 
 def _bond_types():
     from rdkit import Chem
 
     bt = Chem.BondType
-    if not _RDKIT_BOND_OK:
-        _RDKIT_BOND_OK.update({bt.SINGLE, bt.DOUBLE, bt.TRIPLE, bt.AROMATIC})
     return {bt.SINGLE: 1, bt.DOUBLE: 2, bt.TRIPLE: 3}, {1: bt.SINGLE, 2: bt.DOUBLE, 3: bt.TRIPLE}
 
 

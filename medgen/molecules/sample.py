@@ -2,8 +2,9 @@
 
 Molecule ``i`` of seed ``s`` is the same whatever ``batch_size`` (see :mod:`medgen.molecules.api`).
 The file is written atomically; a JSON sidecar ``<out>.json`` records the checkpoint's sha256, the
-seed, temperature, count, summary metrics and medgen's provenance. Writing over an ``out`` made from
-another checkpoint or seed is refused unless ``overwrite=true``.
+seed, temperature, count, summary metrics and medgen's provenance. Writing over an ``out`` made with
+other settings (checkpoint, seed, temperature or n) is refused unless ``overwrite=true``; a corrupt
+sidecar is named in the error.
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ def write_molecules(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path
     raise ValueError(f"out={path}: molecules are written to a .csv or .sdf file")
 
 
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    """The JSON sidecar of an earlier run ({} when absent); ``ValueError`` naming a corrupt one."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"sidecar {path} is corrupt ({err}); delete it or set overwrite=true"
+        ) from err
+    if not isinstance(data, dict):
+        raise ValueError(f"sidecar {path} is corrupt (not a JSON object); set overwrite=true")
+    return data
+
+
 def sample_from_config(cfg, ckpt_file: str | os.PathLike) -> dict[str, Any]:
     """Sample ``cfg.n`` molecules from ``ckpt_file`` into ``cfg.out``; returns a summary dict.
 
@@ -52,20 +68,24 @@ def sample_from_config(cfg, ckpt_file: str | os.PathLike) -> dict[str, Any]:
     """
     from medgen.chem.metrics import fraction_unique, fraction_valid
     from medgen.molecules.api import MoleculeVAE
+    from medgen.molecules.vae import check_temperature
     from medgen.utils.atomic import atomic_write_json
     from medgen.utils.provenance import file_sha256, provenance
 
     out = Path(str(cfg.out)).expanduser()
     n, seed = int(cfg.n), int(cfg.seed)
-    temperature = float(cfg.get("temperature", 1.0))
+    temperature = check_temperature(cfg.get("temperature", 1.0))
     batch_size = max(1, int(cfg.get("batch_size", 1000)))
     sidecar = out.with_name(out.name + ".json")
     ckpt_sha = file_sha256(ckpt_file)
+    settings = {"checkpoint_sha256": ckpt_sha, "seed": seed, "temperature": temperature, "n": n}
     if out.exists() and not cfg.get("overwrite", False):
-        previous = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        if previous.get("checkpoint_sha256") != ckpt_sha or previous.get("seed") != seed:
+        previous = _read_sidecar(sidecar)
+        changed = {k: previous.get(k) for k, v in settings.items() if previous.get(k) != v}
+        if changed:
+            wanted = ", ".join(f"{k}={settings[k]!r} (was {v!r})" for k, v in changed.items())
             raise FileExistsError(
-                f"{out} exists and was not made from checkpoint {ckpt_file} with seed={seed}; "
+                f"{out} exists and was made with other sampling settings: {wanted}; "
                 "choose another out or set overwrite=true"
             )
     vae = MoleculeVAE.from_checkpoint(ckpt_file)

@@ -34,6 +34,15 @@ MAX_DIST = 16  # relative-position buckets for (j - i)
 MAX_REM = 8  # remaining-capacity buckets
 
 
+def check_temperature(temperature: float, *, allow_zero: bool = False) -> float:
+    """``temperature`` as a float; ``ValueError`` naming it unless finite and > 0 (or == 0)."""
+    value = float(temperature)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        rule = ">= 0 (0 = greedy)" if allow_zero else "> 0"
+        raise ValueError(f"temperature must be a finite number {rule}, got {temperature!r}")
+    return value
+
+
 class GraphEncoder(nn.Module):
     """Message passing over atoms and typed bonds, summed into a latent Gaussian.
 
@@ -64,8 +73,10 @@ class GraphEncoder(nn.Module):
             w = msg(h).view(b, n, MAX_BOND_ORDER, hd).transpose(1, 2)  # (B, 3, N, H)
             m = (a @ w).sum(1)  # (B, N, H)
             h = norm(h + upd(torch.cat([h, m], -1))) * mask
-        count = mask.sum(1).clamp(min=1)
-        pooled = torch.cat([h.sum(1) / math.sqrt(h.shape[1] or 1), h.sum(1) / count], -1)
+        # pool over each molecule's own atoms (not the batch's padded length), so a molecule's
+        # latent does not depend on what it is batched with
+        count = mask.sum(1).clamp(min=1)  # (B, 1)
+        pooled = torch.cat([h.sum(1) / count.sqrt(), h.sum(1) / count], -1)
         mu, logvar = self.readout(pooled).chunk(2, dim=-1)
         return mu, logvar.clamp(-10, 5)
 
@@ -235,10 +246,14 @@ class GraphDecoder(nn.Module):
         """Decode latents ``z (B, L)`` into graphs, batched across molecules.
 
         Each choice is ``argmax(logits / T + Gumbel(u))`` over the allowed options (Gumbel-max
-        sampling); ``temperature=0`` is greedy. ``uniforms`` is a ``(B, max_atoms + 1, W)`` tensor
-        of numbers in (0, 1) with ``W = noise_width()`` (so each molecule's draws depend only on
-        its own noise, whatever the batch), or None to draw them with torch's global RNG.
+        sampling); ``temperature=0`` is greedy. The valence mask is applied after scaling and
+        noise (disallowed options get ``-inf``), so no temperature can make a masked option win.
+        ``temperature`` must be finite and >= 0 (``ValueError`` otherwise). ``uniforms`` is a
+        ``(B, max_atoms + 1, W)`` tensor of numbers in (0, 1) with ``W = noise_width()`` (so each
+        molecule's draws depend only on its own noise, whatever the batch), or None to draw them
+        with torch's global RNG.
         """
+        check_temperature(temperature, allow_zero=True)
         bsz, dev = z.shape[0], z.device
         m = self.max_atoms
         if uniforms is None:
@@ -249,10 +264,9 @@ class GraphDecoder(nn.Module):
         closure_table = self._order_mask(torch.arange(MAX_BOND_ORDER + 1, device=dev), True)
 
         def choose(logits: torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-            logits = logits.masked_fill(~mask, NEG)
             if temperature > 0:
                 logits = logits / temperature + g
-            return logits.argmax(-1)
+            return logits.masked_fill(~mask, float("-inf")).argmax(-1)
 
         atoms = torch.full((bsz, m), -1, dtype=torch.long, device=dev)
         adj = torch.zeros((bsz, m, m), dtype=torch.long, device=dev)

@@ -19,8 +19,10 @@ def screen(cfg: DictConfig) -> dict:
     dir and beside ``out`` as ``<name>.summary.json``)."""
     from medgen.chem.screen import screen_file
 
-    def plain(value):
-        return None if value is None else list(OmegaConf.to_container(value, resolve=True))
+    def plain(value):  # a list from YAML, or one bare name from the command line (rules=pains)
+        if value is None or isinstance(value, str):
+            return value if value is None else [value]
+        return list(OmegaConf.to_container(value, resolve=True))
 
     summary = screen_file(
         cfg.input,

@@ -160,6 +160,9 @@ def test_medmnist_npz(tmp_path):
     np.testing.assert_allclose(inner, arrays["train_images"][0] / 127.5 - 1.0, atol=1e-6)
     assert float(item["image"][0, 0, 0, 0]) == -1.0
     assert len(dm.val_set) == 2
+    # 0..255 display values: not CT/HU by default, mapped back in source units
+    assert dm.data_meta["modality"] != "CT"
+    assert dm.data_meta["intensity"]["kind"] == "minmax"
 
 
 # -- bad input: each names the file and the reason ------------------------------------------------
@@ -209,3 +212,52 @@ def test_medmnist_bad_npz(tmp_path):
     np.savez(tmp_path / "x.npz", images=np.zeros((2, 28, 28, 28), np.uint8))
     with pytest.raises(ValueError, match=r"x\.npz.*train_images"):
         MedMNIST3DDataModule(path=str(tmp_path / "x.npz")).setup()
+
+
+def test_resize_records_true_geometry_and_export_writes_it(tmp_path):
+    """40^3 at 1 mm, resampled to 2 mm (20^3), resized to 16^3: 2.5 mm voxels, world origin kept."""
+    from medgen.imaging.export import export_volumes
+
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [100.0, -50.0, 20.0]  # an origin far from 0
+    for name in "ab":
+        write_scan(tmp_path / "scans", name, shape=(40, 40, 40), affine=affine, label=False)
+    dm = NiftiDataModule(
+        path=str(tmp_path / "scans"), spatial_size=16, spacing=2.0, shape_mode="resize",
+        val_fraction=0.5,
+    )  # fmt: skip
+    meta = dm.data_meta
+    np.testing.assert_allclose(meta["spacing"], [2.5, 2.5, 2.5], atol=1e-4)
+    item_affine = dm.train_set[0]["affine"].numpy()
+    np.testing.assert_allclose(meta["affine"], item_affine, atol=1e-6)
+    # the volume still covers the source's field of view: centre of the grid at the source centre
+    centre = nib.affines.apply_affine(np.asarray(meta["affine"]), [7.5, 7.5, 7.5])
+    np.testing.assert_allclose(centre, nib.affines.apply_affine(affine, [19.5] * 3), atol=1.0)
+    paths = export_volumes(
+        torch.zeros(1, 1, 16, 16, 16), tmp_path / "out", affine=meta["affine"],
+        intensity=meta["intensity"], modality=meta["modality"], preview=False,
+    )  # fmt: skip
+    img = nib.load(str(paths[0]))
+    np.testing.assert_allclose(img.header.get_zooms()[:3], [2.5, 2.5, 2.5], atol=1e-4)
+    np.testing.assert_allclose(img.affine, item_affine, atol=1e-4)
+
+
+def test_phantom_cache_is_uint8_main_process_only(monkeypatch):
+    from medgen.imaging.intensity import IntensityMapping
+    from medgen.imaging.sources import PhantomDataset
+
+    kw = dict(seeds=[3, 4], size=(16, 16, 16), spacing=(26.0, 26.0, 26.0),
+              intensity=IntensityMapping("ct_window", -1000.0, 1000.0))  # fmt: skip
+    cached = PhantomDataset(**kw, cache=True)
+    first = cached[0]
+    assert cached._cache[0]["label"].dtype == torch.uint8
+    again, fresh = cached[0], PhantomDataset(**kw, cache=False)[0]
+    for item in (first, again):
+        assert item["label"].dtype == torch.int64
+        torch.testing.assert_close(item["image"], fresh["image"], rtol=0, atol=0)
+        assert torch.equal(item["label"], fresh["label"])
+    # inside a DataLoader worker nothing is cached (no per-worker copy of the cache)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    in_worker = PhantomDataset(**kw, cache=True)
+    assert torch.equal(in_worker[1]["label"], PhantomDataset(**kw, cache=False)[1]["label"])
+    assert in_worker._cache == {}

@@ -71,7 +71,7 @@ def test_generate_contract(tiny_kwargs):
     torch.testing.assert_close(both[:1], alone, atol=1e-5, rtol=0)
     other = module.generate(noise[:1], sampler="ddpm", steps=4, generators=gens([7]))
     assert not torch.allclose(other, alone)
-    with pytest.raises(ValueError, match="'rflow'.*objective 'ddpm'"):
+    with pytest.raises(ValueError, match="'rflow'.*'ddpm' objective"):
         module.generate(noise, sampler="rflow")
     with pytest.raises(ValueError, match="not class-conditional"):
         module.generate(noise, class_labels=[0, 1])
@@ -253,3 +253,98 @@ def test_bf16_mixed_precision_with_checkpointing_and_classes(tmp_path, tiny_kwar
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 2 and math.isfinite(float(trainer.callback_metrics["val/loss"]))
     assert module.hparams["num_classes"] == 3
+
+
+class _Recorder(_Oracle):
+    """The ideal network that also records the timestep it is told and the x it sees."""
+
+    def __init__(self, module, x0):
+        super().__init__(module, x0)
+        self.calls: list[tuple[int, torch.Tensor]] = []
+
+    def forward(self, x, timesteps, class_labels=None):
+        self.calls.append((int(timesteps[0]), x.clone()))
+        return super().forward(x, timesteps, class_labels)
+
+    def implied_noise(self) -> list[torch.Tensor]:
+        """The noise each x would hold if it really were at the timestep the network was told."""
+        out = []
+        for t, x in self.calls:
+            if self.hp.objective == "rflow":
+                s = t / self.hp.num_train_timesteps
+                out.append((x - (1 - s) * self.x0) / s)
+            else:
+                a = self.alphas[t]
+                out.append((x - a.sqrt() * self.x0) / (1 - a).sqrt())
+        return out
+
+
+@pytest.mark.parametrize(
+    "objective,prediction,sampler,steps",
+    [
+        ("ddpm", "epsilon", "ddim", 3),
+        ("ddpm", "v_prediction", "ddim", 7),
+        ("ddpm", "epsilon", "ddim", 30),
+        ("rflow", "v_prediction", "rflow", 6),
+    ],
+)
+def test_each_step_lands_on_the_next_scheduled_timestep(
+    tiny_kwargs, objective, prediction, sampler, steps
+):
+    """Deterministic samplers with an exact network keep the same noise along the trajectory,
+    *if* each step moves x to the timestep the network is told next (an exact x0 predictor
+    alone is blind to a wrong noise level)."""
+    module = DiffusionModule(**tiny_kwargs, objective=objective, prediction_type=prediction)
+    x0 = torch.rand(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    rec = module.ema.module = _Recorder(module, x0)
+    module.generate(torch.randn(1, 1, 8, 8, 8), sampler=sampler, steps=steps)
+    told = [t for t, _ in rec.calls]
+    assert len(told) == steps and told == sorted(set(told), reverse=True)
+    noise = rec.implied_noise()
+    for t, eps in zip(told[1:], noise[1:], strict=True):
+        torch.testing.assert_close(eps, noise[0], atol=1e-3, rtol=0, msg=f"at t={t}")
+
+
+def test_respaced_ddpm_noise_level_matches_told_timestep(tiny_kwargs):
+    """Respaced DDPM (DDIM, eta = 1) with x0 = 0: x at each call has std sqrt(1 - alpha_bar_t)."""
+    module = DiffusionModule(**tiny_kwargs, objective="ddpm", prediction_type="epsilon")
+    rec = module.ema.module = _Recorder(module, torch.zeros(1, 1, 16, 16, 16))
+    gen = torch.Generator().manual_seed(1)
+    x_T = (1 - rec.alphas[-1]).sqrt() * torch.randn(4, 1, 16, 16, 16, generator=gen)  # exact
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(4)]
+    module.generate(x_T, sampler="ddpm", steps=4, generators=gens)
+    for t, x in rec.calls[1:]:
+        want = float((1 - rec.alphas[t]).sqrt())
+        assert abs(float(x.std()) / want - 1) < 0.05, (t, float(x.std()), want)
+
+
+def test_ddp_ranks_draw_different_training_noise(tiny_kwargs):
+    """Same global seed on every rank; on_train_start reseeds from (seed, rank)."""
+    from types import SimpleNamespace
+
+    draws = []
+    for rank in (0, 1, 0):
+        torch.manual_seed(123)  # what seed_everything does on every rank
+        module = DiffusionModule(**tiny_kwargs)
+        module._trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        module.on_train_start()
+        draws.append(torch.randn(8))
+    assert not torch.equal(draws[0], draws[1])
+    assert torch.equal(draws[0], draws[2])  # deterministic per rank
+
+
+def test_rflow_validation_uses_the_training_t_distribution(tiny_kwargs, batch):
+    """Logit-normal t (mass in the middle), drawn from the validation generator: deterministic."""
+    module = DiffusionModule(**tiny_kwargs, objective="rflow", rflow_sample_method="logit-normal")
+    t = module.sample_timesteps(20000, generator=torch.Generator().manual_seed(0)).float() / 100
+    middle = float(((t >= 0.25) & (t < 0.75)).float().mean())
+    assert abs(middle - 0.728) < 0.02  # P(|z| < logit(0.75)); uniform would give 0.5
+    with torch.no_grad():
+        losses = [
+            module.diffusion_loss(batch, generator=torch.Generator().manual_seed(1000))
+            for _ in range(2)
+        ]
+    assert float(losses[0]) == float(losses[1])
+    uniform = DiffusionModule(**tiny_kwargs, objective="rflow", rflow_sample_method="uniform")
+    t = uniform.sample_timesteps(20000, generator=torch.Generator().manual_seed(0)).float() / 100
+    assert abs(float(((t >= 0.25) & (t < 0.75)).float().mean()) - 0.5) < 0.02

@@ -71,7 +71,7 @@ def test_cache_is_reused_and_falls_back_when_folder_is_read_only(
     feats, again = load_source(src)
     assert again == first and len(feats) == 5
     # a read-only source folder (or the installed package) caches in the cache dir
-    monkeypatch.setattr("medgen.molecules.data.os.access", lambda *a: False)
+    monkeypatch.setattr("medgen.molecules.featurize.os.access", lambda *a: False)
     assert cache_file(src, None, None).parent == cache_dir / "graphs"
     assert cache_file(EMBEDDED_SAMPLE, 16, None).parent == cache_dir / "graphs"
 
@@ -91,3 +91,83 @@ def test_embedded_sample_with_limit_and_split(cache_dir):
 def test_missing_file_is_named(tmp_path, cache_dir):
     with pytest.raises(FileNotFoundError, match="nope.smi"):
         GraphDataModule(path=str(tmp_path / "nope.smi")).setup()
+
+
+def test_rows_that_used_to_crash_are_rejected_with_line_numbers(tmp_path, data_dir, cache_dir):
+    # C:C stayed aromatic after kekulization (KeyError); *CC reached the vocabulary (ValueError)
+    src = tmp_path / "bad_rows_errors.csv"
+    shutil.copy(data_dir / "bad_rows_errors.csv", src)
+    dm = GraphDataModule(path=str(src), val_fraction=0.0, min_atom_count=2)
+    dm.setup()
+    reasons = {int(r["line"]): r["reason"] for r in read_rejects(dm.rejects_path)}
+    assert set(reasons) == {3, 4, 5, 6, 8, 10}
+    assert "AROMATIC" in reasons[3]
+    assert "atomic number 0" in reasons[4]
+    assert "no SMILES" in reasons[5] and "no SMILES" in reasons[10]  # blank line, empty cell
+    assert "not in the vocabulary" in reasons[6] and "Fe" in reasons[6]  # one iron: too rare
+    assert reasons[8]  # RDKit's parse error
+    assert sorted(dm.train_smiles()) == ["CC(=O)O", "CCO", "NCCN", "c1ccccc1"]
+    # the cache (with its rejects) is reused on a rerun and gives the same answer
+    again = GraphDataModule(path=str(src), val_fraction=0.0, min_atom_count=2)
+    again.setup()
+    assert again.rejects == dm.rejects
+
+
+def test_cache_key_changes_with_the_featurizer_version(tmp_path, monkeypatch):
+    # caches built by the featurizer before v2 (which stored bad rows) must not be reused
+    import medgen.molecules.featurize as featurize
+
+    src = tmp_path / "a.smi"
+    src.write_text("CCO\n")
+    now = cache_file(src, None, None)
+    monkeypatch.setattr(featurize, "FEATURIZER_VERSION", 1)
+    assert featurize.cache_file(src, None, None) != now
+
+
+def test_stored_smiles_are_those_of_the_standardized_graph(tmp_path, cache_dir):
+    src = tmp_path / "iso.smi"
+    src.write_text("[2H]C\nC[C@H](N)O\nOCC\n[13CH3]c1ccccc1\n")
+    feats, _ = load_source(src)
+    assert feats.smiles == ["C", "CC(N)O", "CCO", "Cc1ccccc1"]
+
+
+def test_vocabulary_comes_from_the_training_split_only(tmp_path, cache_dir):
+    src = tmp_path / "br.smi"
+    src.write_text("\n".join(["CCO", "CCN", "CCC", "OCCO", "NCCN", "CCCO", "CCBr", "CCCN"]) + "\n")
+    rejected_in_val = 0
+    for seed in range(12):
+        dm = GraphDataModule(path=str(src), val_fraction=0.25, seed=seed)
+        dm.setup()
+        train_tokens = {t for k in dm.train_indices for t in _tokens_of(dm, k)}
+        assert set(dm.vocabulary.tokens) == train_tokens
+        reasons = {int(r["line"]): r["reason"] for r in read_rejects(dm.rejects_path)}
+        if 7 in reasons:  # CCBr drawn into val: its bromine is unknown to the training split
+            assert "training split" in reasons[7] and "Br" in reasons[7]
+            assert "CCBr" not in [dm.source.smiles[k] for k in dm.val_indices]
+            rejected_in_val += 1
+        else:
+            assert "Br" in dm.vocabulary.tokens
+    assert 0 < rejected_in_val < 12
+
+
+def _tokens_of(dm, k):
+    src = dm.source
+    a0, a1 = int(src.atom_ptr[k]), int(src.atom_ptr[k + 1])
+    return {src.tokens[a] for a in src.atoms[a0:a1].tolist()}
+
+
+def test_a_token_no_vocabulary_accepts_only_rejects_its_molecules(tmp_path, cache_dir):
+    # a cache from an older featurizer could hold '*'; setup() must not fail on it
+    from medgen.molecules.featurize import FeaturizedSource
+
+    src = tmp_path / "two.smi"
+    src.write_text("CCO\nCCC\n")
+    dm = GraphDataModule(path=str(src), val_fraction=0.0)
+    dm.setup()
+    feats = dm.source
+    feats = FeaturizedSource(**{**feats.__dict__, "tokens": feats.tokens + ["*"]})
+    feats.atoms[0] = len(feats.tokens) - 1  # first atom of CCO (or CCC) becomes '*'
+    dm.source = feats
+    dm.use_vocabulary(None)
+    assert len(dm.train_set) == 1 and "*" not in dm.vocabulary.tokens
+    assert any("not in the vocabulary: *" in r[2] for r in dm.rejects)

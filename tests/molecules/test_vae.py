@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from rdkit import Chem
 
@@ -103,3 +104,39 @@ def test_teacher_forcing_masks_allow_every_sampled_graph():
             graphs = vae.sample(z, temperature=temperature)
             ll = sum(vae.decoder.log_likelihood(z, graphs).values())
             assert bool((ll > -1e4).all()), ll.min()
+
+
+def test_encoding_does_not_depend_on_the_batch():
+    # pooling is normalized by each molecule's own atom count, not the batch's padded length
+    vocab = Vocabulary(VOCAB)
+    vae = tiny_vae(vocab).eval()
+    long = "CCCCCCCCCCOc1ccc(C(=O)NCCF)cc1Br"
+    graphs = [encode_tokens(*smiles_to_tokens(s), vocab) for s in ("CCO", long)]
+    with torch.no_grad():
+        alone, _ = vae.encode(collate_graphs(graphs[:1]))
+        both, _ = vae.encode(collate_graphs(graphs))
+    assert torch.allclose(alone[0], both[0], atol=1e-5), (alone[0] - both[0]).abs().max()
+
+
+def test_extreme_temperature_keeps_validity_by_construction():
+    # masks are applied after temperature scaling and noise: a huge temperature cannot unmask
+    vocab = Vocabulary(VOCAB)
+    vae = tiny_vae(vocab, max_atoms=20).eval()
+    z, u = draw_noise(vae, 100, seed=5)
+    for temperature in (1e6, 1e10):  # 1e10 made -1e9 masks finite noise-level logits before
+        graphs = vae.sample(z, temperature=temperature, uniforms=u)
+        for b in range(100):
+            mol = graph_to_mol(graphs.atoms[b], graphs.adj[b], vocab)  # raises if not sanitizable
+            assert len(Chem.GetMolFrags(mol)) == 1
+    assert all(s is not None for s in sample_smiles(vae, vocab, 50, seed=2, temperature=1e6))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), float("nan")])
+def test_sampling_rejects_bad_temperatures(temperature):
+    vocab = Vocabulary(VOCAB)
+    vae = tiny_vae(vocab, max_atoms=8).eval()
+    with pytest.raises(ValueError, match=f"temperature .*got {temperature}"):
+        sample_smiles(vae, vocab, 2, seed=0, temperature=temperature)
+    if temperature != 0.0:  # the decoder itself allows 0 (greedy), nothing below or infinite
+        with pytest.raises(ValueError, match="temperature"):
+            vae.sample(torch.zeros(1, 16), temperature=temperature)

@@ -61,6 +61,20 @@ def test_mr_is_float32_in_source_scale(tmp_path):
     assert 10.0 <= data.min() and data.max() <= 500.0
 
 
+def test_units_follow_the_intensity_mapping_not_the_modality(tmp_path):
+    """A 0..255 (minmax) model is never written as int16 "HU", even if labelled CT."""
+    minmax = IntensityMapping("minmax", 0.0, 255.0)
+    assert minmax.units == "source" and CT.units == "HU"
+    (path,) = _export(_volumes(1), tmp_path / "mm", intensity=minmax.to_dict(), modality="CT")
+    data = np.asarray(nib.load(path).dataobj)
+    assert data.dtype == np.float32 and 0.0 <= data.min() and data.max() <= 255.0
+    sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["units"] == "source"
+    (path,) = _export(_volumes(1), tmp_path / "ct", modality="CT")
+    hu = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    assert hu["units"] == "HU"
+
+
 def test_manifest_sidecars_and_datalist_agree_with_files(tmp_path):
     out = tmp_path / "out"
     labels = torch.randint(0, 5, (4, 1, 8, 8, 8), generator=torch.Generator().manual_seed(1))
@@ -167,3 +181,11 @@ def test_bad_inputs_name_the_problem(tmp_path):
         _export(_volumes(1), tmp_path / "c", affine=np.eye(3))
     with pytest.raises(ValueError, match="distinct"):
         _export(_volumes(2), tmp_path / "d", indices=[3, 3])
+
+
+def test_one_write_preview_name_per_purpose():
+    """Training previews (viz.write_preview) and cohort previews have different names."""
+    from medgen.imaging import viz
+
+    assert callable(ex.write_cohort_preview) and not hasattr(ex, "write_preview")
+    assert callable(viz.write_preview)

@@ -70,6 +70,21 @@ def test_sampler_and_condition_errors_name_the_value():
         generate(tiny("ddpm"), 1, sampler="ddim", steps=20)
 
 
+def test_every_sampler_is_checked_before_any_output(tmp_path):
+    """RFlow's steps are checked up front like the others (resolve_sampling, before any folder)."""
+    from medgen.imaging.sample import resolve_sampling
+    from medgen.imaging.samplers import resolve_sampler
+
+    for objective, sampler in (("rflow", "rflow"), ("ddpm", "ddpm"), ("ddpm", "ddim")):
+        with pytest.raises(ValueError, match="steps=20: this model was trained with 10 timesteps"):
+            resolve_sampling(tiny(objective), sampler, 20, 1.0, None)
+    assert resolve_sampler("rflow", None, None, 10) == ("rflow", 10)
+    assert resolve_sampler("ddpm", None, None, 1000) == ("ddim", 50)
+    assert resolve_sampler("ddpm", "ddpm", None, 1000) == ("ddpm", 1000)
+    with pytest.raises(ValueError, match="steps=0"):
+        resolve_sampler("rflow", None, 0, 10)
+
+
 def test_medgen_sample_config_writes_a_cohort_that_reads_back(ddpm_run, compose_cfg, tmp_path):
     out = tmp_path / "synth"
     cfg = compose_cfg("sample", [f"ckpt={ddpm_run}", "n=3", "batch_size=2", f"out={out}"])

@@ -1,0 +1,251 @@
+"""SMILES sources -> featurized molecular graphs, cached next to the source.
+
+Sources are read with :func:`medgen.chem.io.read_molecules`: ``.smi``, ``.csv``/``.tsv`` (SMILES
+column named or detected; numeric columns are kept as properties), ``.sdf``, gzipped or not. With
+``path=None`` the embedded sample of MOSES train is used (see ``resources/README.md``).
+
+Featurized graphs are cached with ``torch.save`` next to the source
+(``<source>.graphs-<key>.pt``), or in ``cache_dir`` (default ``$MEDGEN_CACHE_DIR`` or
+``~/.cache/medgen/graphs``) when the source's folder is read-only or inside the medgen package.
+The key covers the file's path, size and mtime, the featurizer version and ``limit``.
+
+Rows RDKit cannot parse or a graph cannot hold (several fragments, dummy atoms, bonds that stay
+aromatic after kekulization, or any other error while featurizing) become reject rows
+(``line, smiles, reason``; for SDF ``line`` is the record number). One bad row never stops a run.
+The stored SMILES is the canonical SMILES (no stereo) of the *standardized graph*, the same string
+a decode of that graph gives, so novelty and reconstruction compare like with like.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medgen.molecules.graph import MolGraph
+from medgen.utils.atomic import atomic_write_text
+from medgen.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+# 2: standardized-graph SMILES, dummy atoms and non-kekulizable bonds rejected, per-row errors
+FEATURIZER_VERSION = 2
+EMBEDDED_SAMPLE = Path(__file__).parent / "resources" / "moses_sample.smi"
+_CHUNK = 4096
+
+
+def default_cache_dir() -> Path:
+    """``$MEDGEN_CACHE_DIR/graphs`` or ``~/.cache/medgen/graphs``."""
+    root = os.environ.get("MEDGEN_CACHE_DIR") or Path.home() / ".cache" / "medgen"
+    return Path(root) / "graphs"
+
+
+@dataclass
+class FeaturizedSource:
+    """The graphs of one source file; per-file token list, flat tensors.
+
+    atoms: ``(total_atoms,)`` int16 indices into ``tokens``; ``atom_ptr``: ``(M + 1,)`` offsets.
+    bonds: ``(total_bonds, 3)`` int16 rows ``(i, j, order)``; ``bond_ptr``: ``(M + 1,)`` offsets.
+    lines: ``(M,)`` line (record) numbers in the source; smiles: canonical SMILES, no stereo.
+    properties: numeric columns of the source, ``(M,)`` float32 each (NaN where missing).
+    rejects: ``[line, smiles, reason]`` rows.
+    """
+
+    tokens: list[str]
+    atoms: torch.Tensor
+    atom_ptr: torch.Tensor
+    bonds: torch.Tensor
+    bond_ptr: torch.Tensor
+    lines: torch.Tensor
+    smiles: list[str]
+    properties: dict[str, torch.Tensor] = field(default_factory=dict)
+    rejects: list[list[Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.smiles)
+
+    def graph(self, k: int, remap: torch.Tensor) -> MolGraph:
+        """Molecule ``k`` as a :class:`MolGraph`, file token indices mapped through ``remap``."""
+        a0, a1 = int(self.atom_ptr[k]), int(self.atom_ptr[k + 1])
+        b0, b1 = int(self.bond_ptr[k]), int(self.bond_ptr[k + 1])
+        return MolGraph(remap[self.atoms[a0:a1].long()], self.bonds[b0:b1].long())
+
+    def n_atoms(self) -> torch.Tensor:
+        return self.atom_ptr[1:] - self.atom_ptr[:-1]
+
+    def token_counts(self) -> Counter:
+        counts = torch.bincount(self.atoms.long(), minlength=len(self.tokens)).tolist()
+        return Counter(dict(zip(self.tokens, counts, strict=True)))
+
+
+def _featurize_rows(rows: list[tuple[int, str | None]]) -> list[tuple]:
+    """Worker: ``(line, tokens, bonds, canonical smiles)`` or ``(line, None, smiles, reason)``.
+
+    The SMILES kept is that of the standardized graph (rebuilt from tokens and bonds). Any error
+    on a row, expected or not, becomes a reject row with its reason.
+    """
+    from medgen.molecules.graph import (
+        AtomType,
+        FeaturizeError,
+        _build_mol,
+        mol_to_smiles,
+        smiles_to_tokens,
+    )
+
+    out = []
+    for line, smi in rows:
+        if smi is None or not str(smi).strip():
+            out.append((line, None, "" if smi is None else smi, "no SMILES / unreadable record"))
+            continue
+        try:
+            tokens, bonds = smiles_to_tokens(smi)
+            types = [AtomType.from_token(t) for t in tokens]
+            canon = mol_to_smiles(_build_mol(types, bonds))
+            out.append((line, tokens, bonds, canon))
+        except FeaturizeError as err:
+            out.append((line, None, smi, str(err)))
+        except Exception as err:  # noqa: BLE001 - one bad row never stops a run
+            out.append((line, None, smi, f"{type(err).__name__}: {err}"))
+    return out
+
+
+def featurize_source(
+    path: str | os.PathLike,
+    *,
+    smiles_column: str | None = None,
+    limit: int | None = None,
+    workers: int = 1,
+) -> FeaturizedSource:
+    """Read and featurize a molecule file (no caching); stops after ``limit`` usable molecules."""
+    from medgen.chem.io import read_molecules
+
+    tokens: dict[str, int] = {}
+    atoms, bonds, atom_ptr, bond_ptr = [], [], [0], [0]
+    lines, smiles, rejects = [], [], []
+    props: dict[str, list[float]] = {}
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        for frame in read_molecules(path, smiles_column=smiles_column, chunk_size=_CHUNK * workers):
+            extra = [c for c in frame.columns if c not in ("line", "smiles", "name")]
+            numeric = {c: _to_float(frame[c]) for c in extra}
+            numeric = {c: v for c, v in numeric.items() if v is not None}
+            rows = list(zip(frame["line"].tolist(), frame["smiles"].tolist(), strict=True))
+            step = _CHUNK if limit is None else max(8, min(_CHUNK, 2 * (limit - len(smiles))))
+            chunks = [rows[i : i + step] for i in range(0, len(rows), step)]
+            # map() is lazy without a pool, so featurizing stops soon after `limit` molecules
+            results = pool.map(_featurize_rows, chunks) if pool else map(_featurize_rows, chunks)
+            row_of_line = {line: r for r, line in enumerate(frame["line"].tolist())}
+            for result in results:
+                for line, toks, bnds, text in result:
+                    if limit is not None and len(smiles) >= limit:
+                        break
+                    if toks is None:
+                        rejects.append([int(line), bnds, text])
+                        continue
+                    atoms.extend(tokens.setdefault(t, len(tokens)) for t in toks)
+                    bonds.extend(bnds)
+                    atom_ptr.append(len(atoms))
+                    bond_ptr.append(len(bonds))
+                    lines.append(int(line))
+                    smiles.append(text)
+                    for c, values in numeric.items():
+                        props.setdefault(c, [float("nan")] * (len(smiles) - 1))
+                        props[c].append(values[row_of_line[line]])
+                    for c in props:
+                        if c not in numeric:
+                            props[c].append(float("nan"))
+                if limit is not None and len(smiles) >= limit:
+                    break
+            if limit is not None and len(smiles) >= limit:
+                break
+    finally:
+        if pool:
+            pool.shutdown()
+    return FeaturizedSource(
+        tokens=list(tokens),
+        atoms=torch.tensor(atoms, dtype=torch.int16),
+        atom_ptr=torch.tensor(atom_ptr, dtype=torch.long),
+        bonds=torch.tensor(bonds, dtype=torch.int16).reshape(-1, 3),
+        bond_ptr=torch.tensor(bond_ptr, dtype=torch.long),
+        lines=torch.tensor(lines, dtype=torch.long),
+        smiles=smiles,
+        properties={c: torch.tensor(v, dtype=torch.float32) for c, v in props.items()},
+        rejects=rejects,
+    )
+
+
+def _to_float(column) -> list[float] | None:
+    import pandas as pd
+
+    values = pd.to_numeric(column, errors="coerce")
+    if values.notna().sum() == 0:
+        return None
+    return values.astype(float).tolist()
+
+
+def cache_file(path: Path, limit: int | None, cache_dir: str | os.PathLike | None) -> Path:
+    """Where the featurized graphs of ``path`` live (see module docstring)."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|v{FEATURIZER_VERSION}|{limit}"
+    name = f"{path.name}.graphs-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    inside_package = Path(__file__).resolve().parents[1] in path.resolve().parents
+    if not inside_package and os.access(path.parent, os.W_OK):
+        return path.parent / name
+    return Path(cache_dir) / name if cache_dir else default_cache_dir() / name
+
+
+def load_source(
+    path: str | os.PathLike | None = None,
+    *,
+    smiles_column: str | None = None,
+    limit: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int = 1,
+) -> tuple[FeaturizedSource, Path]:
+    """Featurized graphs of ``path`` (None: the embedded sample), from the cache when present."""
+    source = Path(path).expanduser() if path else EMBEDDED_SAMPLE
+    if not source.is_file():
+        raise FileNotFoundError(f"molecule file not found: {source}")
+    target = cache_file(source, limit, cache_dir)
+    if target.is_file():
+        try:
+            data = torch.load(target, weights_only=True)
+            log.info("graphs of %s from cache %s", source, target)
+            return FeaturizedSource(**data), target
+        except Exception as err:  # noqa: BLE001 - a stale or corrupt cache is rebuilt
+            log.warning("ignoring unreadable graph cache %s: %s", target, err)
+    log.info("featurizing %s (limit=%s, workers=%d)", source, limit, workers)
+    feats = featurize_source(source, smiles_column=smiles_column, limit=limit, workers=workers)
+    buffer = io.BytesIO()
+    torch.save(feats.__dict__, buffer)
+    try:
+        from medgen.utils.atomic import atomic_write_bytes
+
+        atomic_write_bytes(target, buffer.getvalue())
+    except OSError as err:  # read-only after all: fall back to the cache dir
+        target = Path(cache_dir) if cache_dir else default_cache_dir()
+        target = target / cache_file(source, limit, target).name
+        atomic_write_bytes(target, buffer.getvalue())
+        log.info("source folder not writable (%s); cached in %s", err, target)
+    log.info(
+        "%s: %d molecules, %d rejected; cache %s", source, len(feats), len(feats.rejects), target
+    )
+    return feats, target
+
+
+def write_rejects(path: str | os.PathLike, rejects: Sequence[Sequence[Any]]) -> Path:
+    """Write ``line, smiles, reason`` rows (sorted by line) as CSV, atomically."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["line", "smiles", "reason"])
+    writer.writerows(sorted(rejects, key=lambda r: r[0]))
+    return atomic_write_text(path, out.getvalue())
