@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all lint format bench venv clean
+.PHONY: demo test test-all lint format bench venv clean data
 
 venv: $(STAMP)
 
@@ -26,10 +26,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m medgen.demo
 
-test: $(STAMP)
+# MOSES train/test sets and reference statistics, unpacked from the molsets wheel on PyPI (51 MB,
+# fetched once with pip); the metrics known-answer tests read them.
+MOSES := data/moses/test_stats.npz
+
+$(MOSES): | $(STAMP)
+	$(PY) -m medgen data moses
+
+data: $(MOSES)
+
+test: $(STAMP) $(MOSES)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(MOSES)
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -71,6 +71,7 @@ def main(root: str | None = None) -> Path:
         f"samples={demo}/molecules/generated.csv",
         f"reference={resources}",
         f"train={resources}",
+        "kl_size=1000",
         f"out={demo}/molecules/metrics.json",
         f"hydra.run.dir={demo}/molecule_evaluate",
     )
