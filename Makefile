@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
-# The quickstart: train the 3D diffusion model on procedural phantoms (debug size), sample a few
+# The quickstart: train the 3D diffusion model on procedural phantoms (32^3, ~160 steps), sample a few
 # synthetic volumes to NIfTI, train the molecule graph VAE on the embedded MOSES sample and score what
 # it generates.
 demo: $(STAMP)

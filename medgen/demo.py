@@ -1,6 +1,6 @@
 """``make demo`` / ``python -m medgen.demo``: the quickstart, end to end, on embedded data.
 
-1. train the 3D diffusion model on procedural CT phantoms (debug size, CPU),
+1. train the 3D diffusion model on procedural CT phantoms (32^3, a few minutes on CPU),
 2. sample synthetic volumes from it to NIfTI with sidecars, manifest and preview,
 3. train the molecule graph VAE on the embedded MOSES sample (debug size),
 4. sample molecules, score them (``medgen screen``) and evaluate them (``medgen evaluate``).
@@ -32,13 +32,21 @@ def main(root: str | None = None) -> Path:
     demo = Path(root or Path("outputs") / "demo" / stamp).resolve()
     resources = Path(__file__).resolve().parent / "molecules" / "resources" / "moses_sample.smi"
 
-    _medgen("train", "debug=fast", f"hydra.run.dir={demo}/scan_train")
+    # about 160 optimizer steps: enough for the torso outline and the dark lungs to appear
+    _medgen(
+        "train",
+        "experiment=phantom32_ddpm",
+        "data.num_train=128",
+        "trainer.max_epochs=5",
+        "model.preview_every_n_epochs=5",
+        f"hydra.run.dir={demo}/scan_train",
+    )
     _medgen(
         "sample",
         f"ckpt={demo}/scan_train",
         "n=4",
         "sampler=ddim",
-        "steps=10",
+        "steps=25",
         "seed=0",
         f"out={demo}/synthetic_scans",
         f"hydra.run.dir={demo}/scan_sample",
