@@ -87,12 +87,15 @@ def test_fast_run_writes_outputs_and_resumes(tmp_path):
 
     last = run / "checkpoints" / "last.ckpt"
     out = run_medgen(
-        ["train", *TINY, "debug=fast", "trainer.max_epochs=4", f"ckpt_path={last}"], cwd=tmp_path
+        ["train", *TINY, "debug=fast", "trainer.max_epochs=4", f"ckpt_path={last}", "test=true"],
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     resumed = [r for r in _run_dirs(tmp_path / "outputs" / "train") if r != run]
     assert len(resumed) == 1
-    assert json.loads((resumed[0] / "metrics.json").read_text())["global_step"] == 8
+    metrics = json.loads((resumed[0] / "metrics.json").read_text())
+    assert metrics["global_step"] == 8  # the step count continues from the checkpoint
+    assert "test/loss" in metrics  # test=true ran the test loop on the best checkpoint
 
 
 def test_multirun_sweeps(tmp_path):
