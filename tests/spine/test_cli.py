@@ -111,7 +111,8 @@ def test_multirun_sweeps(tmp_path):
     assert lrs == [0.01, 0.1]
 
 
-def test_ddp_two_cpu_ranks_train_one_model(tmp_path):
+@pytest.mark.parametrize("as_module", [False, True], ids=["console-script", "python-m"])
+def test_ddp_two_cpu_ranks_train_one_model(tmp_path, as_module):
     """trainer=ddp on 2 CPU processes (Gloo): Lightning relaunches rank 1 into the same run dir."""
     out = run_medgen(
         [
@@ -126,6 +127,7 @@ def test_ddp_two_cpu_ranks_train_one_model(tmp_path):
         ],
         cwd=tmp_path,
         timeout=240,
+        as_module=as_module,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     (run,) = _run_dirs(tmp_path / "outputs" / "train")
