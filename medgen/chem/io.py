@@ -137,7 +137,7 @@ def _read_table(
     start = 2  # line 1 is the header
     column = smiles_column
     with reader:
-        for chunk in reader:
+        for chunk in _named_errors(reader, path):
             if column is None:
                 column = detect_smiles_column(chunk, path)
                 log.info("%s: SMILES column %r", path, column)
@@ -147,6 +147,15 @@ def _read_table(
                 )
             yield _with_line(chunk, column, start)
             start += len(chunk)
+
+
+def _named_errors(reader: Iterator[pd.DataFrame], path: Path) -> Iterator[pd.DataFrame]:
+    """``reader``'s chunks; a malformed row raises ``ValueError`` naming the file (pandas' own
+    message names only the line)."""
+    try:
+        yield from reader
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{path}: {err}") from err
 
 
 def _with_line(chunk: pd.DataFrame, column: str, start: int) -> pd.DataFrame:
@@ -166,6 +175,10 @@ def _read_parquet(
     for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
         chunk = batch.to_pandas()  # carried columns keep their parquet types
         column = column or detect_smiles_column(chunk, path)
+        if column not in chunk.columns:
+            raise ValueError(
+                f"{path}: smiles_column={column!r} is not a column; have {list(chunk.columns)}"
+            )
         chunk[column] = chunk[column].astype(object).where(chunk[column].notna(), None)
         yield _with_line(chunk, column, start)
         start += len(chunk)
@@ -215,7 +228,8 @@ class MoleculeWriter:
         self.path = Path(path)
         self.format = file_format(self.path)
         self.smiles_column = smiles_column
-        self.rows = 0
+        self.rows = 0  # rows written (for SDF: records, without the skipped rows)
+        self.skipped = 0  # SDF rows left out because their SMILES does not parse
         self._stack = contextlib.ExitStack()
         self._tmp: Path | None = None
         self._handle: Any = None
@@ -241,10 +255,11 @@ class MoleculeWriter:
         if self._columns is None:
             self._columns = [str(c) for c in frame.columns]
         frame = frame.reindex(columns=self._columns)
-        {"parquet": self._write_parquet, "sdf": self._write_sdf}.get(self.format, self._write_csv)(
-            frame
-        )
-        self.rows += len(frame)
+        skipped = {"parquet": self._write_parquet, "sdf": self._write_sdf}.get(
+            self.format, self._write_csv
+        )(frame)
+        self.skipped += skipped or 0
+        self.rows += len(frame) - (skipped or 0)
 
     def _write_csv(self, frame: pd.DataFrame) -> None:
         first = self._handle is None
@@ -269,7 +284,7 @@ class MoleculeWriter:
         table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
         self._handle.write_table(table)
 
-    def _write_sdf(self, frame: pd.DataFrame) -> None:
+    def _write_sdf(self, frame: pd.DataFrame) -> int:
         from rdkit import Chem
         from rdkit.Chem import rdDepictor
 
@@ -292,6 +307,7 @@ class MoleculeWriter:
             log.warning(
                 "%s: %d rows without a valid SMILES left out of the SDF", self.path, skipped
             )
+        return skipped
 
     def _write_empty(self) -> None:
         if self.format == "sdf":

@@ -56,3 +56,9 @@ def canonical_smiles(smiles: str | None, isomeric: bool = True) -> str | None:
     does not parse."""
     mol = parse_smiles(smiles)
     return Chem.MolToSmiles(mol, isomericSmiles=isomeric) if mol is not None else None
+
+
+def canonical_smiles_list(smiles: list[str | None], isomeric: bool = True) -> list[str | None]:
+    """:func:`canonical_smiles` of each entry (a module-level function, so that it can run over
+    chunks in worker processes with :func:`medgen.chem.parallel.map_chunks`)."""
+    return [canonical_smiles(s, isomeric) for s in smiles]

@@ -156,6 +156,8 @@ def screen_file(
             ok, reasons = _apply_filters(frame, filters, summary)
             if dedup:
                 ok, reasons = _dedup(frame, ok, reasons, seen, summary)
+            if writer_out.format == "sdf":  # an SDF record needs a molecule RDKit can read
+                ok, reasons = _sdf_writable(frame, ok, reasons, mol_column)
             _write_rejects(reject_writer, frame, ~ok, reasons, extra)
             passed = frame[ok]
             summary.rows += len(frame)
@@ -262,6 +264,19 @@ def _dedup(frame, ok, reasons, seen: dict[int, int], summary: ScreenSummary):
             ok[idx] = False
             reasons[idx] = f"duplicate InChIKey {key} (first at line {first_line})"
             summary.duplicates += 1
+    return ok, reasons
+
+
+def _sdf_writable(frame, ok, reasons, mol_column: str):
+    """Move passing rows whose ``mol_column`` does not parse (no SDF record possible) to the
+    rejects instead of letting the SDF writer drop them."""
+    from medgen.chem.mol import parse_smiles
+
+    ok = ok.copy()
+    for idx in frame.index[ok]:
+        if parse_smiles(frame.at[idx, mol_column]) is None:
+            ok[idx] = False
+            reasons[idx] = f"not writable to SDF: {mol_column} does not parse"
     return ok, reasons
 
 

@@ -30,7 +30,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     log.info("%s: %d generated SMILES", samples, len(smiles))
     n_jobs = cfg.n_jobs or default_n_jobs()
     references, kl_reference = _references(cfg, n_jobs)
-    train = _train_set(cfg)
+    train = _train_set(cfg, n_jobs)
     metrics = evaluate_smiles(
         smiles,
         references=references,
@@ -100,16 +100,28 @@ def _references(cfg: DictConfig, n_jobs: int):
     return references, kl_reference
 
 
-def _train_set(cfg: DictConfig) -> set[str] | None:
+def _train_set(cfg: DictConfig, n_jobs: int = 1) -> set[str] | None:
+    """Canonical SMILES of ``cfg.train`` for novelty. MOSES train is stored canonical and used as
+    is (as MOSES does); any other file is canonicalized here, invalid entries dropped, since the
+    generated side is compared by canonical SMILES."""
+    from medgen.chem.mol import canonical_smiles_list
+    from medgen.chem.parallel import map_chunks
     from medgen.chem.reference import _read_smiles
     from medgen.datasets import moses_path
 
     if cfg.get("train") is None:
         return None
-    path = moses_path("train", cfg.paths.data_dir) if str(cfg.train) == "moses" else Path(cfg.train)
+    is_moses = str(cfg.train) == "moses"
+    path = moses_path("train", cfg.paths.data_dir) if is_moses else Path(cfg.train)
     if not path.is_file():
         raise FileNotFoundError(f"train must be 'moses' or a SMILES file; {path} not found")
-    train = set(_read_smiles(path))
+    raw = _read_smiles(path)
+    if is_moses:
+        train = set(raw)
+    else:
+        chunks = [raw[i : i + 10_000] for i in range(0, len(raw), 10_000)]
+        parts = map_chunks(canonical_smiles_list, chunks, n_jobs=n_jobs)
+        train = {c for part in parts for c in part if c is not None}
     log.info("novelty against %d training SMILES from %s", len(train), path)
     return train
 

@@ -130,3 +130,12 @@ def test_moses_train_sample_10k_lands_near_published_train_row():
     assert 0.63 < m["SNN/Test"] < 0.65
     assert m["Frag/Test"] > 0.998 and m["Scaf/Test"] > 0.85
     assert m["FCD/Test"] < 0.3
+
+
+def test_novelty_canonicalizes_a_non_canonical_train_file(compose_cfg, tmp_path):
+    from medgen.tasks.evaluate import _train_set
+
+    train = tmp_path / "train.smi"
+    train.write_text("OCC\nC1=CC=CC=C1\nnot_a_smiles\n")  # ethanol and benzene, not canonical
+    cfg = compose_cfg("evaluate", [f"samples={train}", f"train={train}"])
+    assert _train_set(cfg, n_jobs=1) == {"CCO", "c1ccccc1"}

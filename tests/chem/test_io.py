@@ -92,3 +92,24 @@ def test_unreadable_sdf_record_keeps_its_place(tmp_path):
     frame = pd.concat(read_molecules(tmp_path / "b.sdf"))
     assert frame["line"].tolist() == [1, 2, 3]
     assert frame["smiles"][0] == frame["smiles"][2] == "CCO" and pd.isna(frame["smiles"][1])
+
+
+def test_parquet_unknown_smiles_column_names_the_file(tmp_path):
+    path = tmp_path / "m.parquet"
+    pd.DataFrame({"smiles": ["CCO"]}).to_parquet(path)
+    with pytest.raises(ValueError, match=r"m\.parquet: smiles_column='smi' is not a column"):
+        next(read_molecules(path, smiles_column="smi"))
+
+
+def test_sdf_writer_counts_only_the_records_it_wrote(tmp_path):
+    frame = pd.DataFrame({"smiles": ["CCO", "C1CC", "c1ccncc1"], "name": ["a", "b", "c"]})
+    with MoleculeWriter(tmp_path / "m.sdf") as writer:
+        writer.write(frame)
+    assert writer.rows == 2 and writer.skipped == 1
+
+
+def test_malformed_csv_row_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("smiles,id\nCCO,1\nCCN,2,extra\n")
+    with pytest.raises(ValueError, match=r"bad\.csv: .*line 3"):
+        list(read_molecules(path))

@@ -137,3 +137,23 @@ def test_external_sort_matches_in_memory_sort(tmp_path):
             merged = pd.concat(sorter.sorted_chunks(chunk_rows=50), ignore_index=True)
         pd.testing.assert_frame_equal(merged, sort_frame(frame, column, True))
     assert merged["note"].tolist()[:2] == ["10", "10"]  # numeric text sorts as numbers
+
+
+def test_rows_an_sdf_cannot_hold_go_to_rejects(tmp_path, monkeypatch):
+    from medgen.chem import properties
+
+    real = properties.score_molecule
+
+    def broken_canonical(mol, groups):  # a canonical SMILES that RDKit cannot read back
+        row = real(mol, groups)
+        if row.get("canonical_smiles") == "c1cc[nH]c1":
+            row["canonical_smiles"] = "c1cc[nH]c"
+        return row
+
+    monkeypatch.setattr(properties, "score_molecule", broken_canonical)
+    out = tmp_path / "o.sdf"
+    summary = screen_file(MIXED, out, n_jobs=1, progress=False)
+    rejected = pd.read_csv(tmp_path / "o.rejects.csv", keep_default_na=False)
+    reason = rejected.set_index("compound_id").loc["M12", "reason"]
+    assert reason.startswith("not writable to SDF")
+    assert summary.written == 8 and summary.written + summary.rejected == 12
