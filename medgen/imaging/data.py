@@ -12,6 +12,7 @@ units::
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ def _triple(value: Any, name: str, cast=float) -> tuple:
     return tuple(cast(v) for v in vals)
 
 
-class ScanDataModule(pl.LightningDataModule):
+class ScanDataModule(pl.LightningDataModule, abc.ABC):
     """Base datamodule: subclasses implement :meth:`build` (datasets and ``data_meta``).
 
     Args:
@@ -66,9 +67,9 @@ class ScanDataModule(pl.LightningDataModule):
         self._meta: dict[str, Any] | None = None
 
     # -- subclass API -----------------------------------------------------------------------------
+    @abc.abstractmethod
     def build(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
         """Return (train dataset, val dataset, data_meta)."""
-        raise NotImplementedError
 
     # -- Lightning --------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

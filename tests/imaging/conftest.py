@@ -1,10 +1,8 @@
-"""Imaging test fixtures: tiny models and one thread per test (tiny 3D convolutions run faster on
-one thread, and far faster when other processes share the cores)."""
+"""Imaging test fixtures: tiny model settings (one torch thread per test: tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 TINY = dict(
     channels=(8, 16),
@@ -14,14 +12,6 @@ TINY = dict(
     num_train_timesteps=100,
     warmup_steps=1,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "molecules"
 
@@ -16,15 +15,6 @@ MOLECULES = [
     "c1ccc2[nH]c(CN3CCOCC3)nc2c1",
     "CC(C)Oc1ccc(C(=O)NCCF)cc1Br",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    # the test machine is shared: keep torch from oversubscribing cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
