@@ -14,9 +14,11 @@ from medgen.imaging.diffusion import DiffusionModule
 
 @pytest.fixture(scope="module")
 def batch():
+    # the two subjects in a fixed order: a shuffled loader would draw from the global RNG,
+    # whose state depends on which tests ran before
     dm = PhantomDataModule(size=16, num_train=2, batch_size=2)
     dm.setup()
-    return next(iter(dm.train_dataloader()))
+    return torch.utils.data.default_collate([dm.train_set[0], dm.train_set[1]])
 
 
 def _eval_loss(module, batch, n=6):
@@ -36,7 +38,9 @@ def test_tiny_model_overfits_one_batch(batch, tiny_kwargs):
         loss.backward()
         opt.step()
     end = _eval_loss(module, batch)
-    assert start > 0.8 and end < 0.3 * start, (start, end)
+    # measured end/start over 12 seeds and batches, 1 and 2 threads: 0.28-0.34; an untrained
+    # model stays at 1.0. Halving the loss is the claim, with room for any BLAS kernel.
+    assert start > 0.8 and end < 0.5 * start, (start, end)
 
 
 @pytest.mark.parametrize(
@@ -52,6 +56,7 @@ def test_other_objectives_learn(batch, tiny_kwargs, objective, extra):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    # measured 0.18-0.26 (rflow) and 0.35-0.43 (v-prediction DDPM) over 5 seeds
     assert _eval_loss(module, batch) < 0.6 * start
 
 
