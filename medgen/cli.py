@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from medgen.errors import UserError
+
 TASKS: dict[str, str] = {
     "train": "train a model (3D diffusion on scans, graph VAE on molecules) with Lightning",
     "sample": "draw samples from a checkpoint: NIfTI volumes or molecules, with provenance",
@@ -59,26 +61,99 @@ def usage() -> str:
 
 
 def run_task(task: str, overrides: list[str]) -> None:
-    """Run ``task`` under Hydra with ``overrides`` (Hydra reads them from ``sys.argv``)."""
+    """Run ``task`` under Hydra with ``overrides`` (Hydra reads them from ``sys.argv``).
+
+    A :class:`~medgen.errors.UserError` raised by the task is re-raised here, outside Hydra (which
+    would print a traceback), after the run folder Hydra made for it is removed again when it holds
+    nothing but Hydra's own files.
+    """
     import hydra
 
     module = importlib.import_module(f"medgen.tasks.{task}")
     task_fn = getattr(module, task)
+    failed: list[tuple[UserError, Path | None]] = []
 
     def _job(cfg):  # Hydra wants a function of the config alone
-        return task_fn(cfg)
+        try:
+            return task_fn(cfg)
+        except UserError as err:
+            failed.append((err, _hydra_run_dir()))
+            return None
 
     _job.__name__ = task
     _job.__module__ = module.__name__
-    key = POSITIONAL_KEY.get(task)
-    if key and overrides and "=" not in overrides[0] and not overrides[0].startswith("-"):
-        overrides = [f"{key}={overrides[0]}", *overrides[1:]]
     # argv[0] is the task's module file: for ranks > 0 Lightning's DDP launcher re-executes
     # `python argv[0] argv[1:]`, and each task module runs itself as a script.
     sys.argv = [str(Path(module.__file__).resolve()), *overrides]
     os.environ[RELAUNCH_ENV] = task
     main_fn = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=task)(_job)
     main_fn()
+    if failed:
+        err, run_dir = failed[0]
+        if run_dir is not None:
+            _remove_if_only_hydra(run_dir)
+        raise err
+
+
+def _hydra_run_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # not inside a Hydra job
+        return None
+
+
+def _remove_if_only_hydra(run_dir: Path) -> None:
+    """Delete ``run_dir`` (and its parents up to the log folder) when it holds only what Hydra
+    writes itself (``.hydra/`` and the job log): a refused run leaves no folder behind."""
+    import shutil
+
+    if not run_dir.is_dir():
+        return
+    if any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in list(run_dir.parents)[:2]:  # outputs/<task>/ and outputs/, when left empty
+        if parent in _EXISTED_BEFORE or not parent.is_dir() or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+# folders that existed before this process ran a task: never removed by the cleanup above
+_EXISTED_BEFORE: set[Path] = set()
+
+
+def check_task(task: str, overrides: list[str]) -> None:
+    """Compose ``task``'s config with ``overrides`` and run the task's own ``check(cfg)``, before
+    Hydra makes a run folder. Composition problems (unknown key or group, bad override syntax)
+    become a :class:`~medgen.errors.UserError` of one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    module = importlib.import_module(f"medgen.tasks.{task}")
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=task):
+            cfg = compose(config_name=task, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        text = " ".join(str(err).split())
+        raise UserError(f"bad override: {text}") from err
+    root = Path(str(cfg.paths.get("log_dir", "outputs"))).expanduser().resolve()
+    _EXISTED_BEFORE.update(p for p in (root, root / task) if p.exists())
+    check = getattr(module, "check", None)
+    if check is not None:
+        check(cfg)
+
+
+def report(task: str, err: BaseException, verbose: bool) -> None:
+    """One line on stderr for a user's mistake; the traceback too when asked for."""
+    if verbose:
+        import traceback
+
+        traceback.print_exception(err, file=sys.stderr)
+    text = " ".join(str(err).split()) or type(err).__name__
+    print(f"medgen {task}: error: {text}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +175,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medgen: unknown task {task!r}\n", file=sys.stderr)
         print(usage(), file=sys.stderr)
         return 2
-    run_task(task, overrides)
+    key = POSITIONAL_KEY.get(task)
+    if key and overrides and "=" not in overrides[0] and not overrides[0].startswith("-"):
+        overrides = [f"{key}={overrides[0]}", *overrides[1:]]
+    verbose = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    for flag in ("verbose=true", "verbose=false"):
+        while flag in overrides:  # not a config key: how errors are shown
+            overrides.remove(flag)
+            verbose = flag == "verbose=true"
+    try:
+        # Hydra's own flags (--help, --cfg, -m sweeps) go straight to Hydra; a sweep's jobs are
+        # still checked one by one by their task
+        if not any(arg.startswith("-") for arg in overrides):
+            check_task(task, overrides)
+        run_task(task, overrides)
+    except UserError as err:
+        report(task, err, verbose)
+        return 2
     return 0
 
 

@@ -25,3 +25,11 @@ class ConfigError(UserError):
 
 class InputFileError(UserError):
     """An input file is missing, unreadable, corrupt or of the wrong kind."""
+
+
+class MissingFileError(InputFileError, FileNotFoundError):
+    """A file or folder the user named does not exist (also a ``FileNotFoundError``)."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output is already there and may not be replaced (also a ``FileExistsError``)."""

@@ -12,6 +12,8 @@ from importlib import resources
 
 from rdkit import Chem
 
+from medgen.errors import UserError
+
 #: alert families reported by :func:`alerts`, each a column of :func:`medgen.chem.properties.score`
 ALERT_CATALOGS: tuple[str, ...] = ("pains", "brenk", "nih")
 
@@ -30,7 +32,7 @@ def filter_catalog(name: str):
         "nih": FilterCatalogParams.FilterCatalogs.NIH,
     }
     if name not in choices:
-        raise ValueError(f"unknown alert catalog {name!r}; choose from {sorted(choices)}")
+        raise UserError(f"unknown alert catalog {name!r}; choose from {sorted(choices)}")
     params = FilterCatalogParams()
     params.AddCatalog(choices[name])
     return FilterCatalog(params)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from medgen.errors import UserError
+
 #: rule name -> (property group it needs, pass test on a scored frame)
 RULES: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
     # Lipinski's rule of five tolerates one violation (Lipinski et al. 1997)
@@ -77,7 +79,7 @@ def rule_filter(name: str) -> Filter:
     """The :data:`RULES` filter ``name`` (case-insensitive)."""
     key = str(name).strip().lower()
     if key not in RULES:
-        raise ValueError(f"unknown rule {name!r}; choose from {sorted(RULES)}")
+        raise UserError(f"unknown rule {name!r}; choose from {sorted(RULES)}")
     group, test = RULES[key]
     return Filter(key, group, test)
 
@@ -90,14 +92,14 @@ def range_filter(expression: str, extra_columns: Iterable[str] = ()) -> Filter:
     """
     match = _RANGE.match(str(expression))
     if not match:
-        raise ValueError(
+        raise UserError(
             f"range filter {expression!r} is not '<property> <op> <number>' (e.g. 'qed>=0.5')"
         )
     column, op, value = match.groups()
     column = ALIASES.get(column.lower(), column)
     groups = _column_groups()
     if column not in groups and column not in set(extra_columns):
-        raise ValueError(
+        raise UserError(
             f"range filter {expression!r}: unknown property {column!r}; "
             f"choose from {sorted(groups)} or aliases {sorted(ALIASES)}"
         )

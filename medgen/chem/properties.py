@@ -18,6 +18,7 @@ from rdkit.Chem.Scaffolds import MurckoScaffold
 
 from medgen.chem.alerts import ALERT_CATALOGS, alerts, moses_filters_pass
 from medgen.chem.mol import parse_smiles_with_reason
+from medgen.errors import UserError
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -104,7 +105,7 @@ def columns_for(groups: Iterable[str]) -> list[str]:
     chosen = set(groups)
     unknown = chosen - GROUPS.keys()
     if unknown:
-        raise ValueError(f"unknown property groups {sorted(unknown)}; choose from {list(GROUPS)}")
+        raise UserError(f"unknown property groups {sorted(unknown)}; choose from {list(GROUPS)}")
     return [*BASE_COLUMNS, *(c for g, cols in GROUPS.items() if g in chosen for c in cols)]
 
 

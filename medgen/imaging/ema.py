@@ -8,6 +8,8 @@ import copy
 import torch
 from torch import nn
 
+from medgen.errors import UserError
+
 
 class EMA(nn.Module):
     """EMA copy of ``model``: ``ema = d * ema + (1 - d) * weights`` after each optimizer step.
@@ -24,7 +26,7 @@ class EMA(nn.Module):
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+            raise UserError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
         self.module = copy.deepcopy(model).requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))

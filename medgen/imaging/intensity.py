@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medgen.errors import UserError
+
 KINDS = ("ct_window", "percentile", "minmax")
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -46,11 +48,11 @@ class IntensityMapping:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"intensity kind must be one of {KINDS}, got {self.kind!r}")
+            raise UserError(f"intensity kind must be one of {KINDS}, got {self.kind!r}")
         if not float(self.hi) > float(self.lo):
-            raise ValueError(f"intensity {self.kind}: hi ({self.hi}) must be > lo ({self.lo})")
+            raise UserError(f"intensity {self.kind}: hi ({self.hi}) must be > lo ({self.lo})")
         if self.kind == "percentile" and not (0.0 <= self.lo < self.hi <= 100.0):
-            raise ValueError(
+            raise UserError(
                 f"percentile bounds must satisfy 0 <= lo < hi <= 100, got {self.lo}, {self.hi}"
             )
 
@@ -123,5 +125,5 @@ class IntensityMapping:
     def from_dict(cls, d: dict[str, Any]) -> IntensityMapping:
         unknown = set(d) - {"kind", "lo", "hi", "ref_lo", "ref_hi"}
         if unknown:
-            raise ValueError(f"unknown intensity mapping keys {sorted(unknown)} in {d}")
+            raise UserError(f"unknown intensity mapping keys {sorted(unknown)} in {d}")
         return cls(**d)

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from medgen.errors import UserError
+
 # value -> (name, mean HU, between-subject SD of the mean)
 LABELS: dict[int, tuple[str, float, float]] = {
     0: ("air", -1000.0, 0.0),
@@ -108,7 +110,7 @@ def resolve_geometry(
     """Normalise ``size`` (int or 3 ints, each 16..256) and ``spacing`` (None: fit a 420 mm FOV)."""
     shape = tuple(int(s) for s in (size if isinstance(size, list | tuple) else [size] * 3))
     if len(shape) != 3 or any(not 16 <= s <= 256 for s in shape):
-        raise ValueError(f"phantom size must be 3 ints in 16..256 (or one int), got {size}")
+        raise UserError(f"phantom size must be 3 ints in 16..256 (or one int), got {size}")
     if spacing is None:
         sp = tuple(DEFAULT_FOV_MM / s for s in shape)
     else:
@@ -116,7 +118,7 @@ def resolve_geometry(
             float(s) for s in (spacing if isinstance(spacing, list | tuple) else [spacing] * 3)
         )
     if len(sp) != 3 or any(not s > 0 for s in sp):
-        raise ValueError(f"phantom spacing must be 3 positive mm values (or one), got {spacing}")
+        raise UserError(f"phantom spacing must be 3 positive mm values (or one), got {spacing}")
     return shape, sp  # type: ignore[return-value]
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from medgen.errors import UserError
 from medgen.imaging.cohort import CohortSpec
 from medgen.imaging.predict import (
     STEP_BAR_MIN_STEPS,
@@ -70,18 +71,18 @@ def resolve_condition(condition: Any, hparams: dict[str, Any]) -> tuple[int | No
     meta = hparams.get("data_meta") or {}
     names = list(meta.get("class_names") or hparams.get("class_names") or [])
     if num_classes <= 0:
-        raise ValueError(
+        raise UserError(
             f"condition={condition!r}: this checkpoint was trained without class conditioning "
             "(num_classes=0); leave condition=null"
         )
     if isinstance(condition, str) and not condition.lstrip("-").isdigit():
         if condition not in names:
-            raise ValueError(f"condition={condition!r} is not a class of this model: {names}")
+            raise UserError(f"condition={condition!r} is not a class of this model: {names}")
         index = names.index(condition)
     else:
         index = int(condition)
         if not 0 <= index < num_classes:
-            raise ValueError(f"condition={condition!r} is out of range 0..{num_classes - 1}")
+            raise UserError(f"condition={condition!r} is out of range 0..{num_classes - 1}")
     return index, (names[index] if index < len(names) else None)
 
 
@@ -104,10 +105,10 @@ def resolve_sampling(
     )
     guidance_scale = float(guidance_scale)
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number >= 0")
+        raise UserError(f"guidance_scale={guidance_scale!r}: must be a finite number >= 0")
     cond, cond_name = resolve_condition(condition, hparams)
     if guidance_scale != 1.0 and cond is None:
-        raise ValueError(
+        raise UserError(
             f"guidance_scale={guidance_scale}: classifier-free guidance needs a class condition"
         )
     return sampler, (None if steps is None else int(steps)), cond, cond_name
@@ -143,7 +144,7 @@ def generate(
     ``medgen sample`` which also splits the work over devices.
     """
     if n < 0 or batch_size < 1:
-        raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+        raise UserError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     module = load_diffusion(ckpt)
     sampler, steps, cond, _ = resolve_sampling(module, sampler, steps, guidance_scale, condition)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -190,7 +191,7 @@ def cohort_spec(
     meta = hparams.get("data_meta") or {}
     missing = [k for k in ("affine", "intensity", "spatial_size") if k not in meta]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {ckpt_file}: hyper_parameters.data_meta lacks {missing}; "
             "was it written by medgen train?"
         )

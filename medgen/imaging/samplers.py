@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from medgen.errors import UserError
+
 OBJECTIVES = ("ddpm", "rflow")
 # samplers that fit each training objective; the first one is the default
 SAMPLERS: dict[str, tuple[str, ...]] = {"ddpm": ("ddim", "ddpm"), "rflow": ("rflow",)}
@@ -45,13 +47,13 @@ def resolve_sampler(
         ValueError: naming the bad value.
     """
     if objective not in SAMPLERS:
-        raise ValueError(f"objective {objective!r} must be one of {OBJECTIVES}")
+        raise UserError(f"objective {objective!r} must be one of {OBJECTIVES}")
     if sampler is not None and sampler not in ALL_SAMPLERS:
-        raise ValueError(f"sampler={sampler!r}: choose one of {', '.join(ALL_SAMPLERS)} (or null)")
+        raise UserError(f"sampler={sampler!r}: choose one of {', '.join(ALL_SAMPLERS)} (or null)")
     allowed = SAMPLERS[objective]
     sampler = sampler or allowed[0]
     if sampler not in allowed:
-        raise ValueError(
+        raise UserError(
             f"sampler={sampler!r} does not fit a model trained with the {objective!r} objective; "
             f"use one of {', '.join(allowed)}"
         )
@@ -59,7 +61,7 @@ def resolve_sampler(
     if steps is None:
         steps = min(DEFAULT_STEPS.get(sampler, total), total)
     if int(steps) != steps or not 1 <= int(steps) <= total:
-        raise ValueError(
+        raise UserError(
             f"steps={steps!r}: this model was trained with {total} timesteps "
             f"(steps must be an integer in 1..{total})"
         )

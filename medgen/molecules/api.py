@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from medgen.errors import UserError
 from medgen.molecules.graph import (
     FeaturizeError,
     Vocabulary,
@@ -96,7 +97,7 @@ def score_smiles(name: str, smiles: Sequence[str | None]) -> list[float]:
 
     fn = property_function(name)
     if fn is None:
-        raise ValueError(f"property {name!r} is not computable; choose {COMPUTED_PROPERTIES}")
+        raise UserError(f"property {name!r} is not computable; choose {COMPUTED_PROPERTIES}")
     out = []
     for s in smiles:
         mol = parse_smiles(s) if s else None
@@ -155,7 +156,7 @@ class MoleculeVAE:
             try:
                 graphs.append(encode_tokens(*smiles_to_tokens(s), self.vocab))
             except FeaturizeError as err:
-                raise ValueError(f"cannot encode SMILES #{k} {s!r}: {err}") from err
+                raise UserError(f"cannot encode SMILES #{k} {s!r}: {err}") from err
         mu, logvar = self.vae.encode(collate_graphs(graphs))
         if not sample:
             return mu
@@ -188,7 +189,7 @@ class MoleculeVAE:
     def interpolate(self, a: str, b: str, steps: int = 8) -> list[str | None]:
         """Greedy decodes of ``steps`` evenly spaced points from ``encode(a)`` to ``encode(b)``."""
         if steps < 2:
-            raise ValueError(f"interpolate needs steps >= 2, got {steps}")
+            raise UserError(f"interpolate needs steps >= 2, got {steps}")
         za, zb = self.encode([a, b])
         w = torch.linspace(0, 1, steps).unsqueeze(-1)
         return self.decode((1 - w) * za + w * zb)
@@ -231,7 +232,7 @@ class MoleculeVAE:
         smiles = [s for s, k in zip(smiles, keep.tolist(), strict=True) if k]
         y = y[keep]
         if len(y) < 10:
-            raise ValueError(f"fit_property({name!r}) needs at least 10 molecules, got {len(y)}")
+            raise UserError(f"fit_property({name!r}) needs at least 10 molecules, got {len(y)}")
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
         smiles, y = [smiles[k] for k in order.tolist()], y[order]
         z = torch.cat([self.encode(smiles[i : i + 500]) for i in range(0, len(smiles), 500)])

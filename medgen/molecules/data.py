@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medgen.errors import UserError
 from medgen.molecules.featurize import (  # noqa: F401 - re-exported for callers of data
     EMBEDDED_SAMPLE,
     FEATURIZER_VERSION,
@@ -84,7 +85,7 @@ class GraphDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.path, self.smiles_column = path, smiles_column
         self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
         self.val_fraction, self.seed = val_fraction, seed
@@ -109,7 +110,7 @@ class GraphDataModule(pl.LightningDataModule):
                 workers=self.featurize_workers,
             )
             if len(self.source) == 0:
-                raise ValueError(f"no usable molecules in {self.path or EMBEDDED_SAMPLE}")
+                raise UserError(f"no usable molecules in {self.path or EMBEDDED_SAMPLE}")
             self.use_vocabulary(self.fixed_vocabulary)
 
     def use_vocabulary(self, tokens: Sequence[str] | None) -> None:
@@ -153,7 +154,7 @@ class GraphDataModule(pl.LightningDataModule):
                 t for t in src.tokens if counts[t] >= max(1, self.min_atom_count) and _usable(t)
             ]
             if not kept:
-                raise ValueError(f"no atom type of {name} is common enough for the vocabulary")
+                raise UserError(f"no atom type of {name} is common enough for the vocabulary")
             self.vocabulary = Vocabulary(sorted(kept, key=lambda t: (-counts[t], t)))
         else:
             self.vocabulary = Vocabulary(tokens)
@@ -172,7 +173,7 @@ class GraphDataModule(pl.LightningDataModule):
             else:
                 (self.val_indices if k in val else self.train_indices).append(k)
         if not self.train_indices:
-            raise ValueError(f"no training molecule of {name} fits the vocabulary")
+            raise UserError(f"no training molecule of {name} fits the vocabulary")
         self.train_indices.sort()
         self.val_indices.sort()
         self.rejects_path = write_rejects(self._cache.with_suffix(".rejects.csv"), self.rejects)

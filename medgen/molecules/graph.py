@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 import torch
 
+from medgen.errors import UserError
+
 # bond orders used on graph edges; 0 means "no bond"
 MAX_BOND_ORDER = 3
 _TOKEN = re.compile(r"^([A-Z][a-z]?)([+-]\d+)?(?:;H(\d+))?$")
@@ -56,7 +58,7 @@ class AtomType:
     def from_token(cls, token: str) -> AtomType:
         match = _TOKEN.match(token.strip())
         if not match:
-            raise ValueError(f"not an atom-type token (e.g. 'C', 'N+1', 'N;H2'): {token!r}")
+            raise UserError(f"not an atom-type token (e.g. 'C', 'N+1', 'N;H2'): {token!r}")
         symbol, charge, hs = match.groups()
         return cls(symbol, int(charge or 0), None if hs is None else int(hs))
 
@@ -98,11 +100,11 @@ class Vocabulary:
 
     def __init__(self, tokens: Sequence[str]):
         if len(tokens) == 0:
-            raise ValueError("an atom vocabulary needs at least one atom type")
+            raise UserError("an atom vocabulary needs at least one atom type")
         self.types = tuple(AtomType.from_token(t) for t in tokens)
         self.tokens = [t.token for t in self.types]
         if len(set(self.tokens)) != len(self.tokens):
-            raise ValueError(f"duplicate atom types in vocabulary: {list(tokens)}")
+            raise UserError(f"duplicate atom types in vocabulary: {list(tokens)}")
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self.capacity = torch.tensor([bond_capacity(t) for t in self.types], dtype=torch.long)
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medgen.errors import OutputExistsError, UserError
 from medgen.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -43,7 +44,7 @@ def write_molecules(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path
                 writer.write(mol)
             writer.close()
         return path
-    raise ValueError(f"out={path}: molecules are written to a .csv or .sdf file")
+    raise UserError(f"out={path}: molecules are written to a .csv or .sdf file")
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
@@ -53,11 +54,11 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(
+        raise UserError(
             f"sidecar {path} is corrupt ({err}); delete it or set overwrite=true"
         ) from err
     if not isinstance(data, dict):
-        raise ValueError(f"sidecar {path} is corrupt (not a JSON object); set overwrite=true")
+        raise UserError(f"sidecar {path} is corrupt (not a JSON object); set overwrite=true")
     return data
 
 
@@ -84,7 +85,7 @@ def sample_from_config(cfg, ckpt_file: str | os.PathLike) -> dict[str, Any]:
         changed = {k: previous.get(k) for k, v in settings.items() if previous.get(k) != v}
         if changed:
             wanted = ", ".join(f"{k}={settings[k]!r} (was {v!r})" for k, v in changed.items())
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{out} exists and was made with other sampling settings: {wanted}; "
                 "choose another out or set overwrite=true"
             )

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medgen.errors import UserError
 from medgen.molecules.graph import MAX_BOND_ORDER, GraphBatch
 
 NEG = -1e9  # masked logit (finite so that 0 * NEG stays 0 in losses)
@@ -39,7 +40,7 @@ def check_temperature(temperature: float, *, allow_zero: bool = False) -> float:
     value = float(temperature)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         rule = ">= 0 (0 = greedy)" if allow_zero else "> 0"
-        raise ValueError(f"temperature must be a finite number {rule}, got {temperature!r}")
+        raise UserError(f"temperature must be a finite number {rule}, got {temperature!r}")
     return value
 
 

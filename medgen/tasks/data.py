@@ -6,6 +6,7 @@ import sys
 
 from omegaconf import DictConfig
 
+from medgen.tasks.checks import check_data as check
 from medgen.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -14,6 +15,8 @@ log = get_logger(__name__)
 def data(cfg: DictConfig) -> dict:
     """Unpack ``cfg.dataset`` into ``cfg.paths.data_dir``; returns what was written."""
     from medgen.datasets import prepare
+
+    check(cfg)
 
     result = prepare(cfg.dataset, cfg.paths.data_dir, cfg.get("wheel_dir"))
     if result.get("skipped"):

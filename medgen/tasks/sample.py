@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from medgen.utils.checkpoint import checkpoint_kind, load_checkpoint, resolve_checkpoint
+from medgen.tasks.checks import check_sample as check
 from medgen.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -15,8 +15,7 @@ log = get_logger(__name__)
 
 def sample(cfg: DictConfig) -> Any:
     """Sample ``cfg.n`` items from ``cfg.ckpt`` into ``cfg.out``; returns the pipeline's summary."""
-    ckpt_file = resolve_checkpoint(cfg.ckpt)
-    kind = checkpoint_kind(load_checkpoint(ckpt_file))
+    _, ckpt_file, kind = check(cfg)
     log.info("checkpoint %s holds a %s model", ckpt_file, kind)
     if kind == "diffusion3d":
         from medgen.imaging.sample import sample_from_config

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from medgen.tasks.checks import check_screen as check
 from medgen.utils.atomic import atomic_write_json
 from medgen.utils.logging import get_logger
 from medgen.utils.provenance import provenance
@@ -18,6 +19,8 @@ def screen(cfg: DictConfig) -> dict:
     """Screen ``cfg.input`` into ``cfg.out``; returns the summary (also written as JSON to the run
     dir and beside ``out`` as ``<name>.summary.json``)."""
     from medgen.chem.screen import screen_file
+
+    check(cfg)
 
     def plain(value):  # a list from YAML, or one bare name from the command line (rules=pains)
         if value is None or isinstance(value, str):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medgen.errors import UserError
+
 
 def seed_everything(seed: int) -> int:
     """Seed Python, NumPy and torch (all devices) and dataloader workers; return the seed."""
@@ -21,9 +23,9 @@ def sample_seed(seed: int, index: int) -> int:
     order of drawing.
     """
     if index < 0:
-        raise ValueError(f"sample index must be >= 0, got {index}")
+        raise UserError(f"sample index must be >= 0, got {index}")
     if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
+        raise UserError(f"seed must be in 0..2**64-1, got {seed}")
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, int(index)])
     return int(state.generate_state(1, dtype=np.uint64)[0] & 0x7FFF_FFFF_FFFF_FFFF)
 

@@ -1,0 +1,306 @@
+"""Every user-facing key of every task, typed and range-checked before any output exists.
+
+``medgen <task>`` runs the task's ``check(cfg)`` on the composed config before Hydra makes a run
+folder; the task functions run it again first thing, so the Python API gets the same errors. A
+mistake is a :class:`medgen.errors.UserError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from medgen.errors import ConfigError, MissingFileError, UserError
+from medgen.utils.validate import read_record
+
+SEED = {"ge": 0, "le": 2**63 - 1}
+POSITIVE = {"ge": 1}
+VOLUME_SUFFIXES = (".csv", ".sdf", ".smi", ".nii", ".gz", ".json", ".parquet", ".npz", ".txt")
+MOLECULE_SUFFIXES = (".csv", ".sdf")
+
+
+# ------------------------------------------------------------------------------------- sample
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """``conf/sample.yaml``: what ``medgen sample`` reads."""
+
+    ckpt: str = field(metadata={"help": "checkpoint file or run dir"})
+    out: Path = field(metadata={"help": "folder for volumes, .csv/.sdf for molecules"})
+    n: int = field(default=16, metadata=POSITIVE)
+    seed: int = field(default=0, metadata=SEED)
+    batch_size: int = field(default=4, metadata=POSITIVE)
+    overwrite: bool = False
+    sampler: Literal["ddpm", "ddim", "rflow"] | None = None
+    steps: int | None = field(default=None, metadata=POSITIVE)
+    guidance_scale: float = field(default=1.0, metadata={"ge": 0.0})
+    condition: int | str | None = None
+    use_ema: bool = True
+    preview: bool = True
+    temperature: float = field(default=1.0, metadata={"ge": 0.0})
+
+
+def check_sample(cfg: Any) -> tuple[SampleJob, Path, str]:
+    """Check ``medgen sample``'s keys and the checkpoint; returns ``(job, checkpoint, kind)``.
+
+    The checkpoint is resolved and loaded (``weights_only``), its kind read, and ``out`` checked
+    against what that kind writes: a folder for volumes, a ``.csv``/``.sdf`` file for molecules.
+    """
+    from medgen.utils.checkpoint import checkpoint_kind, load_checkpoint, resolve_checkpoint
+
+    job = read_record(SampleJob, cfg)
+    ckpt_file = resolve_checkpoint(job.ckpt)
+    ckpt = load_checkpoint(ckpt_file)
+    kind = checkpoint_kind(ckpt)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    out = job.out
+    if out.resolve() == ckpt_file.resolve() or ckpt_file.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"out={out} would overwrite the checkpoint {ckpt_file}")
+    if kind == "diffusion3d":
+        if out.is_file() or out.name.lower().endswith(VOLUME_SUFFIXES):
+            raise ConfigError("out", str(out), "a folder for the NIfTI volumes of a scan model")
+        _check_volume_settings(job, hparams)
+    elif kind == "graph_vae":
+        if not out.name.lower().endswith(MOLECULE_SUFFIXES) or out.is_dir():
+            raise ConfigError("out", str(out), "a .csv or .sdf file for a molecule model")
+        for key in ("sampler", "steps", "condition"):
+            if getattr(job, key) is not None:
+                raise ConfigError(key, getattr(job, key), "null for a molecule model")
+        if job.guidance_scale != 1.0:
+            raise ConfigError("guidance_scale", job.guidance_scale, "1.0 for a molecule model")
+    else:
+        raise UserError(
+            f"checkpoint {ckpt_file} holds hyper_parameters.kind={kind!r}, not a medgen model "
+            "('diffusion3d' or 'graph_vae'); was it written by medgen train?"
+        )
+    if not out.parent.is_dir() and kind == "graph_vae":
+        raise MissingFileError(f"out={out}: the folder {out.parent} does not exist")
+    return job, ckpt_file, kind
+
+
+def _check_volume_settings(job: SampleJob, hparams: dict[str, Any]) -> None:
+    from medgen.imaging.sample import resolve_condition
+    from medgen.imaging.samplers import resolve_sampler
+
+    resolve_sampler(
+        str(hparams.get("objective", "ddpm")),
+        job.sampler,
+        job.steps,
+        int(hparams.get("num_train_timesteps") or 1000),
+    )
+    cond, _ = resolve_condition(job.condition, hparams)
+    if job.guidance_scale != 1.0 and cond is None:
+        raise ConfigError(
+            "guidance_scale", job.guidance_scale, "1.0 unless a class condition is given"
+        )
+    if job.temperature != 1.0:
+        raise ConfigError("temperature", job.temperature, "1.0 for a scan model (molecules only)")
+
+
+# ------------------------------------------------------------------------------------- screen
+
+
+@dataclass(frozen=True)
+class ScreenJob:
+    """``conf/screen.yaml``."""
+
+    input: Path = field(metadata={"help": "a .smi/.csv/.sdf/.parquet file"})
+    out: Path = field(metadata={"help": "a .csv/.parquet/.sdf file"})
+    rejects: Path | None = None
+    smiles_column: str | None = None
+    rules: list[str] = field(default_factory=list)
+    ranges: list[str] = field(default_factory=list)
+    dedup: bool = False
+    sort_by: str | None = None
+    descending: bool = True
+    top_k: int | None = field(default=None, metadata=POSITIVE)
+    properties: list[str] | None = None
+    n_jobs: int | None = field(default=None, metadata=POSITIVE)
+    chunk_size: int = field(default=2000, metadata=POSITIVE)
+    limit: int | None = field(default=None, metadata=POSITIVE)
+    progress: bool = True
+
+
+def check_screen(cfg: Any) -> ScreenJob:
+    """Check ``medgen screen``'s keys, the input file and the rule, range and property names."""
+    from medgen.chem.filters import build_filters
+    from medgen.chem.properties import columns_for
+
+    job = read_record(ScreenJob, _ScreenView(cfg))
+    if not job.input.is_file():
+        raise MissingFileError(f"input={job.input}: no such file")
+    if job.out.is_dir():
+        raise ConfigError("out", str(job.out), "a file (.csv, .csv.gz, .parquet, .sdf)")
+    if not job.out.parent.is_dir():
+        raise MissingFileError(f"out={job.out}: the folder {job.out.parent} does not exist")
+    columns_for(job.properties)  # unknown property groups
+    build_filters(job.rules, job.ranges)  # unknown rules, malformed ranges
+    return job
+
+
+class _ScreenView(dict):
+    """The screen config with ``rules=pains`` (one name on the command line) read as a list."""
+
+    def __init__(self, cfg: Any) -> None:
+        names = [f for f in ScreenJob.__dataclass_fields__ if f in cfg]
+        super().__init__({k: _plain(cfg, k) for k in names})
+        for key in ("rules", "ranges", "properties"):
+            if isinstance(self.get(key), str):
+                self[key] = [self[key]]
+
+
+# ----------------------------------------------------------------------------------- evaluate
+
+
+@dataclass(frozen=True)
+class EvaluateJob:
+    """``conf/evaluate.yaml``."""
+
+    samples: Path = field(metadata={"help": "a .smi/.csv/.sdf file of generated SMILES"})
+    smiles_column: str | None = None
+    reference: str | None = "moses"
+    reference_name: str = "Ref"
+    train: str | None = None
+    limit: int | None = field(default=None, metadata=POSITIVE)
+    k: list[int] = field(default_factory=lambda: [1000, 10000], metadata=POSITIVE)
+    n_jobs: int | None = field(default=None, metadata=POSITIVE)
+    device: str = "cpu"
+    batch_size: int = field(default=512, metadata=POSITIVE)
+    guacamol: bool = True
+    kl_size: int = field(default=10000, metadata=POSITIVE)
+    out: Path | None = None
+
+
+def check_evaluate(cfg: Any) -> EvaluateJob:
+    """Check ``medgen evaluate``'s keys and that the files it names exist."""
+    job = read_record(EvaluateJob, cfg)
+    if not job.samples.is_file():
+        raise MissingFileError(f"samples={job.samples}: no such file")
+    for key in ("reference", "train"):
+        value = getattr(job, key)
+        if value is not None and value != "moses" and not Path(value).expanduser().is_file():
+            raise MissingFileError(f"{key}={value}: not 'moses' and no such file")
+    if job.out is not None and job.out.resolve() == job.samples.resolve():
+        raise UserError(f"out={job.out} would overwrite samples={job.samples}")
+    return job
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataJob:
+    """``conf/data.yaml``."""
+
+    dataset: Literal["moses", "qm9"] = field(metadata={"help": "moses | qm9"})
+
+
+def check_data(cfg: Any) -> DataJob:
+    return read_record(DataJob, {"dataset": cfg.get("dataset", "???")})
+
+
+# -------------------------------------------------------------------------------------- train
+
+PRECISIONS = Literal[
+    "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "16"
+]
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """``conf/train.yaml``'s own keys."""
+
+    seed: int | None = field(default=42, metadata=SEED)
+    train: bool = True
+    test: bool = False
+    ckpt_path: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The ``trainer`` keys medgen's configs set (others go to Lightning as they are)."""
+
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "tpu", "auto"] = "cpu"
+    devices: int | str | list[int] = 1
+    num_nodes: int = field(default=1, metadata=POSITIVE)
+    precision: PRECISIONS | int = "32-true"
+    min_epochs: int | None = field(default=None, metadata={"ge": 0})
+    max_epochs: int | None = field(default=None, metadata={"ge": -1})
+    max_steps: int = field(default=-1, metadata={"ge": -1})
+    check_val_every_n_epoch: int | None = field(default=1, metadata=POSITIVE)
+    log_every_n_steps: int = field(default=10, metadata=POSITIVE)
+    gradient_clip_val: float | None = field(default=None, metadata={"ge": 0.0})
+    accumulate_grad_batches: int = field(default=1, metadata=POSITIVE)
+    limit_train_batches: int | float | None = field(default=None, metadata={"ge": 0})
+    limit_val_batches: int | float | None = field(default=None, metadata={"ge": 0})
+    limit_test_batches: int | float | None = field(default=None, metadata={"ge": 0})
+    num_sanity_val_steps: int = field(default=0, metadata={"ge": -1})
+    deterministic: bool | Literal["warn"] | None = False
+    benchmark: bool | None = False
+    max_time: str | dict[str, int] | None = None
+
+
+def check_train(cfg: Any) -> TrainJob:
+    """Check ``medgen train``'s keys, the trainer's, and build the datamodule and model once
+    (their constructors check their own arguments); a resumed checkpoint must fit the model."""
+    from medgen.utils.checkpoint import checkpoint_kind, load_checkpoint, resolve_checkpoint
+
+    job = read_record(TrainJob, cfg)
+    trainer = read_record(TrainerSettings, cfg.trainer, prefix="trainer.")
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        value = getattr(trainer, key)
+        if isinstance(value, float) and value > 1.0:
+            raise ConfigError(f"trainer.{key}", value, "a batch count (integer) or a fraction <= 1")
+    if isinstance(trainer.devices, str) and trainer.devices != "auto":
+        if not all(part.strip().isdigit() for part in trainer.devices.split(",") if part.strip()):
+            raise ConfigError("trainer.devices", trainer.devices, "a count, 'auto' or '0,1,...'")
+    if not job.train and not job.test:
+        raise ConfigError("train", False, "true, or test=true with ckpt_path=<checkpoint>")
+    if not job.train and not job.ckpt_path:
+        raise ConfigError("ckpt_path", None, "a checkpoint to test when train=false")
+    model = instantiate_checked(cfg.model, "model")
+    instantiate_checked(cfg.data, "data")
+    if job.ckpt_path:
+        ckpt_file = resolve_checkpoint(job.ckpt_path)
+        have = checkpoint_kind(load_checkpoint(ckpt_file))
+        want = dict(getattr(model, "hparams", {}) or {}).get("kind")
+        if want is not None and have != want:
+            raise UserError(
+                f"ckpt_path={ckpt_file} holds a {have!r} model, but model={want!r}: "
+                "resume with the model config it was trained with"
+            )
+    return job
+
+
+def instantiate_checked(node: Any, group: str) -> Any:
+    """``hydra.utils.instantiate(node)``: an unexpected or badly typed argument is a
+    :class:`UserError` naming the group; the constructor's own UserErrors pass through."""
+    import hydra
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, TypeError):
+            raise UserError(f"{group}: {cause}") from err
+        if cause is None:  # e.g. a _target_ that cannot be imported
+            raise UserError(f"{group}: {' '.join(str(err).split())}") from err
+        raise
+
+
+def _plain(cfg: Any, key: str) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if not isinstance(cfg, DictConfig):
+        return cfg[key]
+    if OmegaConf.is_missing(cfg, key):
+        return "???"
+    value = cfg[key]
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
