@@ -135,7 +135,8 @@ def check_screen(cfg: Any) -> ScreenJob:
         raise ConfigError("out", str(job.out), "a file (.csv, .csv.gz, .parquet, .sdf)")
     if not job.out.parent.is_dir():
         raise MissingFileError(f"out={job.out}: the folder {job.out.parent} does not exist")
-    columns_for(job.properties)  # unknown property groups
+    if job.properties is not None:
+        columns_for(job.properties)  # unknown property groups
     build_filters(job.rules, job.ranges)  # unknown rules, malformed ranges
     return job
 
@@ -225,7 +226,7 @@ class TrainerSettings:
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "tpu", "auto"] = "cpu"
     devices: int | str | list[int] = 1
     num_nodes: int = field(default=1, metadata=POSITIVE)
-    precision: PRECISIONS | int = "32-true"
+    precision: PRECISIONS | Literal[16, 32, 64] = "32-true"
     min_epochs: int | None = field(default=None, metadata={"ge": 0})
     max_epochs: int | None = field(default=None, metadata={"ge": -1})
     max_steps: int = field(default=-1, metadata={"ge": -1})
