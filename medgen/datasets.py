@@ -5,6 +5,11 @@ licensed). The wheel is fetched with ``pip download --no-deps`` (the package reg
 is contacted), checked against its pinned sha256 and read as a zip file by path: the packages' code
 is never imported or installed.
 
+MOSES's precomputed statistics are a pickled dict. They are converted once, here, into plain
+arrays (:func:`convert_moses_stats`: the file's sha256 is checked against the pinned value first,
+and the pickle is parsed by an unpickler that can only rebuild numpy arrays and ``Counter``), so
+``medgen evaluate`` reads them with ``allow_pickle=False``. Nothing in medgen unpickles a file.
+
 Layout written (``<data_dir>`` defaults to ``$MEDGEN_DATA_DIR`` or ``./data``)::
 
     <data_dir>/moses/train.csv.gz            1,584,663 SMILES (column SMILES)
@@ -12,21 +17,30 @@ Layout written (``<data_dir>`` defaults to ``$MEDGEN_DATA_DIR`` or ``./data``)::
     <data_dir>/moses/test_scaffolds.csv.gz     176,225
     <data_dir>/moses/test_stats.npz            MOSES precomputed reference statistics (FCD mu/
     <data_dir>/moses/test_scaffolds_stats.npz  sigma, SNN fingerprints, Frag/Scaf counts, ...)
+    <data_dir>/moses/test_stats.plain.npz      the same, converted to plain arrays (what
+    <data_dir>/moses/test_scaffolds_stats.plain.npz   ``medgen evaluate reference=moses`` reads)
     <data_dir>/qm9/qm9.csv.gz                  130,831 molecules: smiles + 12 properties
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from medgen.errors import InputFileError, MissingFileError
 from medgen.utils.atomic import atomic_path, atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -59,6 +73,11 @@ MOSES_FILES: dict[str, str] = {
     "test_scaffolds.csv.gz": "moses/dataset/data/test_scaffolds.csv.gz",
     "test_stats.npz": "moses/dataset/data/test_stats.npz",
     "test_scaffolds_stats.npz": "moses/dataset/data/test_scaffolds_stats.npz",
+}
+#: sha256 of the pickled statistics inside molsets 0.3.1 (sha256sum of the wheel's members)
+MOSES_STATS_SHA256: dict[str, str] = {
+    "test_stats.npz": "ded25073225a895d4ed17bf1d4223d27560e87ff4cb85786346ca1cc8efa03d3",
+    "test_scaffolds_stats.npz": "7b7aba6c1474634a019bebf16f389d554cb9dd1021dfc8c1d1e54430a9f0e7f8",
 }
 MOSES_SPLITS = ("train", "test", "test_scaffolds")
 QM9_PARTS = (
@@ -115,6 +134,23 @@ def moses_path(split: str, data_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def moses_stats_path(split: str = "test", data_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the converted (pickle-free) statistics of ``split`` (``test`` or
+    ``test_scaffolds``); raises :class:`MissingFileError` telling to run ``medgen data moses``."""
+    from medgen.chem.reference import PLAIN_SUFFIX
+
+    if f"{split}_stats.npz" not in MOSES_STATS_SHA256:
+        raise ValueError(f"no MOSES statistics for split {split!r}; choose test or test_scaffolds")
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = root / "moses" / f"{split}_stats{PLAIN_SUFFIX}"
+    if not path.is_file():
+        raise MissingFileError(
+            f"converted MOSES statistics not found at {path}; run `medgen data moses` "
+            f"(or `medgen data moses paths.data_dir={root}`) to convert them"
+        )
+    return path
+
+
 def qm9_path(data_dir: str | os.PathLike | None = None) -> Path:
     """Path of ``qm9.csv.gz``; raises ``FileNotFoundError`` telling to run ``medgen data qm9``."""
     root = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -165,22 +201,159 @@ def _done(marker: Path, outputs: list[Path]) -> bool:
 
 
 def prepare_moses(data_dir: str | os.PathLike, wheel_dir: str | os.PathLike | None = None) -> dict:
-    """Unpack the MOSES files into ``<data_dir>/moses`` (no-op when already there)."""
+    """Unpack the MOSES files into ``<data_dir>/moses`` and convert its statistics to plain
+    arrays; each step is skipped when its outputs are there (a folder unpacked by an older
+    medgen, without the converted statistics, only gets those)."""
     out = Path(data_dir) / "moses"
     outputs = [out / name for name in MOSES_FILES]
     marker = out / "SOURCE.json"
-    if _done(marker, outputs):
+    written: list[Path] = []
+    wheel = Path(MOSES.filename)
+    if not _done(marker, outputs):
+        wheel = fetch_wheel(MOSES, wheel_dir or Path(data_dir) / "wheels")
+        with zipfile.ZipFile(wheel) as archive:
+            for name, member in MOSES_FILES.items():
+                atomic_write_bytes(out / name, archive.read(member))
+                written.append(out / name)
+                log.info("wrote %s (%.1f MB)", out / name, (out / name).stat().st_size / 1e6)
+    for name, sha256 in MOSES_STATS_SHA256.items():
+        target = _plain_stats(out / name)
+        if not written and _stats_current(target):
+            continue
+        convert_moses_stats(out / name, sha256=sha256, out=target)
+        written.append(target)
+        log.info("converted %s into %s", out / name, target)
+    if not written:
         log.info("MOSES already unpacked in %s: nothing to do", out)
         return {"dataset": "moses", "folder": str(out), "written": [], "skipped": True}
-    wheel = fetch_wheel(MOSES, wheel_dir or Path(data_dir) / "wheels")
-    written = []
-    with zipfile.ZipFile(wheel) as archive:
-        for name, member in MOSES_FILES.items():
-            atomic_write_bytes(out / name, archive.read(member))
-            written.append(out / name)
-            log.info("wrote %s (%.1f MB)", out / name, (out / name).stat().st_size / 1e6)
-    _write_source(marker, MOSES, wheel, [p.name for p in written])
+    files = [*MOSES_FILES, *(_plain_stats(out / n).name for n in MOSES_STATS_SHA256)]
+    _write_source(marker, MOSES, wheel, files)
     return {"dataset": "moses", "folder": str(out), "written": [str(p) for p in written]}
+
+
+def _plain_stats(raw: Path) -> Path:
+    from medgen.chem.reference import PLAIN_SUFFIX
+
+    return raw.with_name(raw.name.removesuffix(".npz") + PLAIN_SUFFIX)
+
+
+def _stats_current(path: Path) -> bool:
+    """Whether ``path`` holds converted statistics of the current layout version."""
+    from medgen.chem.reference import STATS_VERSION
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return int(npz["version"]) == STATS_VERSION
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# MOSES's pickled statistics -> plain arrays (sha256-checked first; no code is executed)
+
+
+def _reconstruct(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"array subtype {subtype!r} is not numpy.ndarray")
+    return np.ndarray.__new__(np.ndarray, shape, _dtype(dtype))
+
+
+def _dtype(spec, align=False, copy=True):
+    dtype = np.dtype(spec) if isinstance(spec, str | bytes) else None
+    # object arrays ("O": the file's outer 0-d array) only hold what this unpickler rebuilt
+    if dtype is None or dtype.kind not in "biufcSUO":  # no void or structured dtypes
+        raise pickle.UnpicklingError(f"dtype {spec!r} is not a numeric, string or object dtype")
+    return np.dtype(spec, align, copy)
+
+
+def _latin1_encode(text, encoding="utf-8"):
+    # protocol-2 pickles carry bytes (the arrays' buffers) as latin-1 text for _codecs.encode
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin-1")
+
+
+#: the only globals MOSES's statistics pickle names, each mapped to a checked stand-in
+_STATS_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): _latin1_encode,
+    ("collections", "Counter"): Counter,
+}
+
+
+class _StatsUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, numbers, strings, numpy arrays and ``Counter``; any other global
+    (the way a pickle runs code) raises ``UnpicklingError`` before anything is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _STATS_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are not allowed")
+
+
+def read_moses_stats(path: str | os.PathLike, *, sha256: str) -> dict[str, Any]:
+    """The dict pickled in MOSES's ``<split>_stats.npz`` at ``path``, whose bytes must hash to
+    ``sha256`` (checked before anything is parsed). Raises :class:`InputFileError` naming the
+    file on a digest mismatch, or when it names any global but numpy arrays and ``Counter``."""
+    raw = Path(path).read_bytes()  # hashed and parsed from the same bytes
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != sha256:
+        raise InputFileError(
+            f"{path} has sha256 {digest}, not the pinned {sha256} of molsets "
+            f"{MOSES.version}: refusing to read it; delete it and run `medgen data moses` again"
+        )
+    fmt = np.lib.format
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive, archive.open("stats.npy") as fh:
+            version = fmt.read_magic(fh)
+            read_header = (
+                fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            )
+            header = read_header(fh)
+            if header != ((), False, np.dtype(object)):
+                raise ValueError(f"stats.npy has header {header}, expected one object")
+            stats = _StatsUnpickler(fh).load()  # a 0-d object array holding the dict
+            stats = stats.item() if isinstance(stats, np.ndarray) and stats.shape == () else stats
+    except (pickle.UnpicklingError, ValueError, TypeError, KeyError, AttributeError, EOFError,
+            zipfile.BadZipFile) as err:  # fmt: skip
+        raise InputFileError(f"{path} is not MOSES's statistics file: {err}") from err
+    if not isinstance(stats, dict):
+        raise InputFileError(f"{path}: the statistics are a {type(stats).__name__}, not a dict")
+    return stats
+
+
+def convert_moses_stats(
+    path: str | os.PathLike, *, sha256: str, out: str | os.PathLike | None = None
+) -> Path:
+    """Convert MOSES's ``<split>_stats.npz`` (its bytes checked against ``sha256``) into the
+    plain-array layout of :func:`medgen.chem.reference.save_stats`, written atomically to ``out``
+    (default: ``<split>_stats.plain.npz`` beside it). Values are copied, not recomputed."""
+    from medgen.chem.reference import PROPERTY_NAMES, ReferenceStats, save_stats
+
+    path = Path(path)
+    stats = read_moses_stats(path, sha256=sha256)
+    try:
+        reference = ReferenceStats(
+            name=path.name.removesuffix(".npz").removesuffix("_stats"),
+            fcd_mu=np.asarray(stats["FCD"]["mu"]),
+            fcd_sigma=np.asarray(stats["FCD"]["sigma"]),
+            fps=np.asarray(stats["SNN"]["fps"], dtype=np.uint8),
+            fragments=dict(stats["Frag"]["frag"]),
+            scaffolds=dict(stats["Scaf"]["scaf"]),
+            properties={
+                k: np.asarray(stats[k]["values"], dtype=np.float64) for k in PROPERTY_NAMES
+            },
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputFileError(f"{path}: unexpected MOSES statistics layout ({err!r})") from err
+    return save_stats(reference, Path(out) if out else _plain_stats(path))
 
 
 def prepare_qm9(data_dir: str | os.PathLike, wheel_dir: str | os.PathLike | None = None) -> dict:

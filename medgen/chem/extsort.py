@@ -59,7 +59,12 @@ def sort_frame(frame: pd.DataFrame, column: str, descending: bool) -> pd.DataFra
 
 class ExternalSorter:
     """Collect chunks with :meth:`add`, then iterate :meth:`sorted_chunks`; use as a context
-    manager so that the temporary runs are deleted."""
+    manager so that the temporary runs are deleted.
+
+    The runs go to a folder ``<tmp_prefix><random>`` in ``tmp_dir`` (default: the system's
+    temporary folder), made only when the first run is spilled; name it after the output (see
+    :func:`medgen.chem.paths.sort_prefix`) so that the leftovers of a killed process can be found.
+    """
 
     def __init__(
         self,
@@ -69,10 +74,12 @@ class ExternalSorter:
         run_rows: int = 50_000,
         batch_rows: int = 2048,
         tmp_dir: Path | None = None,
+        tmp_prefix: str = "medgen-sort-",
     ) -> None:
         self.column, self.descending = column, descending
         self.run_rows, self.batch_rows = run_rows, batch_rows
-        self._tmp = tempfile.TemporaryDirectory(prefix="medgen-sort-", dir=tmp_dir)
+        self._tmp_dir, self._tmp_prefix = tmp_dir, tmp_prefix
+        self._tmp: tempfile.TemporaryDirectory | None = None
         self._buffer: list[pd.DataFrame] = []
         self._buffered = 0
         self._runs: list[Path] = []
@@ -82,7 +89,8 @@ class ExternalSorter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._tmp.cleanup()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def add(self, frame: pd.DataFrame) -> None:
         if self._template is None:
@@ -100,6 +108,8 @@ class ExternalSorter:
         if not self._buffer:
             return
         run = self._sorted(pd.concat(self._buffer, ignore_index=True))
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix=self._tmp_prefix, dir=self._tmp_dir)
         path = Path(self._tmp.name) / f"run{len(self._runs):05d}.parquet"
         # small row groups: the merge holds one batch per run in memory, not a whole run
         run.to_parquet(path, index=False, row_group_size=self.batch_rows)

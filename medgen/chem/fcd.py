@@ -28,7 +28,15 @@ def chemnet(device: str = "cpu"):
     path = Path(fcd_torch.__file__).parent / "ChemNet_v0.13_pretrained.pt"
     if not path.is_file():
         raise FileNotFoundError(f"ChemNet weights not found at {path} (reinstall fcd-torch)")
-    model = load_imported_model(torch.load(path, map_location="cpu", weights_only=True))
+    try:  # weights_only: the file's pickle may only rebuild tensors and plain containers
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - corrupt, or needs pickled code: a broken install
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RuntimeError(
+            f"ChemNet weights {path} do not load with weights_only=True ({first}); reinstall "
+            "fcd-torch"
+        ) from err
+    model = load_imported_model(weights)
     return model.eval().to(device)
 
 

@@ -1,6 +1,12 @@
 """Reference statistics for the distribution metrics: MOSES's precomputed ``*_stats.npz``, or
 statistics computed once from any SMILES file and cached as a pickle-free ``.npz``.
 
+medgen never unpickles a data file. MOSES ships its statistics as a pickled dict: ``medgen data
+moses`` checks those files' sha256 against pinned values and converts them once
+(:func:`medgen.datasets.convert_moses_stats`, with an unpickler that rebuilds only numpy arrays
+and ``Counter``) into the plain-array layout of :func:`save_stats`, which every later run loads
+with ``allow_pickle=False``.
+
 A :class:`ReferenceStats` holds what each metric compares against: ChemNet mean/covariance (FCD),
 Morgan fingerprints (SNN), BRICS fragment and Bemis–Murcko scaffold counts (Frag, Scaf), and
 logP/SA/QED/weight values (MOSES's Wasserstein-1 distances); optionally GuacaMol KL descriptors.
@@ -11,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from medgen.chem.mol import canonical_smiles, parse_smiles
+from medgen.errors import InputFileError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +41,14 @@ KL_DESCRIPTORS = (
 )  # fmt: skip
 KL_CONTINUOUS = 4
 STATS_VERSION = 1
+#: keys every file written by :func:`save_stats` holds
+_STATS_KEYS = (
+    "version", "name", "fcd_mu", "fcd_sigma", "fps",
+    "frag_keys", "frag_counts", "scaf_keys", "scaf_counts",
+)  # fmt: skip
+#: suffix of MOSES statistics converted by ``medgen data moses``: ``test_stats.plain.npz``
+PLAIN_SUFFIX = ".plain.npz"
+_CACHE_HINT = "; delete this cache file to recompute it"
 
 
 @dataclass
@@ -206,8 +223,8 @@ def cached_kl_reference(
     key = hashlib.sha256(f"{file_sha256(path)}:kl:{size}:{STATS_VERSION}".encode()).hexdigest()
     cache = Path(cache_dir) / f"{path.name.split('.')[0]}-kl-{key[:16]}.npz"
     if cache.is_file():
-        with np.load(cache, allow_pickle=False) as data:
-            return data["descriptors"], data["internal_similarity"]
+        data = read_npz(cache, ("descriptors", "internal_similarity"), hint=_CACHE_HINT)
+        return data["descriptors"], data["internal_similarity"]
     log.info("computing GuacaMol KL reference of %s (%d molecules)", path, size)
     descriptors, similarity = compute_kl_reference(_read_smiles(path), size=size, **kwargs)
     with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
@@ -251,48 +268,82 @@ def save_stats(stats: ReferenceStats, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def load_stats(path: str | os.PathLike) -> ReferenceStats:
-    """Load statistics written by :func:`save_stats` (``allow_pickle=False``)."""
-    with np.load(path, allow_pickle=False) as data:
-        if int(data["version"]) != STATS_VERSION:
-            raise ValueError(f"{path}: stats version {int(data['version'])}, need {STATS_VERSION}")
-        n_bits = 1024
-        return ReferenceStats(
-            name=str(data["name"]),
-            fcd_mu=data["fcd_mu"],
-            fcd_sigma=data["fcd_sigma"],
-            fps=np.unpackbits(data["fps"], axis=1)[:, :n_bits],
-            fragments=dict(
-                zip(data["frag_keys"].tolist(), data["frag_counts"].tolist(), strict=True)
-            ),
-            scaffolds=dict(
-                zip(data["scaf_keys"].tolist(), data["scaf_counts"].tolist(), strict=True)
-            ),
-            properties={k: data[f"prop_{k}"] for k in PROPERTY_NAMES if f"prop_{k}" in data},
-            kl_descriptors=data["kl_descriptors"] if "kl_descriptors" in data else None,
-            kl_internal_similarity=(
-                data["kl_internal_similarity"] if "kl_internal_similarity" in data else None
-            ),
+def load_stats(path: str | os.PathLike, *, hint: str = "") -> ReferenceStats:
+    """Load statistics written by :func:`save_stats` (``allow_pickle=False``).
+
+    Raises :class:`InputFileError` naming ``path`` (plus ``hint``, what to do about it) when the
+    file is not such an ``.npz``: corrupt, holding pickled objects, lacking keys, another version.
+    """
+    data = read_npz(path, _STATS_KEYS, hint=hint)
+    if int(data["version"]) != STATS_VERSION:
+        raise InputFileError(
+            f"{path}: statistics version {int(data['version'])}, need {STATS_VERSION}{hint}"
         )
+    n_bits = 1024
+    return ReferenceStats(
+        name=str(data["name"]),
+        fcd_mu=data["fcd_mu"],
+        fcd_sigma=data["fcd_sigma"],
+        fps=np.unpackbits(data["fps"], axis=1)[:, :n_bits],
+        fragments=dict(zip(data["frag_keys"].tolist(), data["frag_counts"].tolist(), strict=True)),
+        scaffolds=dict(zip(data["scaf_keys"].tolist(), data["scaf_counts"].tolist(), strict=True)),
+        properties={k: data[f"prop_{k}"] for k in PROPERTY_NAMES if f"prop_{k}" in data},
+        kl_descriptors=data.get("kl_descriptors"),
+        kl_internal_similarity=data.get("kl_internal_similarity"),
+    )
+
+
+def read_npz(
+    path: str | os.PathLike, required: Sequence[str] = (), *, hint: str = ""
+) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``, read with ``allow_pickle=False``.
+
+    Raises :class:`InputFileError` naming the file (and adding ``hint``) when it is not an
+    ``.npz``, is truncated or corrupt, holds pickled Python objects (object arrays) or lacks one
+    of the ``required`` keys.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != b"PK\x03\x04":  # every .npz is a zip file
+        kind = {b"\x80": " (it is a pickle)", b"\x93": " (it is a single .npy)"}.get(head[:1], "")
+        raise InputFileError(f"{path} is not an .npz file{kind}{hint}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in npz.files}
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise InputFileError(f"{path} cannot be read as .npz: {err}{hint}") from err
+        raise InputFileError(
+            f"{path} holds pickled Python objects (object arrays), which medgen never loads: it "
+            f"reads plain arrays only{hint}"
+        ) from err
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise InputFileError(f"{path} is truncated or corrupt ({err}){hint}") from err
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise InputFileError(f"{path} lacks {missing} (has {sorted(data)}){hint}")
+    return data
 
 
 def load_moses_stats(path: str | os.PathLike, name: str | None = None) -> ReferenceStats:
-    """Load MOSES's precomputed ``test_stats.npz`` / ``test_scaffolds_stats.npz``.
+    """Load MOSES statistics converted by ``medgen data moses`` (``allow_pickle=False``).
 
-    These files hold a pickled dict, so they need ``allow_pickle=True``: only load the files that
-    ``medgen data moses`` unpacked from the pinned (sha256-checked) molsets wheel.
+    ``path`` is the converted ``<split>_stats.plain.npz``, or MOSES's own ``<split>_stats.npz``
+    (pickled, never loaded), which stands for its converted sibling. Raises
+    :class:`MissingFileError` telling the user to run ``medgen data moses`` when that is missing.
     """
-    with np.load(path, allow_pickle=True) as data:
-        stats = data["stats"].item()
-    return ReferenceStats(
-        name=name or Path(path).stem.removesuffix("_stats"),
-        fcd_mu=np.asarray(stats["FCD"]["mu"]),
-        fcd_sigma=np.asarray(stats["FCD"]["sigma"]),
-        fps=np.asarray(stats["SNN"]["fps"], dtype=np.uint8),
-        fragments=dict(stats["Frag"]["frag"]),
-        scaffolds=dict(stats["Scaf"]["scaf"]),
-        properties={k: np.asarray(stats[k]["values"], dtype=np.float64) for k in PROPERTY_NAMES},
-    )
+    path = Path(path)
+    if not path.name.endswith(PLAIN_SUFFIX):
+        path = path.with_name(path.name.removesuffix(".npz") + PLAIN_SUFFIX)
+    hint = "; run `medgen data moses` to convert MOSES's statistics again"
+    if not path.is_file():
+        raise MissingFileError(
+            f"converted MOSES statistics {path} not found; run `medgen data moses` (or "
+            f"`medgen data moses paths.data_dir={path.parent.parent}`) to convert them"
+        )
+    stats = load_stats(path, hint=hint)
+    stats.name = name or path.name.removesuffix(PLAIN_SUFFIX).removesuffix("_stats")
+    return stats
 
 
 def cached_reference_stats(
@@ -312,7 +363,7 @@ def cached_reference_stats(
     cache = Path(cache_dir) / f"{path.name.split('.')[0]}-{key}.npz"
     if cache.is_file():
         log.info("reference statistics from cache %s", cache)
-        return load_stats(cache)
+        return load_stats(cache, hint=_CACHE_HINT)
     smiles = _read_smiles(path, smiles_column, limit)
     log.info("computing reference statistics of %s (%d SMILES)", path, len(smiles))
     stats = compute_reference_stats(smiles, name=path.name.split(".")[0], **kwargs)

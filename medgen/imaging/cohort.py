@@ -13,7 +13,10 @@ Layout of an export folder ``out``::
 A sample is complete when its sidecar exists, because the sidecar is written last and records the
 image's sha256; a rerun into the same ``out`` skips samples whose files still match their sidecar
 and manifest row, removes temporaries left by a killed run, and refuses a different checkpoint,
-seed or sampler unless ``overwrite=True``. Writing the files is :mod:`medgen.imaging.export`.
+seed or sampler unless ``overwrite=True``. A rerun of ``medgen sample`` with ``n`` below what the
+folder holds is refused too (manifest and datalist would list more samples than were asked for):
+pass a larger ``n`` to extend the cohort, or ``overwrite=True`` to replace it. Writing the files is
+:mod:`medgen.imaging.export`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from medgen.errors import UserError
 from medgen.utils.atomic import atomic_write_json, remove_stale_temporaries
 from medgen.utils.logging import get_logger
 from medgen.utils.provenance import file_sha256, provenance
@@ -177,11 +181,16 @@ def intact_indices(out: str | os.PathLike, spec: CohortSpec | None = None) -> se
     return intact
 
 
-def check_output(out: str | os.PathLike, spec: CohortSpec, *, overwrite: bool = False) -> bool:
+def check_output(
+    out: str | os.PathLike, spec: CohortSpec, *, overwrite: bool = False, n: int | None = None
+) -> bool:
     """Check (read only) that ``spec`` may write into ``out``; True when it must be cleared first.
 
     Raises ``FileExistsError`` when ``out`` is not empty and was made by another checkpoint, seed,
     sampler, step count, guidance, condition or weight set (or not by medgen), unless ``overwrite``.
+    Given the cohort size ``n`` (samples ``0..n-1``), raises :class:`~medgen.errors.UserError` when
+    ``out`` already holds samples with an index ``>= n``, unless ``overwrite``: the cohort files
+    would list them although ``n`` asked for fewer.
     """
     out = Path(out)
     if not out.exists():
@@ -201,6 +210,8 @@ def check_output(out: str | os.PathLike, spec: CohortSpec, *, overwrite: bool = 
         )
     diffs = {k: (existing.get(k), v) for k, v in spec.identity().items() if existing.get(k) != v}
     if not diffs:
+        if not overwrite and n is not None:
+            _check_cohort_size(out, spec, int(n))
         return overwrite
     if overwrite:
         return True
@@ -209,6 +220,24 @@ def check_output(out: str | os.PathLike, spec: CohortSpec, *, overwrite: bool = 
         f"out={out} holds samples made with other settings ({lines}); a cohort must not mix them. "
         "Choose another out, or pass overwrite=true to delete those samples and start again."
     )
+
+
+def _check_cohort_size(out: Path, spec: CohortSpec, n: int) -> None:
+    """Refuse ``n`` below the samples ``out`` holds (those the cohort files would list)."""
+    want = spec.identity()
+    held = sorted(
+        index
+        for index, record in sidecars(out).items()
+        if all(record.get(k) == v for k, v in want.items())
+        and (out / str(record.get("file", ""))).is_file()  # as finalize_output lists them
+    )
+    beyond = [i for i in held if i >= n]
+    if beyond:
+        raise UserError(
+            f"out={out} holds {len(held)} sample(s) ({sample_name(held[0])} .. "
+            f"{sample_name(held[-1])}), n={n}: pass n>={held[-1] + 1} to keep and extend them, "
+            "or overwrite=true to delete them and draw n anew"
+        )
 
 
 def clear_output(out: str | os.PathLike) -> None:

@@ -13,6 +13,8 @@ units::
 from __future__ import annotations
 
 import abc
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,31 +22,85 @@ import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from medgen.imaging.intensity import IntensityMapping
+from medgen.errors import ConfigError
+from medgen.imaging.intensity import KINDS, IntensityMapping
 from medgen.imaging.phantom import SIZE_CLASSES, phantom_affine, resolve_geometry
 from medgen.utils.logging import get_logger
 
 log = get_logger(__name__)
 
+NIFTI_CACHES = ("none", "memory", "disk")
 
-def _triple(value: Any, name: str, cast=float) -> tuple:
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _int_arg(name: str, value: Any, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int in ``lo..hi``, else :class:`ConfigError` naming ``data.<name>``."""
+    if not _is_int(value) or value < lo or (hi is not None and value > hi):
+        span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ConfigError(f"data.{name}", value, f"an integer {span}")
+    return int(value)
+
+
+def _number(name: str, value: Any, *, above: float | None = None, least: float | None = None):
+    """``value`` as a finite float (``> above``, ``>= least``), else :class:`ConfigError`."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (above is not None and value <= above) or (least is not None and value < least):
+        bound = (
+            f" > {above:g}" if above is not None else f" >= {least:g}" if least is not None else ""
+        )
+        raise ConfigError(f"data.{name}", value, f"a finite number{bound}")
+    return float(value)
+
+
+def _triple(value: Any, name: str, cast=float, lo: int = 1, hi: int | None = None) -> tuple:
+    """One value or 3, checked: ints in ``lo..hi`` (``cast=int``), else finite floats > 0 (mm)."""
     vals = (
         list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * 3
     )
     if len(vals) != 3:
-        raise ValueError(f"data.{name} must be one value or 3 values, got {value}")
-    return tuple(cast(v) for v in vals)
+        raise ConfigError(f"data.{name}", value, "one value or 3 values")
+    if cast is int:
+        if any(not _is_int(v) or v < lo or (hi is not None and v > hi) for v in vals):
+            span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise ConfigError(f"data.{name}", value, f"one or 3 integers {span}")
+        return tuple(int(v) for v in vals)
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in vals) or not all(
+        math.isfinite(v) and v > 0 for v in vals
+    ):
+        raise ConfigError(f"data.{name}", value, "one or 3 finite numbers > 0 (mm)")
+    return tuple(float(v) for v in vals)
+
+
+def _intensity(kind: Any, lo: Any, hi: Any, lo_key: str, hi_key: str) -> IntensityMapping:
+    """An :class:`IntensityMapping` whose bad settings raise :class:`ConfigError` naming the key."""
+    if kind not in KINDS:
+        raise ConfigError("data.intensity", kind, f"one of {', '.join(KINDS)}")
+    lo, hi = _number(lo_key, lo), _number(hi_key, hi)
+    if not hi > lo:
+        raise ConfigError(f"data.{hi_key}", hi, f"must be > data.{lo_key}={lo}")
+    if kind == "percentile" and lo < 0.0:
+        raise ConfigError(f"data.{lo_key}", lo, "a percentile in 0..100")
+    if kind == "percentile" and hi > 100.0:
+        raise ConfigError(f"data.{hi_key}", hi, "a percentile in 0..100")
+    return IntensityMapping(kind, lo, hi)
 
 
 class ScanDataModule(pl.LightningDataModule, abc.ABC):
     """Base datamodule: subclasses implement :meth:`build` (datasets and ``data_meta``).
 
     Args:
-        batch_size: volumes per batch.
-        num_workers: DataLoader worker processes (0: load in the main process).
-        limit: at most this many items per split (None: all), e.g. ``debug=fast`` sets 16.
+        batch_size: volumes per batch (>= 1).
+        num_workers: DataLoader worker processes (>= 0; 0: load in the main process).
+        limit: at most this many items per split (None: all; else >= 1), e.g. ``debug=fast``
+            sets 16.
         seed: seed of the data itself (phantom subjects, train/val split).
         pin_memory: pin host memory (GPU training).
+
+    Arguments are checked here, at instantiation: a bad value raises
+    :class:`~medgen.errors.ConfigError` naming its ``data.<key>`` before any work.
     """
 
     def __init__(
@@ -57,11 +113,10 @@ class ScanDataModule(pl.LightningDataModule, abc.ABC):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        if int(batch_size) < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.limit = None if limit is None else int(limit)
-        self.seed, self.pin_memory = int(seed), bool(pin_memory)
+        self.batch_size = _int_arg("batch_size", batch_size, 1)
+        self.num_workers = _int_arg("num_workers", num_workers, 0)
+        self.limit = None if limit is None else _int_arg("limit", limit, 1)
+        self.seed, self.pin_memory = _int_arg("seed", seed, 0), bool(pin_memory)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._meta: dict[str, Any] | None = None
@@ -81,6 +136,14 @@ class ScanDataModule(pl.LightningDataModule, abc.ABC):
             val = Subset(val, range(min(self.limit, len(val))))
         if len(train) == 0:
             raise ValueError(f"{type(self).__name__}: the training split is empty")
+        model_classes = self.model_num_classes()
+        if model_classes is not None and (meta.get("num_classes") or 0) > model_classes:
+            raise ConfigError(
+                "model.num_classes",
+                model_classes,
+                f"the data ({meta['source']}) has class labels up to {meta['num_classes'] - 1}: "
+                f"set model.num_classes >= {meta['num_classes']}, or null to take it from the data",
+            )
         self.train_set, self.val_set, self._meta = train, val, meta
         log.info(
             "%s: %d train / %d val volumes of %s",
@@ -89,6 +152,17 @@ class ScanDataModule(pl.LightningDataModule, abc.ABC):
             len(val),
             meta["spatial_size"],
         )
+
+    def model_num_classes(self) -> int | None:
+        """``num_classes`` of the class-conditional model this datamodule is training (from the
+        attached trainer), when the model sets it; None otherwise (no trainer, unconditional,
+        or ``model.num_classes`` taken from the data)."""
+        trainer = getattr(self, "trainer", None)
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        hparams = getattr(module, "hparams", None) or {}
+        if hparams.get("class_conditional") and hparams.get("num_classes") is not None:
+            return int(hparams["num_classes"])
+        return None
 
     @property
     def data_meta(self) -> dict[str, Any]:
@@ -178,12 +252,13 @@ class PhantomDataModule(ScanDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        size = list(size) if isinstance(size, Sequence) else size
-        spacing = list(spacing) if isinstance(spacing, Sequence) else spacing
+        size = list(_triple(size, "size", int, lo=16, hi=256))
+        spacing = None if spacing is None else list(_triple(spacing, "spacing", float))
         self.size, self.spacing = resolve_geometry(size, spacing)
-        self.num_train, self.num_val = int(num_train), int(num_val)
-        self.noise_hu, self.cache = float(noise_hu), bool(cache)
-        self.intensity = IntensityMapping("ct_window", float(window_lo), float(window_hi))
+        self.num_train = _int_arg("num_train", num_train, 1)
+        self.num_val = _int_arg("num_val", num_val, 0)
+        self.noise_hu, self.cache = _number("noise_hu", noise_hu, least=0.0), bool(cache)
+        self.intensity = _intensity("ct_window", window_lo, window_hi, "window_lo", "window_hi")
 
     def build(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
         from medgen.imaging.sources import PhantomDataset
@@ -250,14 +325,27 @@ class NiftiDataModule(ScanDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from medgen.imaging.transforms import SHAPE_MODES
+
         self.path, self.labels = str(path), (str(labels) if labels else None)
         self.spatial_size = _triple(spatial_size, "spatial_size", int)
         self.spacing = _triple(spacing, "spacing", float)
+        if shape_mode not in SHAPE_MODES:
+            raise ConfigError("data.shape_mode", shape_mode, f"one of {', '.join(SHAPE_MODES)}")
         self.shape_mode, self.modality = shape_mode, str(modality).upper()
         if self.modality not in ("CT", "MR"):
-            raise ValueError(f"data.modality must be CT or MR, got {modality!r}")
-        self.intensity = IntensityMapping(intensity, float(intensity_lo), float(intensity_hi))
-        self.val_fraction, self.cache, self.cache_dir = float(val_fraction), cache, cache_dir
+            raise ConfigError("data.modality", modality, "CT or MR")
+        self.intensity = _intensity(
+            intensity, intensity_lo, intensity_hi, "intensity_lo", "intensity_hi"
+        )
+        self.val_fraction = _number("val_fraction", val_fraction, least=0.0)
+        if self.val_fraction >= 1.0:
+            raise ConfigError("data.val_fraction", val_fraction, "a share in [0, 1)")
+        if cache not in NIFTI_CACHES:
+            raise ConfigError("data.cache", cache, f"one of {', '.join(NIFTI_CACHES)}")
+        if cache == "disk" and not cache_dir:
+            raise ConfigError("data.cache_dir", cache_dir, "a folder, needed by data.cache=disk")
+        self.cache, self.cache_dir = cache, cache_dir
         self.class_names = list(class_names) if class_names else None
 
     def build(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
@@ -268,7 +356,19 @@ class NiftiDataModule(ScanDataModule):
             percentile_reference,
         )
 
-        entries, val = resolve_nifti_entries(self.path, self.labels)
+        # every datalist item is checked here, before training: files, class labels in range
+        limit = [
+            (n, key)
+            for n, key in (
+                (self.model_num_classes(), "model.num_classes"),
+                (len(self.class_names) if self.class_names else None, "len(data.class_names)"),
+            )
+            if n is not None
+        ]
+        num_classes, key = min(limit) if limit else (None, "num_classes")
+        entries, val = resolve_nifti_entries(
+            self.path, self.labels, num_classes=num_classes, num_classes_key=key
+        )
         for e in entries + (val or []):
             check_pair(e["image"], e.get("label"))
         if val is None:

@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medgen.errors import ConfigError, UserError
 from medgen.imaging.ema import EMA
 from medgen.imaging.samplers import OBJECTIVES, SAMPLERS, sample_loop
 from medgen.utils.logging import get_logger
 from medgen.utils.provenance import plain_container
+from medgen.utils.validate import check_arguments
 
 log = get_logger(__name__)
 
@@ -44,6 +46,29 @@ def _checkpoint_blocks(unet: nn.Module) -> None:
             return _fwd(*args, **kwargs)
 
         block.forward = forward
+
+
+# MONAI DDPMScheduler's beta schedules
+SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")
+_LIMITS: dict[str, dict[str, float]] = {
+    "channels": {"ge": 1},
+    "num_res_blocks": {"ge": 1},
+    "num_head_channels": {"ge": 1},
+    "norm_num_groups": {"ge": 1},
+    "num_train_timesteps": {"ge": 2},
+    "beta_start": {"gt": 0.0, "lt": 1.0},
+    "beta_end": {"gt": 0.0, "lt": 1.0},
+    "num_classes": {"ge": 1},
+    "cond_drop_prob": {"ge": 0.0, "lt": 1.0},
+    "lr": {"gt": 0.0},
+    "weight_decay": {"ge": 0.0},
+    "warmup_steps": {"ge": 0},
+    "ema_decay": {"ge": 0.0, "lt": 1.0},
+    "preview_every_n_epochs": {"ge": 0},
+    "preview_num_samples": {"ge": 1},
+    "preview_steps": {"ge": 1},
+    "preview_seed": {"ge": 0},
+}
 
 
 class DiffusionModule(pl.LightningModule):
@@ -101,20 +126,37 @@ class DiffusionModule(pl.LightningModule):
         data_meta: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        check_arguments(DiffusionModule.__init__, args, prefix="model.", limits=_LIMITS)
+        if schedule not in SCHEDULES:
+            raise ConfigError("model.schedule", schedule, f"one of {', '.join(SCHEDULES)}")
+        if rflow_sample_method not in ("uniform", "logit-normal"):
+            raise ConfigError(
+                "model.rflow_sample_method", rflow_sample_method, "'uniform' or 'logit-normal'"
+            )
+        if not beta_start < beta_end:
+            raise ConfigError("model.beta_start", beta_start, f"< model.beta_end ({beta_end})")
+        for c in channels:
+            if c % norm_num_groups:
+                raise ConfigError(
+                    "model.channels",
+                    list(channels),
+                    f"multiples of norm_num_groups={norm_num_groups}",
+                )
         if kind != "diffusion3d":
-            raise ValueError(f"DiffusionModule kind must be 'diffusion3d', got {kind!r}")
+            raise UserError(f"DiffusionModule kind must be 'diffusion3d', got {kind!r}")
         if objective not in OBJECTIVES:
-            raise ValueError(f"model.objective must be one of {OBJECTIVES}, got {objective!r}")
+            raise UserError(f"model.objective must be one of {OBJECTIVES}, got {objective!r}")
         if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(
+            raise UserError(
                 f"model.prediction_type must be epsilon or v_prediction, got {prediction_type!r}"
             )
         if len(channels) != len(attention_levels):
-            raise ValueError(
+            raise UserError(
                 f"model.channels {list(channels)} and model.attention_levels "
                 f"{list(attention_levels)} must have the same length"
             )
-        hp = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        hp = dict(args)
         hp["channels"] = [int(c) for c in channels]
         hp["attention_levels"] = [bool(a) for a in attention_levels]
         hp["data_meta"] = plain_container(data_meta) if data_meta is not None else None
@@ -294,6 +336,14 @@ class DiffusionModule(pl.LightningModule):
         loss = self.diffusion_loss(batch, generator=gen)
         gen.manual_seed(1000 + batch_idx)
         loss_ema = self.diffusion_loss(batch, generator=gen, network=self.ema.module)
+        # as in training: a NaN must stop the run and say where, not end up as a metric
+        for name, value in (("val/loss", loss), ("val/loss_ema", loss_ema)):
+            if not torch.isfinite(value):
+                raise FloatingPointError(
+                    f"non-finite validation metric {name} ({value.item()}) at global step "
+                    f"{self.global_step}, validation batch {batch_idx}; "
+                    f"batch sources: {list(batch.get('source', []))}"
+                )
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=bs)
         self.log("val/loss_ema", loss_ema, sync_dist=True, batch_size=bs)
         return loss
@@ -360,19 +410,17 @@ class DiffusionModule(pl.LightningModule):
         cls, path, map_location: str | torch.device = "cpu"
     ) -> DiffusionModule:
         """Rebuild a module from a medgen checkpoint (``weights_only=True``), weights and EMA."""
-        from medgen.utils.checkpoint import load_checkpoint, resolve_checkpoint
+        from medgen.errors import InputFileError
+        from medgen.utils.checkpoint import load_medgen_checkpoint, load_weights
 
-        ckpt = load_checkpoint(path, map_location=map_location)
-        hp = dict(ckpt.get("hyper_parameters") or {})
-        if hp.get("kind") != "diffusion3d":
-            raise ValueError(
-                f"checkpoint {resolve_checkpoint(path)} holds kind={hp.get('kind')!r}, "
-                "not a diffusion3d model"
-            )
+        file, ckpt, kind = load_medgen_checkpoint(path, map_location=map_location)
+        if kind != "diffusion3d":
+            raise InputFileError(f"checkpoint {file} holds kind={kind!r}, not a diffusion3d model")
+        hp = dict(ckpt["hyper_parameters"])
         module = cls(**hp)
         if module.unet is None:
-            raise ValueError(f"checkpoint {path}: class-conditional model without num_classes")
-        module.load_state_dict(ckpt["state_dict"])
+            raise InputFileError(f"checkpoint {file}: class-conditional model without num_classes")
+        load_weights(module, ckpt["state_dict"], file)
         if isinstance(map_location, str | torch.device):
             module.to(map_location)
         return module.eval()

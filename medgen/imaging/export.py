@@ -42,8 +42,11 @@ from medgen.utils.atomic import (
     atomic_write_text,
     remove_stale_temporaries,
 )
+from medgen.utils.logging import get_logger
 from medgen.utils.provenance import file_sha256, provenance
 from medgen.utils.seeding import sample_seed
+
+log = get_logger(__name__)
 
 __all__ = [
     "DATALIST",
@@ -310,7 +313,8 @@ def export_volumes(
 
     ``indices`` (default 0..N-1) name the samples; ``intensity`` is an ``IntensityMapping`` (or its
     ``to_dict()`` form) whose ``from_unit`` maps [-1, 1] to source units. ``labels`` (N, 1, D, H, W)
-    integer maps go to ``out/labels``. Samples already in ``out`` and intact are not rewritten.
+    integer maps go to ``out/labels``. Samples already in ``out`` and intact are not rewritten;
+    samples of the same cohort that ``out`` holds beyond ``indices`` stay and are listed (logged).
     """
     if isinstance(intensity, Mapping):
         from medgen.imaging.intensity import IntensityMapping
@@ -339,9 +343,19 @@ def export_volumes(
     )
     prepare_output(out, spec, overwrite=overwrite)
     done = intact_indices(out, spec)
+    written = 0
     for k, index in enumerate(indices):
         if index in done:
             continue
         write_sample(out, index, volumes[k], spec, label=None if labels is None else labels[k])
-    finalize_output(out, spec, preview=preview)
+        written += 1
+    summary = finalize_output(out, spec, preview=preview)
+    log.info(
+        "%s holds %d samples; %d given, %d written (%d already there)",
+        out,
+        summary["count"],
+        n,
+        written,
+        n - written,
+    )
     return [Path(out) / IMAGES / f"{sample_name(i)}.nii.gz" for i in indices]

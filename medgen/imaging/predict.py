@@ -28,6 +28,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from medgen.errors import ConfigError
 from medgen.imaging.cohort import CohortSpec, check_output, intact_indices, prepare_output
 from medgen.imaging.export import finalize_output, write_sample
 from medgen.utils.distributed import end_distributed
@@ -265,10 +266,16 @@ def sample_to_folder(
 
     ``trainer_kwargs`` go to ``pl.Trainer`` (accelerator, devices, strategy, num_nodes, precision).
     Returns a summary on every rank; rank 0's includes the manifest, datalist and preview paths.
+    A rerun into the same ``out`` draws only the missing samples; an ``n`` below the samples
+    ``out`` already holds is refused (``UserError``) unless ``overwrite`` (see
+    :mod:`medgen.imaging.cohort`).
     """
-    if n < 0 or batch_size < 1:
-        raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
-    check_output(out, spec, overwrite=overwrite)  # fail fast on every rank, before any work
+    if n < 0:
+        raise ConfigError("n", n, "an integer >= 0")
+    if batch_size < 1:
+        raise ConfigError("batch_size", batch_size, "an integer >= 1")
+    # fail fast on every rank, before any work: other settings there, or more samples than n
+    check_output(out, spec, overwrite=overwrite, n=n)
     writer = SampleWriter(out, spec, overwrite=overwrite)
     step_bar = (spec.steps or 0) >= STEP_BAR_MIN_STEPS
     kwargs = {"accelerator": "cpu", "devices": 1, **(trainer_kwargs or {})}

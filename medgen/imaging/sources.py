@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medgen.errors import ConfigError, InputFileError, UserError
 from medgen.imaging.intensity import IntensityMapping
 from medgen.imaging.phantom import make_phantom, phantom_affine
 from medgen.utils.logging import get_logger
@@ -27,6 +28,13 @@ from medgen.utils.logging import get_logger
 log = get_logger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# a datalist error lists at most this many of its problems (and counts the rest)
+MAX_LISTED_PROBLEMS = 10
+
+
+class InputFileNotFound(InputFileError, FileNotFoundError):
+    """A missing input file: an :class:`InputFileError` that ``except FileNotFoundError`` also
+    catches."""
 
 
 class PhantomDataset(Dataset):
@@ -112,31 +120,69 @@ class MedMNIST3DDataset(Dataset):
 
 
 def load_medmnist_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(<split>_images (N, S, S, S), <split>_labels (N,))`` from a MedMNIST-3D npz, checked."""
+    """``(<split>_images (N, S, S, S), <split>_labels (N,))`` from a MedMNIST-3D npz, checked.
+
+    Raises :class:`InputFileError` naming the file (and split, item) when it is missing, empty,
+    unreadable, misshapen, holds NaN/inf voxels or labels that are not non-negative integers.
+    """
     if not path.is_file():
-        raise FileNotFoundError(f"MedMNIST npz not found: {path}")
+        raise InputFileNotFound(f"MedMNIST npz not found: {path}")
     if path.stat().st_size == 0:
-        raise ValueError(f"MedMNIST npz is empty: {path}")
+        raise InputFileError(f"MedMNIST npz is empty: {path}")
     try:
-        with np.load(path) as npz:
+        with np.load(path, allow_pickle=False) as npz:  # never unpickle a data file
             keys = set(npz.files)
             if f"{split}_images" not in keys or f"{split}_labels" not in keys:
                 raise KeyError(f"{split}_images/{split}_labels missing (has {sorted(keys)})")
             images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
     except KeyError as err:
-        raise ValueError(f"MedMNIST npz {path}: {err.args[0]}") from err
+        raise InputFileError(f"MedMNIST npz {path}: {err.args[0]}") from err
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise InputFileError(f"MedMNIST npz {path} cannot be read: {err}") from err
+        raise InputFileError(
+            f"MedMNIST npz {path} is not plain arrays: it holds pickled Python objects (or is "
+            "not an .npz at all), which medgen never loads; MedMNIST ships uint8 images"
+        ) from err
     except Exception as err:
-        raise ValueError(f"MedMNIST npz {path} cannot be read: {err}") from err
+        raise InputFileError(f"MedMNIST npz {path} cannot be read: {err}") from err
     if images.ndim == 5 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim != 4:
-        raise ValueError(
+        raise InputFileError(
             f"MedMNIST npz {path}: {split}_images has shape {images.shape}; expected (N, S, S, S)"
         )
-    labels = np.asarray(labels).reshape(len(labels), -1)[:, 0].astype(np.int64)
+    if images.dtype.kind not in "biuf":
+        raise InputFileError(
+            f"MedMNIST npz {path}: {split}_images has dtype {images.dtype}; expected numbers"
+        )
+    if images.dtype.kind == "f":  # published files are uint8; a float array may hold NaN/inf
+        bad = (~np.isfinite(images)).reshape(len(images), -1).sum(axis=1)
+        if bad.any():
+            first = np.flatnonzero(bad)
+            raise InputFileError(
+                f"MedMNIST npz {path}: {split}_images holds non-finite (NaN/inf) voxels in "
+                f"{len(first)} of {len(images)} volumes, e.g. item {first[0]} "
+                f"({int(bad[first[0]])} voxels); fix or drop them"
+            )
+    labels = np.asarray(labels).reshape(len(labels), -1)[:, 0]
     if len(labels) != len(images):
-        raise ValueError(
+        raise InputFileError(
             f"MedMNIST npz {path}: {len(images)} {split} images but {len(labels)} labels"
+        )
+    if labels.dtype.kind not in "biuf" or (
+        labels.dtype.kind == "f" and not np.all(np.isfinite(labels) & (labels == np.round(labels)))
+    ):
+        raise InputFileError(
+            f"MedMNIST npz {path}: {split}_labels must be integer class indices, "
+            f"got dtype {labels.dtype}"
+        )
+    labels = labels.astype(np.int64)
+    if len(labels) and labels.min() < 0:
+        first = int(np.flatnonzero(labels < 0)[0])
+        raise InputFileError(
+            f"MedMNIST npz {path}: {split}_labels[{first}]={labels[first]} is negative; "
+            "class labels must be >= 0"
         )
     return images, labels
 
@@ -162,18 +208,25 @@ def _is_nifti(p: str | Path) -> bool:
 
 
 def resolve_nifti_entries(
-    path: str | os.PathLike, labels: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    *,
+    num_classes: int | None = None,
+    num_classes_key: str = "num_classes",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """Entries ``{"image", "label"?, "class_label"?}`` from a folder, a glob or a datalist JSON.
 
     A Decathlon-style datalist (``{"training": [{"image": ..., "label": ...}], "validation": ...}``)
     gives paths relative to its own folder; its ``validation`` list (if any) is returned second.
+    Every item is checked before anything is loaded (see :func:`read_datalist`); ``num_classes``
+    (named ``num_classes_key`` in errors), when known, bounds its ``class_label`` values.
     For a folder or glob, ``labels`` is an optional folder holding label maps with the same names.
+    Raises :class:`InputFileError` naming the path and what is wrong.
     """
     p = Path(path).expanduser()
     val = None
     if str(p).endswith(".json"):
-        entries, val = _read_datalist(p)
+        entries, val = read_datalist(p, num_classes=num_classes, num_classes_key=num_classes_key)
     else:
         if p.is_dir():
             files = sorted(str(f) for f in p.iterdir() if _is_nifti(f))
@@ -182,11 +235,11 @@ def resolve_nifti_entries(
         elif p.is_file() and _is_nifti(p):
             files = [str(p)]
         else:
-            raise FileNotFoundError(
+            raise InputFileNotFound(
                 f"data.path {path}: no such folder, NIfTI file or datalist JSON"
             )
         if not files:
-            raise FileNotFoundError(f"data.path {path}: no .nii/.nii.gz files found")
+            raise InputFileNotFound(f"data.path {path}: no .nii/.nii.gz files found")
         entries = [{"image": f} for f in files]
         if labels is not None:
             ldir = Path(labels).expanduser()
@@ -195,43 +248,125 @@ def resolve_nifti_entries(
     for group in (entries, val or []):
         with_label = {("label" in e) for e in group}
         if len(with_label) > 1:
-            raise ValueError(f"data.path {path}: some entries have a label map and others not")
+            raise InputFileError(f"data.path {path}: some entries have a label map and others not")
+    # training and validation batches both feed the class condition: all items or none
+    with_class = {("class_label" in e) for e in entries + (val or [])}
+    if len(with_class) > 1:
+        raise InputFileError(
+            f"data.path {path}: some entries have a class_label and others not; "
+            "give every training and validation item one, or none"
+        )
     return entries, val
 
 
-def _read_datalist(p: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+def read_datalist(
+    p: Path, *, num_classes: int | None = None, num_classes_key: str = "num_classes"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """Read and check a Decathlon-style datalist: ``(training entries, validation entries | None)``.
+
+    Each item is a path string or an object with ``image`` (and optionally ``label`` and
+    ``class_label``, alias ``class``; other keys are ignored). Relative paths are resolved against
+    the datalist's folder; paths that leave it (``../x``, absolute) are allowed and logged with
+    their resolved path. Checked, all items before raising: the JSON parses (else the error names
+    its line), ``training`` is a non-empty list, every ``image``/``label`` is an existing file, and
+    every ``class_label`` is an int (not bool, float or str), ``>= 0`` and below ``num_classes``
+    when that is given. Raises :class:`InputFileError` listing the problems by item and key.
+    """
+    p = Path(p)
     if not p.is_file():
-        raise FileNotFoundError(f"datalist not found: {p}")
+        raise InputFileNotFound(f"datalist not found: {p}")
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"datalist {p} is not valid JSON (line {err.lineno}): {err.msg}") from err
+        raise InputFileError(
+            f"datalist {p} is not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}"
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputFileError(f"datalist {p} cannot be read as UTF-8 text: {err}") from err
     if (
         not isinstance(doc, dict)
         or not isinstance(doc.get("training"), list)
         or not doc["training"]
     ):
-        raise ValueError(
+        raise InputFileError(
             f'datalist {p} needs a non-empty "training" list of {{"image": ...}} entries'
         )
+    val = doc.get("validation")
+    if val is not None and not isinstance(val, list):
+        raise InputFileError(
+            f'datalist {p}: "validation" must be a list of entries, got {type(val).__name__}'
+        )
+    root = p.parent.resolve()
+    problems: list[str] = []
+    outside: list[str] = []
 
-    def parse(items: list[Any], key: str) -> list[dict[str, Any]]:
+    def file_path(written: Any, where: str) -> str | None:
+        if not isinstance(written, str) or not written.strip():
+            problems.append(f"{where}={written!r} is not a file path (a non-empty string)")
+            return None
+        resolved = (root / Path(written).expanduser()).resolve()  # absolute paths stay as they are
+        if not resolved.is_relative_to(root):
+            outside.append(f"{where}={written!r} -> {resolved}")
+        if not resolved.is_file():
+            reason = "is a folder, not a file" if resolved.is_dir() else "does not exist"
+            problems.append(f"{where}={written!r} (resolved to {resolved}) {reason}")
+            return None
+        return str(resolved)
+
+    def class_index(value: Any, where: str) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(
+                f"{where}={value!r} is not allowed: must be an integer class index "
+                f"(got {type(value).__name__})"
+            )
+            return None
+        if value < 0 or (num_classes is not None and value >= num_classes):
+            allowed = ">= 0" if num_classes is None else f"in [0, {num_classes})"
+            known = "" if num_classes is None else f" ({num_classes_key}={num_classes})"
+            problems.append(f"{where}={value!r} is not allowed: must be {allowed}{known}")
+            return None
+        return value
+
+    def parse(items: list[Any], group: str) -> list[dict[str, Any]]:
         out = []
         for n, it in enumerate(items):
-            it = {"image": it} if isinstance(it, str) else dict(it)
+            where = f"{group}[{n}]"
+            if isinstance(it, str):
+                it = {"image": it}
+            if not isinstance(it, dict):
+                problems.append(f'{where} is {type(it).__name__}; expected {{"image": ...}}')
+                continue
             if "image" not in it:
-                raise ValueError(f'datalist {p}: {key}[{n}] has no "image" entry: {it}')
-            e = {"image": str((p.parent / it["image"]).resolve())}
-            if it.get("label"):
-                e["label"] = str((p.parent / it["label"]).resolve())
-            cls = it.get("class_label", it.get("class"))
-            if cls is not None:
-                e["class_label"] = int(cls)
+                problems.append(f'{where} has no "image" entry: {it}')
+                continue
+            e = {"image": file_path(it["image"], f"{where}.image")}
+            if it.get("label") is not None:
+                e["label"] = file_path(it["label"], f"{where}.label")
+            key = "class_label" if "class_label" in it else "class"
+            if it.get(key) is not None:
+                e["class_label"] = class_index(it[key], f"{where}.{key}")
             out.append(e)
         return out
 
-    val = doc.get("validation")
-    return parse(doc["training"], "training"), (parse(val, "validation") if val else None)
+    training = parse(doc["training"], "training")
+    validation = parse(val, "validation") if val else None
+    if problems:
+        listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
+        more = len(problems) - MAX_LISTED_PROBLEMS
+        raise InputFileError(
+            f"datalist {p}: {len(problems)} problem{'s' if len(problems) > 1 else ''}: "
+            f"{listed}{f'; and {more} more' if more > 0 else ''}"
+        )
+    if outside:
+        log.warning(
+            "datalist %s: %d path(s) lie outside its folder %s, used as resolved: %s%s",
+            p,
+            len(outside),
+            root,
+            "; ".join(outside[:3]),
+            f"; and {len(outside) - 3} more" if len(outside) > 3 else "",
+        )
+    return training, validation
 
 
 def split_entries(
@@ -250,8 +385,22 @@ def split_entries(
     return train, val
 
 
+def _user_error(err: BaseException) -> UserError | None:
+    """The :class:`UserError` behind ``err`` (MONAI wraps transform errors in RuntimeError)."""
+    seen = 0
+    while err is not None and seen < 32:
+        if isinstance(err, UserError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
 class NiftiDataset(Dataset):
-    """A MONAI dataset over NIfTI entries whose errors name the file they came from."""
+    """A MONAI dataset over NIfTI entries whose errors name the file they came from.
+
+    A :class:`UserError` raised by a transform (e.g. NaN voxels in a file, see
+    :class:`~medgen.imaging.transforms.FiniteCheckd`) comes out as itself, not wrapped.
+    """
 
     def __init__(
         self,
@@ -267,15 +416,22 @@ class NiftiDataset(Dataset):
         data = [{**e, "source": e["image"]} for e in entries]
         self.entries = data
         if cache == "memory":
-            self.inner = CacheDataset(data, transform, progress=False, num_workers=0)
+            try:  # loads (and checks) every item now
+                self.inner = CacheDataset(data, transform, progress=False, num_workers=0)
+            except Exception as err:
+                if (user := _user_error(err)) is not None:
+                    raise user from None
+                raise
         elif cache == "disk":
             if not cache_dir:
-                raise ValueError("data.cache=disk needs data.cache_dir")
+                raise ConfigError(
+                    "data.cache_dir", cache_dir, "a folder, needed by data.cache=disk"
+                )
             self.inner = PersistentDataset(data, transform, cache_dir=cache_dir)
         elif cache == "none":
             self.inner = MonaiDataset(data, transform)
         else:
-            raise ValueError(f"data.cache must be none, memory or disk; got {cache!r}")
+            raise ConfigError("data.cache", cache, "one of none, memory, disk")
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -284,4 +440,6 @@ class NiftiDataset(Dataset):
         try:
             return self.inner[index]
         except Exception as err:
+            if (user := _user_error(err)) is not None:
+                raise user from None
             raise RuntimeError(f"cannot load {self.entries[index]['image']}: {err}") from err

@@ -1,7 +1,8 @@
 """MONAI transform pipeline for users' NIfTI scans, and checks that name the offending file.
 
 Pipeline (dictionary transforms on ``{"image": path, "label": path?, ...}``):
-``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``Orientationd("RAS")`` -> ``Spacingd`` (target mm;
+``LoadImaged`` -> :class:`FiniteCheckd` (NaN/inf voxels: an error naming the file) ->
+``EnsureChannelFirstd`` -> ``Orientationd("RAS")`` -> ``Spacingd`` (target mm;
 bilinear for images, nearest for labels) -> intensity mapping to [-1, 1]
 (``ScaleIntensityRanged``, or :class:`UnitIntensityd` for per-volume percentiles) -> crop/pad
 (``ResizeWithPadOrCropd``, padding with -1 = the bottom of the intensity range) or ``Resized`` to
@@ -19,9 +20,45 @@ from typing import Any
 import numpy as np
 import torch
 
+from medgen.errors import ConfigError, InputFileError
 from medgen.imaging.intensity import IntensityMapping
+from medgen.imaging.sources import InputFileNotFound
 
 SHAPE_MODES = ("crop_pad", "resize")
+
+
+def count_non_finite(x: Any) -> int:
+    """Number of NaN or +-inf values in an array or tensor (0 for integer data)."""
+    t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+    if not (t.is_floating_point() or t.is_complex()):
+        return 0
+    return int(t.numel() - torch.isfinite(t).sum())
+
+
+class FiniteCheckd:
+    """Raise :class:`InputFileError` naming the file when a loaded volume holds NaN/inf voxels.
+
+    Runs right after loading, so the count is the file's own voxels (resampling would spread a
+    NaN over its neighbours and the loss would turn NaN without saying where it came from).
+    :func:`build_nifti_transforms` registers it as a MONAI ``Transform``, so that MONAI's
+    Cache/PersistentDataset keep caching the (deterministic) steps after it.
+    """
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = list(keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
+        for key in self.keys:
+            x = data[key]
+            bad = count_non_finite(x)
+            if bad:
+                meta = getattr(x, "meta", None) or {}
+                path = meta.get("filename_or_obj") or data.get("source", "?")
+                raise InputFileError(
+                    f"{key} file {path} holds {bad} non-finite (NaN/inf) voxel(s) of "
+                    f"{int(np.prod(x.shape))}; fix the file or leave it out of data.path"
+                )
+        return data
 
 
 class UnitIntensityd:
@@ -75,14 +112,18 @@ def build_nifti_transforms(
         Resized,
         ResizeWithPadOrCropd,
         Spacingd,
+        Transform,
     )
 
+    Transform.register(FiniteCheckd)  # MONAI caches up to the first non-Transform: go past it
+
     if shape_mode not in SHAPE_MODES:
-        raise ValueError(f"data.shape_mode must be one of {SHAPE_MODES}, got {shape_mode!r}")
+        raise ConfigError("data.shape_mode", shape_mode, f"one of {', '.join(SHAPE_MODES)}")
     keys = ["image", "label"] if with_label else ["image"]
     interp = ("bilinear", "nearest") if with_label else ("bilinear",)
     transforms = [
         LoadImaged(keys=keys, image_only=True),
+        FiniteCheckd(keys),
         EnsureChannelFirstd(keys=keys),
         Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys=keys, pixdim=tuple(float(s) for s in spacing), mode=interp),
@@ -106,29 +147,31 @@ def build_nifti_transforms(
 def check_nifti(path: str | os.PathLike, *, role: str = "image") -> tuple[int, ...]:
     """Check that ``path`` is a readable 3D NIfTI volume; return its spatial shape.
 
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the path and the reason (missing, empty,
-    corrupt, or a shape that cannot be mapped to a single-channel 3D training volume).
+    Reads the header only (voxel values are checked when loaded, by :class:`FiniteCheckd`).
+    Raises :class:`InputFileError` (:class:`InputFileNotFound` when missing) naming the path and
+    the reason (missing, empty, corrupt, or a shape that cannot be mapped to a single-channel 3D
+    training volume).
     """
     import nibabel as nib
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{role} file not found: {p}")
+        raise InputFileNotFound(f"{role} file not found: {p}")
     if p.stat().st_size == 0:
-        raise ValueError(f"{role} file is empty: {p}")
+        raise InputFileError(f"{role} file is empty: {p}")
     try:
         img = nib.load(str(p))
         shape = tuple(int(s) for s in img.shape)
     except Exception as err:  # nibabel raises several types for truncated / foreign files
-        raise ValueError(f"{role} file is not a readable NIfTI volume: {p} ({err})") from err
+        raise InputFileError(f"{role} file is not a readable NIfTI volume: {p} ({err})") from err
     spatial = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
     if len(spatial) != 3:
-        raise ValueError(
+        raise InputFileError(
             f"{role} {p} has shape {shape}: it cannot be mapped to a single-channel 3D training "
             "volume (need 3 spatial dims, or 4 with a last dim of 1)"
         )
     if min(spatial) < 2:
-        raise ValueError(
+        raise InputFileError(
             f"{role} {p} has shape {shape}: a spatial dim below 2 voxels cannot be "
             "resampled to the training shape"
         )
@@ -142,7 +185,7 @@ def check_pair(image: str | os.PathLike, label: str | os.PathLike | None) -> Non
         return
     lshape = check_nifti(label, role="label")
     if lshape != shape:
-        raise ValueError(
+        raise InputFileError(
             f"label map {label} has shape {lshape} but its image {image} has shape {shape}"
         )
 
@@ -150,12 +193,20 @@ def check_pair(image: str | os.PathLike, label: str | os.PathLike | None) -> Non
 def percentile_reference(
     paths: Sequence[str | os.PathLike], lo: float, hi: float
 ) -> tuple[float, float]:
-    """Median over ``paths`` of each volume's ``lo``-th / ``hi``-th percentile (source units)."""
+    """Median over ``paths`` of each volume's ``lo``-th / ``hi``-th percentile (source units).
+
+    Raises :class:`InputFileError` naming a file that holds NaN/inf voxels.
+    """
     import nibabel as nib
 
     los, his = [], []
     for p in paths:
         data = np.asarray(nib.load(str(p)).dataobj, dtype=np.float32)
+        if bad := count_non_finite(data):
+            raise InputFileError(
+                f"image file {p} holds {bad} non-finite (NaN/inf) voxel(s) of {data.size}; "
+                "fix the file or leave it out of data.path"
+            )
         a, b = np.percentile(data, [lo, hi])
         los.append(float(a))
         his.append(float(b))

@@ -22,6 +22,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -217,12 +218,14 @@ def load_source(
         raise FileNotFoundError(f"molecule file not found: {source}")
     target = cache_file(source, limit, cache_dir)
     if target.is_file():
-        try:
+        try:  # weights_only: a planted pickle in the cache cannot run code, it is only rebuilt
             data = torch.load(target, weights_only=True)
             log.info("graphs of %s from cache %s", source, target)
             return FeaturizedSource(**data), target
-        except Exception as err:  # noqa: BLE001 - a stale or corrupt cache is rebuilt
-            log.warning("ignoring unreadable graph cache %s: %s", target, err)
+        except Exception as err:  # noqa: BLE001 - a stale, corrupt or foreign cache is rebuilt
+            found = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+            reason = f"needs pickled code ({found.group(1)})" if found else str(err).strip()
+            log.warning("ignoring unreadable graph cache %s (rebuilding it): %s", target, reason)
     log.info("featurizing %s (limit=%s, workers=%d)", source, limit, workers)
     feats = featurize_source(source, smiles_column=smiles_column, limit=limit, workers=workers)
     buffer = io.BytesIO()

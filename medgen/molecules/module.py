@@ -15,11 +15,32 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from medgen.errors import UserError
 from medgen.molecules.graph import GraphBatch, Vocabulary, batch_to_smiles, collate_graphs
 from medgen.molecules.vae import GraphVAE
 from medgen.utils.logging import get_logger
+from medgen.utils.validate import check_arguments
 
 log = get_logger(__name__)
+
+
+_LIMITS: dict[str, dict[str, float]] = {
+    "max_atoms": {"ge": 2},
+    "latent_dim": {"ge": 1},
+    "hidden_dim": {"ge": 1},
+    "encoder_layers": {"ge": 1},
+    "pair_dim": {"ge": 1},
+    "lr": {"gt": 0.0},
+    "weight_decay": {"ge": 0.0},
+    "beta": {"ge": 0.0},
+    "kl_start_step": {"ge": 0},
+    "kl_warmup_steps": {"ge": 0},
+    "free_bits": {"ge": 0.0},
+    "n_val_samples": {"ge": 0},
+    "grid_size": {"ge": 0},
+    "n_val_recon": {"ge": 0},
+    "sample_seed": {"ge": 0},
+}
 
 
 class GraphVAEModule(pl.LightningModule):
@@ -68,8 +89,11 @@ class GraphVAEModule(pl.LightningModule):
         kind: str = "graph_vae",
     ):
         super().__init__()
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        check_arguments(GraphVAEModule.__init__, args, prefix="model.", limits=_LIMITS)
+        del args  # not a hyperparameter
         if kind != "graph_vae":
-            raise ValueError(f"GraphVAEModule has kind='graph_vae', got kind={kind!r}")
+            raise UserError(f"GraphVAEModule has kind='graph_vae', got kind={kind!r}")
         self.save_hyperparameters()
         self.vae: GraphVAE | None = None
         self.vocab: Vocabulary | None = None
@@ -104,7 +128,7 @@ class GraphVAEModule(pl.LightningModule):
         if self.vae is None:
             self.build(dm.vocabulary.tokens, self.hparams.max_atoms or dm.max_atoms_seen)
         if dm.max_atoms_seen > self.hparams.max_atoms:
-            raise ValueError(
+            raise UserError(
                 f"the data has molecules of {dm.max_atoms_seen} heavy atoms but "
                 f"model.max_atoms={self.hparams.max_atoms}; set data.max_atoms to reject them"
             )
@@ -115,16 +139,17 @@ class GraphVAEModule(pl.LightningModule):
         cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
     ) -> GraphVAEModule:
         """Rebuild a trained module from a checkpoint (``weights_only=True``), in eval mode."""
-        from medgen.utils.checkpoint import checkpoint_kind, load_checkpoint
+        from medgen.errors import InputFileError
+        from medgen.utils.checkpoint import load_medgen_checkpoint, load_weights
 
-        ckpt = load_checkpoint(path, map_location=map_location)
-        if checkpoint_kind(ckpt) != "graph_vae":
-            raise ValueError(f"{path} holds kind={checkpoint_kind(ckpt)!r}, not a graph_vae")
+        file, ckpt, kind = load_medgen_checkpoint(path, map_location=map_location)
+        if kind != "graph_vae":
+            raise InputFileError(f"checkpoint {file} holds kind={kind!r}, not a graph_vae")
         hp = dict(ckpt["hyper_parameters"])
         if not hp.get("vocabulary") or not hp.get("max_atoms"):
-            raise ValueError(f"{path}: hyper_parameters lack the vocabulary / max_atoms")
+            raise InputFileError(f"checkpoint {file}: hyper_parameters lack vocabulary/max_atoms")
         model = cls(**hp)
-        model.load_state_dict(ckpt["state_dict"])
+        load_weights(model, ckpt["state_dict"], file)
         return model.eval()
 
     # ------------------------------------------------------------------------------------------

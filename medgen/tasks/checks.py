@@ -48,12 +48,10 @@ def check_sample(cfg: Any) -> tuple[SampleJob, Path, str]:
     The checkpoint is resolved and loaded (``weights_only``), its kind read, and ``out`` checked
     against what that kind writes: a folder for volumes, a ``.csv``/``.sdf`` file for molecules.
     """
-    from medgen.utils.checkpoint import checkpoint_kind, load_checkpoint, resolve_checkpoint
+    from medgen.utils.checkpoint import load_medgen_checkpoint
 
     job = read_record(SampleJob, cfg)
-    ckpt_file = resolve_checkpoint(job.ckpt)
-    ckpt = load_checkpoint(ckpt_file)
-    kind = checkpoint_kind(ckpt)
+    ckpt_file, ckpt, kind = load_medgen_checkpoint(job.ckpt)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     out = job.out
     if out.resolve() == ckpt_file.resolve() or ckpt_file.resolve().is_relative_to(out.resolve()):
@@ -120,12 +118,15 @@ class ScreenJob:
     n_jobs: int | None = field(default=None, metadata=POSITIVE)
     chunk_size: int = field(default=2000, metadata=POSITIVE)
     limit: int | None = field(default=None, metadata=POSITIVE)
+    max_smiles_length: int | None = field(default=1000, metadata=POSITIVE)
     progress: bool = True
 
 
 def check_screen(cfg: Any) -> ScreenJob:
-    """Check ``medgen screen``'s keys, the input file and the rule, range and property names."""
+    """Check ``medgen screen``'s keys, the input file, every output path against the input and
+    each other, and the rule, range and property names."""
     from medgen.chem.filters import build_filters
+    from medgen.chem.paths import check_outputs, output_paths
     from medgen.chem.properties import columns_for
 
     job = read_record(ScreenJob, _ScreenView(cfg))
@@ -135,6 +136,7 @@ def check_screen(cfg: Any) -> ScreenJob:
         raise ConfigError("out", str(job.out), "a file (.csv, .csv.gz, .parquet, .sdf)")
     if not job.out.parent.is_dir():
         raise MissingFileError(f"out={job.out}: the folder {job.out.parent} does not exist")
+    check_outputs([job.input], output_paths(job.input, job.out, job.rejects))
     if job.properties is not None:
         columns_for(job.properties)  # unknown property groups
     build_filters(job.rules, job.ranges)  # unknown rules, malformed ranges
@@ -246,7 +248,7 @@ class TrainerSettings:
 def check_train(cfg: Any) -> TrainJob:
     """Check ``medgen train``'s keys, the trainer's, and build the datamodule and model once
     (their constructors check their own arguments); a resumed checkpoint must fit the model."""
-    from medgen.utils.checkpoint import checkpoint_kind, load_checkpoint, resolve_checkpoint
+    from medgen.utils.checkpoint import load_medgen_checkpoint
 
     job = read_record(TrainJob, cfg)
     trainer = read_record(TrainerSettings, cfg.trainer, prefix="trainer.")
@@ -264,8 +266,7 @@ def check_train(cfg: Any) -> TrainJob:
     model = instantiate_checked(cfg.model, "model")
     instantiate_checked(cfg.data, "data")
     if job.ckpt_path:
-        ckpt_file = resolve_checkpoint(job.ckpt_path)
-        have = checkpoint_kind(load_checkpoint(ckpt_file))
+        ckpt_file, _, have = load_medgen_checkpoint(job.ckpt_path)
         want = dict(getattr(model, "hparams", {}) or {}).get("kind")
         if want is not None and have != want:
             raise UserError(

@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medgen.errors import MissingFileError
+from medgen.tasks.checks import check_evaluate as check
 from medgen.utils.atomic import atomic_write_json
 from medgen.utils.logging import get_logger
 from medgen.utils.provenance import file_sha256, provenance
@@ -23,9 +25,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from medgen.chem.properties import default_n_jobs
     from medgen.chem.reference import _read_smiles
 
+    check(cfg)
     samples = Path(cfg.samples)
     if not samples.is_file():
-        raise FileNotFoundError(f"samples file not found: {samples}")
+        raise MissingFileError(f"samples file not found: {samples}")
     smiles = _read_smiles(samples, cfg.get("smiles_column"), cfg.get("limit"))
     log.info("%s: %d generated SMILES", samples, len(smiles))
     n_jobs = cfg.n_jobs or default_n_jobs()
@@ -73,7 +76,7 @@ def _references(cfg: DictConfig, n_jobs: int):
         cached_reference_stats,
         load_moses_stats,
     )
-    from medgen.datasets import moses_path
+    from medgen.datasets import moses_path, moses_stats_path
 
     if cfg.reference is None:
         return {}, None
@@ -82,14 +85,14 @@ def _references(cfg: DictConfig, n_jobs: int):
     kwargs = {"n_jobs": n_jobs, "batch_size": cfg.batch_size, "device": cfg.device}
     if str(cfg.reference) == "moses":
         references = {
-            "Test": load_moses_stats(moses_path("test_stats", data_dir), "Test"),
-            "TestSF": load_moses_stats(moses_path("test_scaffolds_stats", data_dir), "TestSF"),
+            "Test": load_moses_stats(moses_stats_path("test", data_dir), "Test"),
+            "TestSF": load_moses_stats(moses_stats_path("test_scaffolds", data_dir), "TestSF"),
         }
         kl_source = moses_path("test", data_dir)
     else:
         kl_source = Path(cfg.reference)
         if not kl_source.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"reference must be 'moses' or a SMILES file; {kl_source} not found"
             )
         name = cfg.get("reference_name") or "Ref"
@@ -114,7 +117,7 @@ def _train_set(cfg: DictConfig, n_jobs: int = 1) -> set[str] | None:
     is_moses = str(cfg.train) == "moses"
     path = moses_path("train", cfg.paths.data_dir) if is_moses else Path(cfg.train)
     if not path.is_file():
-        raise FileNotFoundError(f"train must be 'moses' or a SMILES file; {path} not found")
+        raise MissingFileError(f"train must be 'moses' or a SMILES file; {path} not found")
     raw = _read_smiles(path)
     if is_moses:
         train = set(raw)

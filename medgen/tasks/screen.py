@@ -18,6 +18,7 @@ log = get_logger(__name__)
 def screen(cfg: DictConfig) -> dict:
     """Screen ``cfg.input`` into ``cfg.out``; returns the summary (also written as JSON to the run
     dir and beside ``out`` as ``<name>.summary.json``)."""
+    from medgen.chem.paths import summary_path
     from medgen.chem.screen import screen_file
 
     check(cfg)
@@ -42,13 +43,13 @@ def screen(cfg: DictConfig) -> dict:
         n_jobs=cfg.get("n_jobs"),
         chunk_size=int(cfg.chunk_size),
         limit=cfg.get("limit"),
+        max_smiles_length=cfg.get("max_smiles_length"),
         progress=bool(cfg.progress),
     )
     log.info("screening summary:\n%s", summary.table())
     record = {"summary": summary.as_dict(), "provenance": provenance(job_config(cfg))}
     record["config"] = OmegaConf.to_container(job_config(cfg), resolve=True)
-    out = Path(cfg.out)
-    atomic_write_json(out.with_name(f"{out.name.split('.')[0]}.summary.json"), record)
+    atomic_write_json(summary_path(cfg.out), record)
     atomic_write_json(Path(cfg.paths.output_dir) / "summary.json", record)
     return summary.as_dict()
 

@@ -10,6 +10,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from medgen.tasks.checks import check_train as check
 from medgen.tasks.instantiate import instantiate_group
 from medgen.utils.atomic import atomic_write_json, atomic_write_text
 from medgen.utils.checkpoint import resolve_checkpoint
@@ -30,10 +31,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit ``cfg.model`` on ``cfg.data`` with ``cfg.trainer``, optionally test; return metrics.
 
     Writes into the run dir: ``config.yaml`` (composed, resolved), ``provenance.json``,
-    ``checkpoints/`` (from the checkpoint callback, with ``last.ckpt``) and ``metrics.json``.
+    ``checkpoints/`` (from the checkpoint callback, with ``last.ckpt``) and ``metrics.json``
+    (see :func:`metrics_record`: a NaN/inf metric is written as null and named in ``non_finite``).
     """
     import pytorch_lightning as pl
 
+    check(cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:  # fail before any data is read or model is built
         ckpt_path = str(resolve_checkpoint(ckpt_path))
@@ -68,7 +71,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 metrics.update(_plain_metrics(row))
         metrics["global_step"] = float(trainer.global_step)
         if trainer.is_global_zero:
-            atomic_write_json(run_dir / "metrics.json", metrics)
+            record = metrics_record(metrics)
+            if record.get("non_finite"):
+                log.warning(
+                    "non-finite metric(s) %s (written as null in metrics.json)",
+                    ", ".join(f"{k}={metrics[k]}" for k in record["non_finite"]),
+                )
+            atomic_write_json(run_dir / "metrics.json", record)
             log.info("metrics: %s", {k: round(v, 5) for k, v in metrics.items()})
             log.info("outputs in %s", run_dir)
     except BaseException:
@@ -79,15 +88,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _plain_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of ``values`` as floats; NaN and inf are kept (a diverged run must not
+    look like one that never logged the metric)."""
     out = {}
     for key, value in values.items():
         try:
             number = float(value)
         except (TypeError, ValueError):
             continue
-        if not math.isnan(number):
-            out[str(key)] = number
+        out[str(key)] = number
     return out
+
+
+def metrics_record(metrics: dict[str, float]) -> dict[str, Any]:
+    """``metrics`` as strict JSON for ``metrics.json``: JSON has no NaN/inf, so a non-finite value
+    is written as ``null`` and its key listed, sorted, under ``"non_finite"`` (present only when
+    there is one), e.g. ``{"val/loss": null, "non_finite": ["val/loss"]}``."""
+    record: dict[str, Any] = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        record["non_finite"] = bad
+    return record
 
 
 def _best_checkpoint(trainer) -> str | None:

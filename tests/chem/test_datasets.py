@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import zipfile
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,6 +26,37 @@ def _fake_wheel(folder: Path, source: ds.WheelSource, members: dict[str, bytes])
     return ds.WheelSource(source.package, source.version, digest, source.licence)
 
 
+def _stats_npz(seed: int) -> bytes:
+    """A tiny file laid out like molsets' ``*_stats.npz`` (a protocol-2 pickled dict)."""
+    rng = np.random.default_rng(seed)
+    stats = {
+        "FCD": {"mu": rng.random(4).astype(np.float32), "sigma": rng.random((4, 4))},
+        "SNN": {"fps": (rng.random((2, 1024)) < 0.1).astype(np.uint8)},
+        "Frag": {"frag": Counter({"c1ccccc1": 2})},
+        "Scaf": {"scaf": Counter({"c1ccc2ccccc2c1": 1})},
+        **{k: {"values": [1.0, 2.0]} for k in ("logP", "SA", "QED", "weight")},
+    }
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, {"descr": "|O", "fortran_order": False, "shape": ()})
+    pickle.dump(np.array(stats, dtype=object), npy, protocol=2)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("stats.npy", npy.getvalue())
+    return out.getvalue()
+
+
+def _moses_members(monkeypatch, payload) -> dict[str, bytes]:
+    """Wheel members: ``payload(name)`` for the CSVs, real-format statistics (their sha256
+    pinned for the test) for the two ``*_stats.npz``."""
+    members, digests = {}, {}
+    for i, (name, member) in enumerate(ds.MOSES_FILES.items()):
+        members[member] = _stats_npz(i) if name in ds.MOSES_STATS_SHA256 else payload(name)
+        if name in ds.MOSES_STATS_SHA256:
+            digests[name] = hashlib.sha256(members[member]).hexdigest()
+    monkeypatch.setattr(ds, "MOSES_STATS_SHA256", digests)
+    return members
+
+
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """Wheels come only from tmp_path/wheels; any attempt to run pip fails the test."""
@@ -37,10 +71,12 @@ def offline(monkeypatch, tmp_path):
 
 def test_moses_unpacks_then_is_a_noop(offline, tmp_path, monkeypatch, caplog):
     caplog.set_level("INFO", logger="medgen.datasets")
-    members = {m: f"payload of {n}".encode() for n, m in ds.MOSES_FILES.items()}
+    members = _moses_members(monkeypatch, lambda name: f"payload of {name}".encode())
     monkeypatch.setattr(ds, "MOSES", _fake_wheel(offline, ds.MOSES, members))
     first = ds.prepare("moses", tmp_path / "data")
-    assert sorted(Path(p).name for p in first["written"]) == sorted(ds.MOSES_FILES)
+    plain = ["test_scaffolds_stats.plain.npz", "test_stats.plain.npz"]
+    assert sorted(Path(p).name for p in first["written"]) == sorted([*ds.MOSES_FILES, *plain])
+    assert ds.moses_stats_path("test", tmp_path / "data").name == "test_stats.plain.npz"
     assert ds.moses_path("test", tmp_path / "data").read_bytes() == b"payload of test.csv.gz"
     assert ds.moses_path("test_stats", tmp_path / "data").name == "test_stats.npz"
     second = ds.prepare("moses", tmp_path / "data")
@@ -78,7 +114,7 @@ def test_corrupt_cached_wheel_is_not_used(offline, tmp_path, monkeypatch):
 
 
 def test_data_task_through_config(compose_cfg, offline, monkeypatch):
-    members = {m: b"x" for m in ds.MOSES_FILES.values()}
+    members = _moses_members(monkeypatch, lambda name: b"x")
     monkeypatch.setattr(ds, "MOSES", _fake_wheel(offline, ds.MOSES, members))
     from medgen.tasks.data import data
 

@@ -141,7 +141,6 @@ CASES: list[tuple[str, str]] = [
     ("train model.schedule=bogus", "model.schedule='bogus'"),
     ("train model.objective=bogus", "bogus"),
     ("train model.use_flash_attention=maybe", "model.use_flash_attention='maybe'"),
-    ("train model.class_conditional=true", "model.num_classes"),
     ("train +model.foo=1", "foo"),
     ("train model=graph_vae data=smiles model.latent_dim=0", "model.latent_dim=0"),
     ("train model=graph_vae data=smiles model.free_bits=-1", "model.free_bits=-1"),

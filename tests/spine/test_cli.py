@@ -59,8 +59,11 @@ def test_unknown_key_is_named(tmp_path):
 
 def test_missing_required_value_names_the_key(tmp_path):
     out = run_medgen(["sample", "out=x"], cwd=tmp_path)
-    assert out.returncode != 0
-    assert "ckpt" in out.stderr and "Missing mandatory value" in out.stderr
+    assert out.returncode == 2 and not (tmp_path / "outputs").exists()
+    assert (
+        out.stderr.strip()
+        == "medgen sample: error: ckpt is required: set ckpt=<checkpoint file or run dir>"
+    )
 
 
 def test_missing_checkpoint_is_named_before_training(tmp_path):

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from medgen.errors import InputFileError
 from medgen.utils import (
     atomic_path,
     atomic_write_json,
@@ -111,8 +112,8 @@ def test_checkpoint_resolution_and_safe_loading(tmp_path):
     import argparse  # any class outside the weights-only allow-list stands for pickled code
 
     torch.save({"obj": argparse.Namespace(a=1)}, tmp_path / "unsafe.ckpt")
-    with pytest.raises(RuntimeError, match="unsafe.ckpt"):
+    with pytest.raises(InputFileError, match="unsafe.ckpt refuses to load: needs pickled code"):
         load_checkpoint(tmp_path / "unsafe.ckpt")
     (tmp_path / "corrupt.ckpt").write_bytes(b"not a zip")
-    with pytest.raises(RuntimeError, match="corrupt.ckpt"):
+    with pytest.raises(InputFileError, match="corrupt.ckpt is not a PyTorch checkpoint"):
         load_checkpoint(tmp_path / "corrupt.ckpt")

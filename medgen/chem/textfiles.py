@@ -1,0 +1,139 @@
+"""Molecule text files as bytes: gzip checked by its magic number, gzip errors named with the
+position, binary and UTF-16 files refused up front, and lines counted with undecodable bytes kept
+(``surrogateescape``) so that the row they belong to can be rejected rather than lost.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from medgen.errors import InputFileError
+
+GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+_SNIFF_BYTES = 8192
+# bytes that do not occur in text (tab, newlines and form feed do)
+_CONTROL_BYTES = bytes([*range(9), 11, *range(14, 32), 127])
+
+
+def open_bytes(path: Path) -> IO[bytes]:
+    """``path`` opened for reading bytes, decompressed when its name ends in ``.gz`` (which its
+    first bytes must then confirm)."""
+    if not path.name.lower().endswith(".gz"):
+        return open(path, "rb")  # noqa: SIM115
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic != b"\x1f\x8b":
+        raise InputFileError(
+            f"{path}: the name ends in .gz but the file is not gzip-compressed "
+            f"(it starts with {magic!r}); remove .gz from the name or compress it"
+        )
+    return gzip.open(path, "rb")
+
+
+def gzip_error(path: Path, err: BaseException, where: str) -> InputFileError:
+    """The user's error for a gzip failure ``err`` (truncated or corrupt) at ``where``."""
+    if isinstance(err, EOFError):
+        return InputFileError(
+            f"{path}: the gzip stream ended early ({where}): the file is truncated, e.g. by an "
+            "interrupted download or copy; fetch it again"
+        )
+    return InputFileError(f"{path}: corrupt gzip data ({where}): {err}")
+
+
+def check_text(path: Path, fmt: str) -> None:
+    """Refuse a file that is not UTF-8 text at all (binary, UTF-16), from its first 8 KiB."""
+    with open_bytes(path) as fh:
+        try:
+            head = fh.read(_SNIFF_BYTES)
+        except GZIP_ERRORS as err:
+            raise gzip_error(path, err, f"within its first {_SNIFF_BYTES} bytes") from err
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputFileError(
+            f"{path}: the text is UTF-16 (it starts with a UTF-16 byte-order mark); "
+            "save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"
+        )
+    controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
+    if controls > max(8, 0.05 * len(head)):
+        unpacked = " (after gunzip)" if path.name.lower().endswith(".gz") else ""
+        raise InputFileError(
+            f"{path}: binary data, not a text .{fmt} file: {controls} control bytes such as NUL "
+            f"in its first {len(head)} bytes{unpacked}; a .{fmt} file must be UTF-8 text"
+        )
+
+
+class Lines:
+    """The physical lines of a binary stream as text, counted, with gzip errors named.
+
+    A line that is not UTF-8 is decoded with ``surrogateescape`` and its number queued for
+    :meth:`take_bad`. The byte-order mark of line 1 is dropped.
+    """
+
+    def __init__(self, path: Path, fh: IO[bytes]) -> None:
+        self.path, self._fh = path, fh
+        self.number = 0  # lines read so far
+        self._bad: list[int] = []
+
+    def __iter__(self) -> Lines:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            raw = self._fh.readline()
+        except GZIP_ERRORS as err:
+            raise gzip_error(self.path, err, f"after line {self.number}") from err
+        if not raw:
+            raise StopIteration
+        self.number += 1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", "surrogateescape")
+            self._bad.append(self.number)
+        return text.removeprefix("\ufeff") if self.number == 1 else text
+
+    def take_bad(self) -> str:
+        """The read error for the lines read since the last call ("" when all were UTF-8)."""
+        if not self._bad:
+            return ""
+        first, self._bad = self._bad[0], []
+        return f"undecodable bytes (not UTF-8) at line {first}"
+
+
+def escaped(text: str) -> str:
+    """``text`` from a ``surrogateescape`` decode with its bad bytes as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class StopOnGzipError:
+    """File wrapper for RDKit's supplier: a gzip error ends the stream and is kept in ``error``
+    (raised inside RDKit it would become an opaque ``SystemError``)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh, self.error = fh, None
+
+    def read(self, size: int = -1) -> bytes:
+        if self.error is not None:
+            return b""
+        try:
+            return self._fh.read(size)
+        except GZIP_ERRORS as err:
+            self.error = err
+            return b""
+
+
+def guarded_lines(fh: IO[bytes], path: Path) -> Iterator[bytes]:
+    """The raw lines of ``fh``; a gzip failure is an :class:`InputFileError` naming the line."""
+    number = 0
+    while True:
+        try:
+            raw = fh.readline()
+        except GZIP_ERRORS as err:
+            raise gzip_error(path, err, f"after line {number}") from err
+        if not raw:
+            return
+        number += 1
+        yield raw
