@@ -49,11 +49,10 @@ def sort_prefix(out: str | os.PathLike) -> str:
 
 
 def output_paths(
-    input: str | os.PathLike, out: str | os.PathLike, rejects: str | os.PathLike | None = None
+    out: str | os.PathLike, rejects: str | os.PathLike | None = None
 ) -> dict[str, Path]:
     """The files a screen of ``input`` writes: ``out``, ``rejects`` (default
     :func:`default_rejects_path`) and ``summary``; see :func:`check_outputs` for the checks."""
-    del input  # part of the signature so that callers state what they read; nothing derives from it
     return {
         "out": Path(out),
         "rejects": Path(rejects) if rejects else default_rejects_path(out),

@@ -141,7 +141,7 @@ def screen_file(
         chunk_size=chunk_size, n_jobs=n_jobs, max_smiles_length=max_smiles_length,
         sort_by=sort_by, smiles_column=smiles_column, groups=groups,
     )  # fmt: skip
-    paths = output_paths(input, out, rejects)
+    paths = output_paths(out, rejects)
     check_outputs([input], paths)
     out, rejects = paths["out"], paths["rejects"]
     summary = ScreenSummary(input=str(input), out=str(out), rejects=str(rejects))

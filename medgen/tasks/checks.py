@@ -136,7 +136,7 @@ def check_screen(cfg: Any) -> ScreenJob:
         raise ConfigError("out", str(job.out), "a file (.csv, .csv.gz, .parquet, .sdf)")
     if not job.out.parent.is_dir():
         raise MissingFileError(f"out={job.out}: the folder {job.out.parent} does not exist")
-    check_outputs([job.input], output_paths(job.input, job.out, job.rejects))
+    check_outputs([job.input], output_paths(job.out, job.rejects))
     if job.properties is not None:
         columns_for(job.properties)  # unknown property groups
     build_filters(job.rules, job.ranges)  # unknown rules, malformed ranges

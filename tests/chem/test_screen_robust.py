@@ -95,7 +95,7 @@ def test_input_named_like_a_temporary_of_the_outputs_is_refused(tmp_path):
 
 
 def test_output_paths_names_every_file_a_screen_writes(tmp_path):
-    paths = output_paths(tmp_path / "in.smi", tmp_path / "hits.csv.gz")
+    paths = output_paths(tmp_path / "hits.csv.gz")
     assert paths == {
         "out": tmp_path / "hits.csv.gz",
         "rejects": tmp_path / "hits.rejects.csv",

@@ -15,15 +15,9 @@ from medgen.utils.checkpoint import (
     load_medgen_checkpoint,
     resolve_checkpoint,
 )
+from tests.sampling.helpers import TINY as TINY_UNET
 
 TINY_VAE = dict(vocabulary=["C", "N", "O"], max_atoms=6, latent_dim=4, hidden_dim=8, pair_dim=4)
-TINY_UNET = dict(
-    channels=(8, 16),
-    attention_levels=(False, False),
-    norm_num_groups=8,
-    num_head_channels=8,
-    num_train_timesteps=10,
-)
 
 
 def _medgen_ckpt(path, kind="graph_vae"):
