@@ -44,6 +44,7 @@ test-all: $(STAMP) $(MOSES)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medgen tests benchmarks
 	$(VENV)/bin/ruff format --check medgen tests benchmarks
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format medgen tests benchmarks

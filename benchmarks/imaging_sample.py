@@ -2,8 +2,8 @@
 
 Speed does not depend on training, so the models are untrained ``DiffusionModule``s built from the
 default ``model=ddpm3d`` and ``model=rflow3d`` configs. Each sampler draws ``--n`` volumes (default
-1) through ``medgen.imaging.sample.generate``, after one warm-up step; the table reports seconds per
-volume, seconds per step, and the speed-up against DDPM-1000 measured in the same run.
+1) through ``medgen.imaging.api.generate_volumes``, after one warm-up step; the table reports
+seconds per volume, seconds per step, and the speed-up against DDPM-1000 measured in the same run.
 
     python benchmarks/imaging_sample.py               # 32^3 on CPU (and 64^3 too on a GPU)
     python benchmarks/imaging_sample.py --size 16     # a quick look
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from medgen.imaging.api import generate_volumes
 from medgen.imaging.intensity import IntensityMapping
-from medgen.imaging.sample import generate
+from medgen.records import DataMeta, Sampler, SampleSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = (  # (label, model config, sampler, steps)
@@ -36,18 +37,16 @@ def build_model(name: str, size: int):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={name}"])
-    meta = {
-        "source": "benchmark",
-        "spatial_size": [size] * 3,
-        "spacing": [1.0] * 3,
-        "affine": torch.eye(4).tolist(),
-        "intensity": IntensityMapping().to_dict(),
-        "modality": "CT",
-        "num_classes": 0,
-        "class_names": [],
-    }
+    meta = DataMeta(
+        source="benchmark",
+        spatial_size=(size, size, size),
+        spacing=(1.0, 1.0, 1.0),
+        affine=tuple(tuple(row) for row in torch.eye(4).tolist()),
+        intensity=IntensityMapping().to_dict(),
+        channel_names=("ct",),
+    )
     torch.manual_seed(0)
-    return hydra.utils.instantiate(cfg.model, data_meta=meta).eval()
+    return hydra.utils.instantiate(cfg.model, data_meta=meta.to_dict()).eval()
 
 
 def main() -> None:
@@ -67,19 +66,13 @@ def main() -> None:
         rows = []
         for label, model, sampler, steps in RUNS:
             module = models[model]
-            generate(module, 1, sampler=sampler, steps=1, device=args.device)  # warm-up
+            warm = SampleSettings(sampler=Sampler(sampler), steps=1)
+            generate_volumes(module, 1, warm, device=args.device)  # warm-up
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            generate(
-                module,
-                args.n,
-                sampler=sampler,
-                steps=steps,
-                batch_size=args.n,
-                device=args.device,
-                seed=1,
-            )
+            settings = SampleSettings(seed=1, sampler=Sampler(sampler), steps=steps)
+            generate_volumes(module, args.n, settings, batch_size=args.n, device=args.device)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - start) / args.n

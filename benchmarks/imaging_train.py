@@ -30,7 +30,7 @@ def _setup(size: int, batch_size: int, device: str):
     torch.manual_seed(0)
     dm = PhantomDataModule(size=size, num_train=batch_size * 4, batch_size=batch_size, seed=0)
     dm.setup()
-    module = DiffusionModule(preview_every_n_epochs=0, warmup_steps=1).to(device)
+    module = DiffusionModule(warmup_steps=1).to(device)  # the model=ddpm3d nodes, no callbacks
     return dm, module
 
 
@@ -40,14 +40,14 @@ def run_plain(size: int, batch_size: int, steps: int, warmup: int, device: str) 
 
     dm, module = _setup(size, batch_size, device)
     unet, ema, inferer = module.unet, module.ema, module.inferer
-    opt = torch.optim.AdamW(unet.parameters(), lr=module.hparams.lr)
+    opt = torch.optim.AdamW(unet.parameters(), lr=module.hparams.optimizer["lr"])
     unet.train()
     step, start = 0, None
     while step < steps:
         for batch in dm.train_dataloader():
             x0 = batch["image"].to(device, non_blocking=True)
             noise = torch.randn_like(x0)
-            t = torch.randint(0, 1000, (x0.shape[0],), device=device)
+            t = torch.randint(0, module.num_train_timesteps, (x0.shape[0],), device=device)
             pred = inferer(inputs=x0, diffusion_model=unet, noise=noise, timesteps=t)
             loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
             if not torch.isfinite(loss):

@@ -34,7 +34,7 @@ def build(args):
     dm = GraphDataModule(path=args.data, batch_size=args.train_batch, val_fraction=0.0)
     dm.setup()
     if args.ckpt:
-        module = GraphVAEModule.load_medgen_checkpoint(args.ckpt)
+        module = GraphVAEModule.from_checkpoint(args.ckpt)
         dm.use_vocabulary(module.vocab.tokens)
     else:
         module = GraphVAEModule()
@@ -82,8 +82,8 @@ def main() -> int:
     if args.round_trip:
         return round_trip(args)
 
-    from medgen.molecules.api import sample_smiles
     from medgen.molecules.graph import batch_to_smiles
+    from medgen.molecules.sampling import draw_noise, sample_smiles
 
     dev = args.device
     dm, module = build(args)
@@ -99,10 +99,9 @@ def main() -> int:
     smiles: list = []
     atoms = []
     for r in range(args.decode_rounds):
-        from medgen.molecules.api import draw_noise
-
         t0 = time.perf_counter()
-        z, u = draw_noise(vae, n, seed=r, device=dev)  # per-molecule generators: part of the cost
+        # per-molecule generators: part of the cost
+        z, u = draw_noise(vae, range(n), seed=r, device=dev)
         with torch.no_grad():
             graphs = vae.sample(z, temperature=1.0, uniforms=u)
         if dev.startswith("cuda"):

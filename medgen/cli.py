@@ -84,6 +84,7 @@ def run_task(task: str, overrides: list[str]) -> None:
     _job.__module__ = module.__name__
     # argv[0] is the task's module file: for ranks > 0 Lightning's DDP launcher re-executes
     # `python argv[0] argv[1:]`, and each task module runs itself as a script.
+    assert module.__file__ is not None  # a task is a module loaded from its .py file
     sys.argv = [str(Path(module.__file__).resolve()), *overrides]
     os.environ[RELAUNCH_ENV] = task
     main_fn = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=task)(_job)

@@ -38,7 +38,7 @@ def main(root: str | None = None) -> Path:
         "experiment=phantom32_ddpm",
         "data.num_train=128",
         "trainer.max_epochs=5",
-        "model.preview_every_n_epochs=5",
+        "callbacks.scan_preview.every_n_epochs=5",
         f"hydra.run.dir={demo}/scan_train",
     )
     _medgen(

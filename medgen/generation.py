@@ -99,6 +99,7 @@ class Generator(Protocol):
     """What ``medgen sample`` needs of a model (see the module docstring)."""
 
     output: ClassVar[Output]
+    default_batch_size: ClassVar[int]  # samples per forward pass unless the user sets one
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, map_location: Any = "cpu") -> Self: ...
@@ -135,7 +136,7 @@ def generator_class(path: str, file: Path) -> type[Generator]:
         raise InputFileError(f"checkpoint {file} names module {path!r}, not found: {err}") from err
     if not all(hasattr(cls, a) for a in ("from_checkpoint", "generate", "cohort", "output")):
         raise InputFileError(f"checkpoint {file}: {path} is not a medgen generator")
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def load_generator(ckpt: str | os.PathLike, map_location: Any = "cpu") -> tuple[Generator, Path]:
@@ -212,6 +213,7 @@ class PendingSamples(pl.LightningDataModule):
         done = self.cohort.done()
         self.pending = [i for i in range(self.n) if i not in done]
         dataset = IndexDataset(self.pending)
+        assert self.trainer is not None  # the predict loop attaches it before asking
         rank, world = self.trainer.global_rank, self.trainer.world_size
         sampler = ShardSampler(dataset, rank=rank, world_size=world)
         self.local_count = len(sampler)
@@ -291,7 +293,7 @@ def sample_to(
     out: str | os.PathLike,
     checkpoint: Path,
     n: int,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     overwrite: bool = False,
     preview: bool = True,
     trainer_kwargs: dict[str, Any] | None = None,
@@ -299,11 +301,13 @@ def sample_to(
     """Draw samples ``0..n-1`` of ``settings`` into ``out`` with ``Trainer.predict``.
 
     ``trainer_kwargs`` go to ``pl.Trainer`` (accelerator, devices, strategy, num_nodes, precision).
-    A rerun into the same ``out`` draws only the missing samples. Returns a summary on every rank;
+    ``batch_size`` (None: the generator's ``default_batch_size``) never changes the result. A
+    rerun into the same ``out`` draws only the missing samples. Returns a summary on every rank;
     rank 0's includes what the cohort's ``finalize`` wrote.
     """
     if n < 1:
         raise ConfigError("n", n, "an integer >= 1")
+    batch_size = generator.default_batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise ConfigError("batch_size", batch_size, "an integer >= 1")
     settings = generator.resolve_settings(settings)
@@ -346,3 +350,37 @@ def sample_to(
         raise
     end_distributed(barrier=True)
     return summary
+
+
+def generate(
+    ckpt: str | os.PathLike | Generator,
+    n: int,
+    settings: SampleSettings | None = None,
+    *,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Generated:
+    """Draw samples ``0..n-1`` in memory from a checkpoint (file or run dir) or a generator.
+
+    The same samples ``medgen sample`` writes for these settings: volumes as an (n, C, D, H, W)
+    tensor in [-1, 1] on the CPU, molecules as a list of SMILES. For files, use
+    :func:`sample_to` (or ``medgen sample``), which also resumes and splits work over devices.
+    """
+    if isinstance(ckpt, str | os.PathLike):
+        generator, _ = load_generator(ckpt, map_location=device)
+    else:
+        generator = ckpt
+    batch_size = generator.default_batch_size if batch_size is None else batch_size
+    if n < 1 or batch_size < 1:
+        raise ConfigError("n" if n < 1 else "batch_size", n if n < 1 else batch_size, ">= 1")
+    resolved = generator.resolve_settings(settings or SampleSettings())
+    module = generator.to(device) if isinstance(generator, torch.nn.Module) else generator
+    parts = [
+        module.generate(list(range(start, min(n, start + batch_size))), resolved)
+        for start in range(0, n, batch_size)
+    ]
+    if isinstance(parts[0].items, torch.Tensor):
+        items: Any = torch.cat([p.items.float().cpu() for p in parts])
+    else:
+        items = [item for p in parts for item in p.items]
+    return Generated(list(range(n)), items)

@@ -88,9 +88,9 @@ class DataMeta:
 
     @property
     def units(self) -> str:
-        """The units exported volumes are written in (``HU`` for CT windows)."""
-        kind = self.intensity.get("kind")
-        return "HU" if self.modality == Modality.CT and kind == "ct_window" else "a.u."
+        """The units exported volumes are written in: ``HU`` for a CT window (int16), else
+        ``source`` (the source's own scale, float32), as the intensity mapping says."""
+        return "HU" if self.intensity.get("kind") == "ct_window" else "source"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists, strings and numbers (for checkpoints and JSON)."""

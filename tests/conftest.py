@@ -42,22 +42,33 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+def compose_at(
+    root: Path, task: str, overrides: list[str] | None = None, *, job: bool = False
+) -> DictConfig:
+    """Compose ``conf/<task>.yaml`` with overrides, as the CLI would, writing under ``root``
+    (run dir ``root/run``). ``job=True`` drops the ``hydra`` node, as a Hydra job sees the config
+    (what the task functions are given)."""
+    GlobalHydra.instance().clear()
+    overrides = [f"hydra.searchpath=[file://{TEST_CONFIG_DIR}]", *(overrides or [])]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=task, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(root)
+        cfg.paths.data_dir = str(root / "data")
+        cfg.paths.log_dir = str(root / "outputs")
+        cfg.paths.output_dir = str(root / "run")
+        if job:
+            del cfg["hydra"]
+    return cfg
+
+
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose ``conf/<task>.yaml`` with overrides, as the CLI would, writing under ``tmp_path``."""
 
-    def _compose(task: str, overrides: list[str] | None = None) -> DictConfig:
-        GlobalHydra.instance().clear()
-        overrides = [f"hydra.searchpath=[file://{TEST_CONFIG_DIR}]", *(overrides or [])]
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name=task, overrides=overrides, return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.root_dir = str(tmp_path)
-            cfg.paths.data_dir = str(tmp_path / "data")
-            cfg.paths.log_dir = str(tmp_path / "outputs")
-            cfg.paths.output_dir = str(tmp_path / "run")
-        return cfg
+    def _compose(task: str, overrides: list[str] | None = None, *, job: bool = False):
+        return compose_at(tmp_path, task, overrides, job=job)
 
     yield _compose
     GlobalHydra.instance().clear()

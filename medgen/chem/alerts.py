@@ -9,10 +9,14 @@ from __future__ import annotations
 import csv
 from functools import cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from rdkit import Chem
 
 from medgen.errors import UserError
+
+if TYPE_CHECKING:
+    from rdkit.DataStructs import ExplicitBitVect
 
 #: alert families reported by :func:`alerts`, each a column of :func:`medgen.chem.properties.score`
 ALERT_CATALOGS: tuple[str, ...] = ("pains", "brenk", "nih")
@@ -48,7 +52,7 @@ def alerts(mol: Chem.Mol, catalog: str) -> list[str]:
 
 
 @cache
-def moses_filter_patterns() -> tuple[tuple[str, Chem.Mol, object], ...]:
+def moses_filter_patterns() -> tuple[tuple[str, Chem.Mol, ExplicitBitVect], ...]:
     """(name, query, query pattern fingerprint) for the MOSES MCF and WEHI PAINS SMARTS shipped in
     ``medgen/chem/data``."""
     text = resources.files("medgen.chem").joinpath("data/moses_filters.csv").read_text()

@@ -39,21 +39,24 @@ def evaluate_smiles(
     from medgen.chem.fcd import fcd_statistics, frechet_distance
     from medgen.chem.metrics import (
         fraction_passes_filters,
+        fraction_unique,
+        fraction_valid,
         internal_diversity,
+        novelty,
         snn,
+        valid_canonical,
     )
     from medgen.chem.similarity import cosine_similarity_counts
 
     references = dict(references or {})
     smiles = list(smiles)
-    canon = [c for c in (canonical_smiles(s) for s in smiles) if c is not None]
-    metrics: dict[str, float] = {"valid": len(canon) / len(smiles) if smiles else 0.0}
+    canon = valid_canonical(smiles)  # canonicalized once; the metrics below take it as it is
+    metrics: dict[str, float] = {"valid": fraction_valid(smiles)}
     log.info("%d of %d generated SMILES are valid", len(canon), len(smiles))
     for kk in k:
         if len(canon) < kk:
             log.warning("unique@%d computed on only %d valid molecules", kk, len(canon))
-        head = canon[:kk]
-        metrics[f"unique@{kk}"] = len(set(head)) / len(head) if head else 0.0
+        metrics[f"unique@{kk}"] = fraction_unique(canon, kk, canonical=True)
     if len(canon) < 2:
         log.warning("fewer than 2 valid molecules: distribution metrics skipped")
         return metrics
@@ -79,9 +82,7 @@ def evaluate_smiles(
             if prop in first.properties:
                 metrics[prop] = float(wasserstein_distance(first.properties[prop], feats[prop]))
     if train is not None:
-        train_set = train if isinstance(train, set | frozenset) else set(train)
-        unique = set(canon)
-        metrics["Novelty"] = len(unique - train_set) / len(unique)
+        metrics["Novelty"] = novelty(canon, train, canonical=True)
     if references:
         first_name = next(iter(references))
         metrics["guacamol/FCD_score"] = float(np.exp(-0.2 * metrics[f"FCD/{first_name}"]))
@@ -97,7 +98,8 @@ def _guacamol_kl(
     from medgen.chem.similarity import internal_max_similarity
 
     # GuacaMol scores the unique molecules without stereo (its canonicalize_list)
-    unique = list(dict.fromkeys(canonical_smiles(s, isomeric=False) for s in canon))[:size]
+    flat = (canonical_smiles(s, isomeric=False) for s in canon)  # never None: canon is valid
+    unique = list(dict.fromkeys(s for s in flat if s is not None))[:size]
     kl = features(unique, n_jobs=n_jobs, with_kl=True)
     score, parts = kl_divergence_score(
         kl["kl_descriptors"], internal_max_similarity(kl["kl_fps"]), *kl_reference

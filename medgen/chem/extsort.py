@@ -125,6 +125,7 @@ class ExternalSorter:
                     yield frame.iloc[start : start + chunk_rows]
             return
         self._spill()
+        assert self._template is not None  # set by the add() that spilled the first run
         streams = [self._records(path) for path in self._runs]
         columns = list(self._template.columns)
         out: list[tuple] = []
@@ -139,6 +140,7 @@ class ExternalSorter:
     def _records(self, path: Path) -> Iterator[tuple]:
         import pyarrow.parquet as pq
 
+        assert self._template is not None  # a run exists, so add() has run
         columns = list(self._template.columns)
         line, col = columns.index("line"), columns.index(self.column)
         with pq.ParquetFile(path) as run:
@@ -148,5 +150,6 @@ class ExternalSorter:
                     yield sort_key(record[col], self.descending), record[line], record
 
     def _frame(self, records: list[tuple], columns: list[str]) -> pd.DataFrame:
+        assert self._template is not None  # records come from runs, so add() has run
         frame = pd.DataFrame.from_records(records, columns=columns)
         return frame.astype(self._template.dtypes.to_dict())

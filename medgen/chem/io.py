@@ -112,6 +112,7 @@ class MoleculeWriter:
     def _write_csv(self, frame: pd.DataFrame) -> None:
         first = self._handle is None
         if first:
+            assert self._tmp is not None  # set by __enter__ before any write
             if self.path.name.lower().endswith(".gz"):
                 self._handle = gzip.open(self._tmp, "wt", encoding="utf-8", newline="")
             else:
@@ -158,6 +159,7 @@ class MoleculeWriter:
         return skipped
 
     def _write_empty(self) -> None:
+        assert self._tmp is not None  # set by __enter__
         if self.format == "sdf":
             Path(self._tmp).write_text("")
         elif self.format == "parquet":

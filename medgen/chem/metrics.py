@@ -3,7 +3,10 @@
 Reference: Polykovskiy et al., "Molecular Sets (MOSES): A Benchmarking Platform for Molecular
 Generation Models", Front. Pharmacol. 2020. GuacaMol: Brown et al., J. Chem. Inf. Model. 2019.
 
-The simple metrics here (validity, uniqueness, novelty) are pure functions of SMILES lists.
+The simple metrics here (validity, uniqueness, novelty) are pure functions of SMILES lists; each is
+defined once, here, and :func:`medgen.chem.evaluation.evaluate_smiles` calls them. Uniqueness and
+novelty take ``canonical=True`` for a list that is already :func:`valid_canonical` (so a caller
+that needs the canonical forms anyway parses each SMILES once).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ __all__ = [
     "kl_divergence_score",
     "novelty",
     "snn",
+    "valid_canonical",
 ]
 
 
@@ -38,14 +42,21 @@ def fraction_valid(smiles: Sequence[str | None]) -> float:
     return sum(parse_smiles(s) is not None for s in smiles) / len(smiles)
 
 
-def fraction_unique(smiles: Sequence[str | None], k: int | None = None) -> float:
+def valid_canonical(smiles: Iterable[str | None]) -> list[str]:
+    """Canonical SMILES of the valid entries, in order, duplicates kept (invalid ones dropped)."""
+    return [c for c in (canonical_smiles(s) for s in smiles) if c is not None]
+
+
+def fraction_unique(
+    smiles: Sequence[str | None], k: int | None = None, *, canonical: bool = False
+) -> float:
     """MOSES unique@k: distinct canonical SMILES among the first ``k`` *valid* entries.
 
     As in MOSES, invalid entries are dropped first, then the first ``k`` valid ones are compared
     (``k=None``: all). With fewer than ``k`` valid entries all are used. Returns 0.0 when nothing
-    is valid.
+    is valid. ``canonical=True``: ``smiles`` is already :func:`valid_canonical`.
     """
-    canon = [c for c in (canonical_smiles(s) for s in smiles) if c is not None]
+    canon = list(smiles) if canonical else valid_canonical(smiles)
     if k is not None:
         canon = canon[:k]
     if not canon:
@@ -53,14 +64,17 @@ def fraction_unique(smiles: Sequence[str | None], k: int | None = None) -> float
     return len(set(canon)) / len(canon)
 
 
-def novelty(smiles: Sequence[str | None], train: Iterable[str]) -> float:
+def novelty(
+    smiles: Sequence[str | None], train: Iterable[str], *, canonical: bool = False
+) -> float:
     """MOSES novelty: fraction of unique valid generated molecules whose canonical SMILES is not in
     ``train``.
 
     ``train`` should hold canonical SMILES (MOSES train is stored canonical); entries are used as
     given, so pass canonicalized SMILES when the source is not. Returns 0.0 when nothing is valid.
+    ``canonical=True``: ``smiles`` is already :func:`valid_canonical`.
     """
-    gen = {c for c in (canonical_smiles(s) for s in smiles) if c is not None}
+    gen = set(smiles) if canonical else set(valid_canonical(smiles))
     if not gen:
         return 0.0
     train_set = train if isinstance(train, set | frozenset) else set(train)

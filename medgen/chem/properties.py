@@ -65,7 +65,8 @@ def qed(mol: Chem.Mol) -> float:
 
 def logp(mol: Chem.Mol) -> float:
     """Wildman–Crippen cLogP (octanol/water, log10 units)."""
-    return float(Crippen.MolLogP(mol))
+    # rdkit-stubs omit the descriptors RDKit builds at import time (MolLogP, MolWt)
+    return float(Crippen.MolLogP(mol))  # type: ignore[attr-defined]
 
 
 @cache
@@ -125,7 +126,8 @@ def score_molecule(mol: Chem.Mol, groups: Iterable[str] = tuple(GROUPS)) -> dict
             row["inchikey"] = Chem.MolToInchiKey(mol) or None
     need_desc = groups & {"descriptors", "rules"}
     if need_desc:
-        mw, clogp = Descriptors.MolWt(mol), Crippen.MolLogP(mol)
+        # rdkit-stubs omit the descriptors RDKit builds at import time (MolWt, MolLogP)
+        mw, clogp = Descriptors.MolWt(mol), Crippen.MolLogP(mol)  # type: ignore[attr-defined]
         tpsa = rdMolDescriptors.CalcTPSA(mol)
         hbd, hba = rdMolDescriptors.CalcNumHBD(mol), rdMolDescriptors.CalcNumHBA(mol)
         rotb = rdMolDescriptors.CalcNumRotatableBonds(mol)

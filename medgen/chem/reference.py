@@ -102,19 +102,21 @@ def molecule_features(smiles: Sequence[str], with_kl: bool = False) -> dict[str,
     from medgen.chem.properties import sa_score
     from medgen.chem.similarity import morgan_fingerprints
 
-    mols = [parse_smiles(s) for s in smiles]
-    bad = [s for s, m in zip(smiles, mols, strict=True) if m is None]
+    parsed = [parse_smiles(s) for s in smiles]
+    bad = [s for s, m in zip(smiles, parsed, strict=True) if m is None]
     if bad:
         raise ValueError(f"molecule_features needs valid SMILES; got {bad[0]!r}")
+    mols = [m for m in parsed if m is not None]  # all of them (checked above)
     out: dict[str, Any] = {
         "fps": np.packbits(morgan_fingerprints(mols), axis=1),
         "fragments": [brics_fragments(m) for m in mols],
         "scaffolds": [compute_scaffold(m) for m in mols],
         "filters": [moses_filters_pass(m) for m in mols],
-        "logP": [Crippen.MolLogP(m) for m in mols],
+        # rdkit-stubs omit the descriptors RDKit builds at import time (MolLogP, MolWt)
+        "logP": [Crippen.MolLogP(m) for m in mols],  # type: ignore[attr-defined]
         "SA": [sa_score(m) for m in mols],
         "QED": [QED.qed(m) for m in mols],
-        "weight": [Descriptors.MolWt(m) for m in mols],
+        "weight": [Descriptors.MolWt(m) for m in mols],  # type: ignore[attr-defined]
     }
     if with_kl:
         from rdkit.ML.Descriptors import MoleculeDescriptors
@@ -207,8 +209,7 @@ def compute_kl_reference(
             subset[canon] = None
             if len(subset) >= size:
                 break
-    subset = sorted(subset)
-    kl = features(subset, n_jobs=n_jobs, with_kl=True)
+    kl = features(sorted(subset), n_jobs=n_jobs, with_kl=True)
     return kl["kl_descriptors"], internal_max_similarity(kl["kl_fps"])
 
 
@@ -260,11 +261,13 @@ def save_stats(stats: ReferenceStats, path: str | os.PathLike) -> Path:
     }
     arrays |= {f"prop_{k}": v for k, v in stats.properties.items()}
     if stats.kl_descriptors is not None:
+        # the two KL arrays are computed together (compute_kl_reference)
+        assert stats.kl_internal_similarity is not None
         arrays["kl_descriptors"] = stats.kl_descriptors
         arrays["kl_internal_similarity"] = stats.kl_internal_similarity
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            np.savez_compressed(fh, allow_pickle=False, **arrays)
     return Path(path)
 
 

@@ -6,10 +6,10 @@ position, binary and UTF-16 files refused up front, and lines counted with undec
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 from medgen.errors import InputFileError
 
@@ -19,7 +19,7 @@ _SNIFF_BYTES = 8192
 _CONTROL_BYTES = bytes([*range(9), 11, *range(14, 32), 127])
 
 
-def open_bytes(path: Path) -> IO[bytes]:
+def open_bytes(path: Path) -> io.BufferedIOBase:
     """``path`` opened for reading bytes, decompressed when its name ends in ``.gz`` (which its
     first bytes must then confirm)."""
     if not path.name.lower().endswith(".gz"):
@@ -72,7 +72,7 @@ class Lines:
     :meth:`take_bad`. The byte-order mark of line 1 is dropped.
     """
 
-    def __init__(self, path: Path, fh: IO[bytes]) -> None:
+    def __init__(self, path: Path, fh: io.BufferedIOBase) -> None:
         self.path, self._fh = path, fh
         self.number = 0  # lines read so far
         self._bad: list[int] = []
@@ -112,8 +112,9 @@ class StopOnGzipError:
     """File wrapper for RDKit's supplier: a gzip error ends the stream and is kept in ``error``
     (raised inside RDKit it would become an opaque ``SystemError``)."""
 
-    def __init__(self, fh: IO[bytes]) -> None:
-        self._fh, self.error = fh, None
+    def __init__(self, fh: io.BufferedIOBase) -> None:
+        self._fh = fh
+        self.error: BaseException | None = None
 
     def read(self, size: int = -1) -> bytes:
         if self.error is not None:
@@ -125,7 +126,7 @@ class StopOnGzipError:
             return b""
 
 
-def guarded_lines(fh: IO[bytes], path: Path) -> Iterator[bytes]:
+def guarded_lines(fh: io.BufferedIOBase, path: Path) -> Iterator[bytes]:
     """The raw lines of ``fh``; a gzip failure is an :class:`InputFileError` naming the line."""
     number = 0
     while True:

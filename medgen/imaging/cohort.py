@@ -1,6 +1,7 @@
-"""A synthetic cohort folder: its layout, identity (:class:`CohortSpec`) and resume bookkeeping.
+"""A synthetic cohort folder and its one owner, :class:`VolumeCohort` (the
+:class:`~medgen.generation.Cohort` protocol for volumes).
 
-Layout of an export folder ``out``::
+Layout of a cohort folder ``out``::
 
     out/run.json                      what made the cohort (checkpoint sha256, seed, sampler, ...)
     out/images/sample_00042.nii.gz    one volume, source units (HU for CT), training affine
@@ -10,98 +11,110 @@ Layout of an export folder ``out``::
     out/dataset.json                  Decathlon datalist (``data=nifti data.path=out/dataset.json``)
     out/preview.png                   orthogonal mid-slices of the first samples
 
+Drawing into a folder is ``medgen sample`` (:func:`medgen.generation.sample_to`); writing volumes
+one already has is :func:`medgen.imaging.api.export_volumes`.
+
 A sample is complete when its sidecar exists, because the sidecar is written last and records the
 image's sha256; a rerun into the same ``out`` skips samples whose files still match their sidecar
 and manifest row, removes temporaries left by a killed run, and refuses a different checkpoint,
-seed or sampler unless ``overwrite=True``. A rerun of ``medgen sample`` with ``n`` below what the
-folder holds is refused too (manifest and datalist would list more samples than were asked for):
-pass a larger ``n`` to extend the cohort, or ``overwrite=True`` to replace it. Writing the files is
-:mod:`medgen.imaging.export`.
+seed or sampler setting unless ``overwrite=True``. A rerun with ``n`` below what the folder holds
+is refused too (manifest and datalist would list more samples than were asked for): pass a larger
+``n`` to extend the cohort, or ``overwrite=True`` to replace it. Every file is written atomically.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from medgen.errors import UserError
-from medgen.utils.atomic import atomic_write_json, remove_stale_temporaries
+from medgen.errors import ConfigError, OutputExistsError, UserError
+from medgen.generation import Generated
+from medgen.imaging.intensity import IntensityMapping
+from medgen.imaging.nifti import label_array, nifti_image, read_volume, save_nifti, to_source_units
+from medgen.records import DataMeta, SampleSettings
+from medgen.utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from medgen.utils.logging import get_logger
 from medgen.utils.provenance import file_sha256, provenance
+from medgen.utils.seeding import sample_seed
 
 log = get_logger(__name__)
 
-IMAGES, LABELS = "images", "labels"
-RUN_FILE, MANIFEST, DATALIST, PREVIEW = "run.json", "manifest.csv", "dataset.json", "preview.png"
 # settings that change what sample i looks like: a cohort must not mix them
 IDENTITY_KEYS = (
     "checkpoint_sha256",
     "seed",
     "sampler",
     "steps",
+    "eta",
     "guidance_scale",
     "condition",
     "use_ema",
 )
+IMAGES, LABELS = "images", "labels"
+RUN_FILE, MANIFEST, DATALIST, PREVIEW = "run.json", "manifest.csv", "dataset.json", "preview.png"
+MANIFEST_COLUMNS = (
+    "file",
+    "sha256",
+    "label",
+    "label_sha256",
+    "seed",
+    "index",
+    "sample_seed",
+    "shape",
+    "spacing",
+    "dtype",
+)
 _SAMPLE_RE = re.compile(r"^sample_(\d+)\.json$")
+# names that are files, not a folder for volumes (a likely mix-up with a molecule output)
+FILE_SUFFIXES = (".csv", ".sdf", ".smi", ".nii", ".gz", ".json", ".parquet", ".npz", ".txt")
 
 
-class IntensityMap(Protocol):
-    """What export needs from ``medgen.imaging.intensity.IntensityMapping``."""
+class VolumeCohort:
+    """The cohort folder ``out`` for volumes of data ``meta`` drawn with ``settings``.
 
-    def from_unit(self, x: Any) -> Any: ...
-
-
-def sample_name(index: int) -> str:
-    """File stem of sample ``index``: ``sample_00042``."""
-    return f"sample_{int(index):05d}"
-
-
-@dataclass(frozen=True)
-class CohortSpec:
-    """Geometry, intensity mapping and provenance shared by every sample of one export.
-
-    ``affine`` is the 4x4 voxel-to-RAS (mm) matrix of the training data; array axes of a volume
-    ``(1, D, H, W)`` are the NIfTI axes ``(i, j, k)``. ``intensity.from_unit`` maps [-1, 1] back
-    to source units; its ``units`` (``"HU"`` for a CT window) decide the dtype: HU are written as
-    int16 (rounded, clipped), anything else as float32. ``modality`` is recorded only.
+    Args:
+        out: the folder.
+        meta: the training data's :class:`~medgen.records.DataMeta`: affine (4x4 voxel -> RAS
+            mm; array axes of a volume ``(C, D, H, W)`` are the NIfTI axes), intensity mapping
+            (HU mappings are written as int16, others as float32), modality, channels, classes.
+        settings: the resolved :class:`~medgen.records.SampleSettings` (recorded, and compared
+            with what ``out`` already holds).
+        checkpoint_sha256, config_hash: provenance of the model and its training config.
+        name: the datalist's name (default ``medgen-<source>``).
+        label_names: label value -> name of label maps written alongside (datalist ``labels``).
     """
 
-    affine: np.ndarray
-    intensity: Any
-    modality: str = "CT"
-    seed: int = 0
-    sampler: str | None = None
-    steps: int | None = None
-    guidance_scale: float = 1.0
-    condition: int | None = None
-    condition_name: str | None = None
-    use_ema: bool = True
-    checkpoint_sha256: str | None = None
-    config_hash: str | None = None
-    name: str = "medgen-synthetic"
-    source: str | None = None
-    label_names: Mapping[int, str] | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        affine = np.asarray(self.affine, dtype=np.float64)
-        if affine.shape != (4, 4):
-            raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
-        object.__setattr__(self, "affine", affine)
-        if not hasattr(self.intensity, "from_unit"):
-            raise TypeError(
-                f"intensity needs a from_unit method, got {type(self.intensity).__name__}"
-            )
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        meta: DataMeta,
+        settings: SampleSettings,
+        *,
+        checkpoint_sha256: str | None = None,
+        config_hash: str | None = None,
+        name: str | None = None,
+        label_names: Mapping[int, str] | None = None,
+    ) -> None:
+        self.out, self.meta, self.settings = Path(out), meta, settings
+        self.affine = np.asarray(meta.affine, dtype=np.float64)
+        self.intensity = IntensityMapping.from_dict(dict(meta.intensity))
+        self.checkpoint_sha256, self.config_hash = checkpoint_sha256, config_hash
+        self.name = name or f"medgen-{meta.source}"
+        self.label_names = dict(label_names) if label_names else None
+        cond, names = settings.condition, meta.class_names or ()
+        # resolved settings hold the class index (a name only where nothing resolved it)
+        self.condition_name: str | None = None
+        if isinstance(cond, int) and 0 <= cond < len(names):
+            self.condition_name = names[cond]
 
     @property
     def spacing(self) -> tuple[float, ...]:
@@ -110,30 +123,226 @@ class CohortSpec:
 
     @property
     def units(self) -> str:
-        """``"HU"`` or ``"source"``: the intensity mapping's ``units``, else from the modality."""
-        units = getattr(self.intensity, "units", None)
-        if units is None:
-            units = "HU" if self.modality.upper() == "CT" else "source"
-        return str(units)
-
-    @property
-    def is_ct(self) -> bool:
-        """Whether samples come back in HU (written as int16)."""
-        return self.units == "HU"
+        """``"HU"`` (written as int16) or ``"source"``: the intensity mapping's units."""
+        return self.intensity.units
 
     def identity(self) -> dict[str, Any]:
         """The settings recorded in ``run.json`` that a rerun into the same folder must match."""
-        return {key: getattr(self, key) for key in IDENTITY_KEYS}
+        s = self.settings
+        values = {
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "seed": int(s.seed),
+            "sampler": None if s.sampler is None else str(s.sampler),
+            "steps": s.steps,
+            "eta": s.eta,
+            "guidance_scale": float(s.guidance_scale),
+            "condition": s.condition,
+            "use_ema": bool(s.use_ema),
+        }
+        return {k: values[k] for k in IDENTITY_KEYS}
+
+    def _matches(self, record: Mapping[str, Any]) -> bool:
+        return all(record.get(k) == v for k, v in self.identity().items())
+
+    # -- the Cohort protocol ------------------------------------------------------------------
+    def check(self, n: int | None = None, *, overwrite: bool = False) -> bool:
+        """Check (read only) that this cohort may write into ``out``; True when it must be
+        cleared first.
+
+        Refuses, unless ``overwrite``: a folder made with another checkpoint or setting, or a
+        non-empty one medgen did not make (:class:`~medgen.errors.OutputExistsError`); given
+        the cohort size ``n``, a folder holding samples with an index ``>= n`` (``UserError``).
+        A file, or a name with a file suffix, is never a cohort folder (``ConfigError``).
+        """
+        out = self.out
+        if out.is_file() or (not out.is_dir() and out.name.lower().endswith(FILE_SUFFIXES)):
+            raise ConfigError("out", str(out), "a folder for the NIfTI volumes of a scan model")
+        if not out.exists():
+            return False
+        existing = read_json(out / RUN_FILE)
+        if existing is None:
+            if not [p for p in out.iterdir() if not p.name.startswith(".")]:
+                return False
+            if overwrite:
+                return True
+            raise OutputExistsError(
+                f"out={out} is not empty and has no {RUN_FILE} (not a medgen export); "
+                "choose an empty folder or pass overwrite=true to replace medgen files there"
+            )
+        diffs = {
+            k: (existing.get(k), v) for k, v in self.identity().items() if existing.get(k) != v
+        }
+        if overwrite:
+            return True
+        if diffs:
+            lines = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diffs.items())
+            raise OutputExistsError(
+                f"out={out} holds samples made with other settings ({lines}); a cohort must not "
+                "mix them. Choose another out, or pass overwrite=true to delete those samples "
+                "and start again."
+            )
+        if n is not None:
+            held = sorted(r["index"] for r in self.records())
+            if beyond := [i for i in held if i >= n]:
+                raise UserError(
+                    f"out={out} holds {len(held)} sample(s) ({sample_name(held[0])} .. "
+                    f"{sample_name(held[-1])}), n={n}: pass n>={beyond[-1] + 1} to keep and "
+                    "extend them, or overwrite=true to delete them and draw n anew"
+                )
+        return False
+
+    def prepare(self, *, overwrite: bool = False) -> None:
+        """Make ``out`` ready to receive samples (one process only: rank 0): check it, clear it
+        when ``overwrite`` asks to, remove temporaries of a killed run, write ``run.json``."""
+        out = self.out
+        if self.check(overwrite=overwrite):
+            log.warning("overwrite=true: removing the previous export in %s", out)
+            for sub in (IMAGES, LABELS):
+                if (out / sub).is_dir():
+                    shutil.rmtree(out / sub)
+            for name in (RUN_FILE, MANIFEST, DATALIST, PREVIEW):
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if removed := remove_stale_temporaries(out):
+            log.info(
+                "removed %d temporary file(s) left by an interrupted run in %s", len(removed), out
+            )
+        if not (out / RUN_FILE).is_file():
+            record = {
+                **self.identity(),
+                "condition_name": self.condition_name,
+                "training_config_hash": self.config_hash,
+                "source": self.meta.source,
+            }
+            prov = {k: v for k, v in provenance(None).items() if k not in ("config_hash", "seed")}
+            atomic_write_json(out / RUN_FILE, {**record, "provenance": prov})
+
+    def done(self) -> set[int]:
+        """Indices of samples in ``out`` made with these settings, complete and unmodified."""
+        return intact_indices(self.out, self.identity())
+
+    def write(self, batch: Generated, *, rank: int = 0, world_size: int = 1) -> list[int]:
+        """Write a batch (``items`` (B, C, D, H, W) in [-1, 1]); returns the indices written."""
+        where = {"rank": int(rank), "world_size": int(world_size)}
+        for index, volume in zip(batch.indices, batch.items, strict=True):
+            self.write_sample(index, volume, extra=where)
+        return [int(i) for i in batch.indices]
+
+    def finalize(self, n: int | None = None, *, preview: bool = True) -> dict[str, Any]:
+        """Rebuild manifest, datalist and preview from the samples on disk (one process only);
+        only samples made with these settings whose files exist are listed."""
+        remove_stale_temporaries(self.out)
+        records = self.records()
+        summary: dict[str, Any] = {
+            "out": str(self.out),
+            "count": len(records),
+            "manifest": str(write_manifest(self.out, records)),
+            "dataset": str(write_datalist(self.out, records, self.datalist_info())),
+            "preview": None,
+        }
+        if preview and records:
+            path = write_cohort_preview(self.out, records, self.intensity)
+            summary["preview"] = str(path) if path else None
+        log.info(
+            "%d samples in %s (manifest.csv, dataset.json%s)",
+            summary["count"],
+            self.out,
+            ", preview.png" if summary["preview"] else "",
+        )
+        return summary
+
+    # -- the pieces ---------------------------------------------------------------------------
+    def records(self) -> list[dict[str, Any]]:
+        """Sidecars of this cohort's samples whose image file exists, sorted by index."""
+        found = [
+            r
+            for r in sidecars(self.out).values()
+            if self._matches(r) and (self.out / str(r.get("file", ""))).is_file()
+        ]
+        return sorted(found, key=lambda r: r["index"])
+
+    def to_source_units(self, volume: Any) -> np.ndarray:
+        """A volume (C, D, H, W) in [-1, 1] as written: ``(D, H, W)`` (``(D, H, W, C)``)."""
+        return to_source_units(volume, self.intensity, channels=self.meta.channels)
+
+    def write_sample(
+        self, index: int, volume: Any, *, label: Any = None, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Write sample ``index``: image, optional label map, then its sidecar (returned)."""
+        out, name, s = self.out, sample_name(index), self.settings
+        data = self.to_source_units(volume)
+        description = f"medgen {self.name} seed {s.seed} {name}"
+        image = nifti_image(data, self.affine, description)
+        sha = save_nifti(image, out / IMAGES / f"{name}.nii.gz")
+        record: dict[str, Any] = {
+            "file": f"{IMAGES}/{name}.nii.gz",
+            "sha256": sha,
+            "index": int(index),
+            "sample_seed": sample_seed(s.seed, int(index)),
+            "shape": list(data.shape),
+            "spacing": list(self.spacing),
+            "affine": self.affine.tolist(),
+            "dtype": str(data.dtype),
+            "modality": str(self.meta.modality),
+            "units": self.units,
+            "channel_names": list(self.meta.channel_names),
+            "value_range": [float(data.min()), float(data.max())],
+            "condition_name": self.condition_name,
+            "training_config_hash": self.config_hash,
+            "source": self.meta.source,
+            **self.identity(),
+            **dict(extra or {}),
+        }
+        if label is not None:
+            lab = label_array(label, data.shape[:3], name)
+            record["label"] = f"{LABELS}/{name}.nii.gz"
+            img = nifti_image(lab, self.affine, f"medgen labels {name}")
+            record["label_sha256"] = save_nifti(img, out / LABELS / f"{name}.nii.gz")
+        # provenance last so that its keys (time, version, commit) are never shadowed; its
+        # config_hash (of no config) is dropped: training_config_hash is the one that matters
+        prov = provenance(None, seed=s.seed)
+        record.update({k: v for k, v in prov.items() if k != "config_hash"})
+        atomic_write_json(out / IMAGES / f"{name}.json", record)
+        return record
+
+    def datalist_info(self) -> dict[str, Any]:
+        """What :func:`write_datalist` says about the cohort."""
+        s = self.settings
+        cond = "" if s.condition is None else f", condition {self.condition_name or s.condition}"
+        return {
+            "name": self.name,
+            "modality": str(self.meta.modality),
+            "condition": s.condition,
+            "label_names": self.label_names,
+            "description": f"from checkpoint sha256 {str(self.checkpoint_sha256)[:16]} "
+            f"(sampler {s.sampler}, steps {s.steps}, seed {s.seed}, "
+            f"guidance {s.guidance_scale}{cond})",
+        }
 
 
-# ----------------------------------------------------------------------------- resume bookkeeping
+# ----------------------------------------------------------------------------- the index files
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def sample_name(index: int) -> str:
+    """File stem of sample ``index``: ``sample_00042``."""
+    return f"sample_{int(index):05d}"
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's object, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def sidecars(out: str | os.PathLike) -> dict[int, dict[str, Any]]:
+    """Readable sidecars under ``out/images`` keyed by sample index."""
+    found = {}
+    for path in sorted((Path(out) / IMAGES).glob("sample_*.json")):
+        if _SAMPLE_RE.match(path.name) and (record := read_json(path)) is not None:
+            found[int(record.get("index", -1))] = record
+    return found
 
 
 def read_manifest(out: str | os.PathLike) -> dict[str, dict[str, str]]:
@@ -145,27 +354,88 @@ def read_manifest(out: str | os.PathLike) -> dict[str, dict[str, str]]:
         return {row["file"]: row for row in csv.DictReader(fh)}
 
 
-def sidecars(out: str | os.PathLike) -> dict[int, dict[str, Any]]:
-    """Readable sidecars under ``out/images`` keyed by sample index."""
-    found = {}
-    for path in sorted((Path(out) / IMAGES).glob("sample_*.json")):
-        if _SAMPLE_RE.match(path.name) and (record := _read_json(path)) is not None:
-            found[int(record.get("index", -1))] = record
-    return found
+def write_manifest(out: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``out/manifest.csv`` (one row per sample, sorted by index)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in sorted(records, key=lambda r: r["index"]):
+        row = {k: r.get(k, "") for k in MANIFEST_COLUMNS}
+        row["shape"] = "x".join(str(s) for s in r["shape"])
+        row["spacing"] = "x".join(f"{s:g}" for s in r["spacing"])
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return atomic_write_text(Path(out) / MANIFEST, buf.getvalue())
 
 
-def intact_indices(out: str | os.PathLike, spec: CohortSpec | None = None) -> set[int]:
+def write_datalist(
+    out: str | os.PathLike, records: Sequence[Mapping[str, Any]], info: Mapping[str, Any]
+) -> Path:
+    """Write ``out/dataset.json`` in the Medical Segmentation Decathlon datalist format.
+
+    Paths are relative to ``out`` (MONAI's ``load_decathlon_datalist`` resolves them from there);
+    ``info`` is :meth:`VolumeCohort.datalist_info`.
+    """
+    from medgen import __version__
+
+    training = []
+    for r in sorted(records, key=lambda r: r["index"]):
+        item = {"image": r["file"]}
+        if r.get("label"):
+            item["label"] = r["label"]
+        if info.get("condition") is not None:  # read back by data=nifti as the class condition
+            item["class_label"] = int(info["condition"])
+        training.append(item)
+    datalist: dict[str, Any] = {
+        "name": info["name"],
+        "description": f"Synthetic {info['modality']} volumes generated by medgen {__version__} "
+        + info["description"],
+        "reference": "medgen synthetic cohort; see run.json and the per-sample sidecars",
+        "licence": "same terms as the model's training data",
+        "release": __version__,
+        "tensorImageSize": "3D",
+        "modality": {"0": info["modality"]},
+        "numTraining": len(training),
+        "numTest": 0,
+        "training": training,
+        "test": [],
+    }
+    if info.get("label_names"):
+        datalist["labels"] = {str(k): v for k, v in sorted(info["label_names"].items())}
+    return atomic_write_json(Path(out) / DATALIST, datalist)
+
+
+def write_cohort_preview(
+    out: str | os.PathLike, records: Sequence[Mapping[str, Any]], intensity: Any, *, k: int = 4
+) -> Path | None:
+    """Write ``out/preview.png``: orthogonal mid-slices of the first ``k`` samples (every channel
+    a row), in source units from the files on disk."""
+    from medgen.imaging.viz import save_slice_grid
+
+    vols, titles = [], []
+    for r in sorted(records, key=lambda r: r["index"])[:k]:
+        data = read_volume(Path(out) / r["file"])
+        channels = [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[-1])]
+        names = r.get("channel_names") or [""] * len(channels)
+        for c, v in enumerate(channels):
+            vols.append(v)
+            titles.append(sample_name(r["index"]) + (f" {names[c]}" if len(channels) > 1 else ""))
+    if not vols:
+        return None
+    lo, hi = (float(np.asarray(intensity.from_unit(np.float32(v)))) for v in (-1.0, 1.0))
+    return save_slice_grid(vols, Path(out) / PREVIEW, vmin=lo, vmax=hi, titles=titles)
+
+
+def intact_indices(out: str | os.PathLike, identity: Mapping[str, Any] | None = None) -> set[int]:
     """Indices of samples in ``out`` that are complete and unmodified.
 
-    A sample is intact when its sidecar exists (and, given ``spec``, was made with the same
-    identity), and the image (and label) file's sha256 matches the sidecar and the manifest row.
+    A sample is intact when its sidecar exists (and, given ``identity``, was made with those
+    settings), and the image (and label) file's sha256 matches the sidecar and the manifest row.
     """
     out = Path(out)
     manifest = read_manifest(out)
-    want = spec.identity() if spec is not None else None
     intact = set()
     for index, record in sidecars(out).items():
-        if want is not None and any(record.get(k) != v for k, v in want.items()):
+        if identity is not None and any(record.get(k) != v for k, v in identity.items()):
             continue
         row = manifest.get(record.get("file", ""))
         pairs = [("file", "sha256")] + ([("label", "label_sha256")] if record.get("label") else [])
@@ -181,91 +451,17 @@ def intact_indices(out: str | os.PathLike, spec: CohortSpec | None = None) -> se
     return intact
 
 
-def check_output(
-    out: str | os.PathLike, spec: CohortSpec, *, overwrite: bool = False, n: int | None = None
-) -> bool:
-    """Check (read only) that ``spec`` may write into ``out``; True when it must be cleared first.
+def training_config_hash(ckpt_file: str | os.PathLike, hparams: Mapping[str, Any]) -> str:
+    """The training run's config hash (its ``provenance.json``), else a hash of the hparams."""
+    from medgen.utils.provenance import config_hash
 
-    Raises ``FileExistsError`` when ``out`` is not empty and was made by another checkpoint, seed,
-    sampler, step count, guidance, condition or weight set (or not by medgen), unless ``overwrite``.
-    Given the cohort size ``n`` (samples ``0..n-1``), raises :class:`~medgen.errors.UserError` when
-    ``out`` already holds samples with an index ``>= n``, unless ``overwrite``: the cohort files
-    would list them although ``n`` asked for fewer.
-    """
-    out = Path(out)
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise NotADirectoryError(f"out={out} exists and is not a folder")
-    existing = _read_json(out / RUN_FILE)
-    if existing is None:
-        content = [p for p in out.iterdir() if not p.name.startswith(".")]
-        if not content:
-            return False
-        if overwrite:
-            return True
-        raise FileExistsError(
-            f"out={out} is not empty and has no {RUN_FILE} (not a medgen export); "
-            "choose an empty folder or pass overwrite=true to replace medgen files there"
-        )
-    diffs = {k: (existing.get(k), v) for k, v in spec.identity().items() if existing.get(k) != v}
-    if not diffs:
-        if not overwrite and n is not None:
-            _check_cohort_size(out, spec, int(n))
-        return overwrite
-    if overwrite:
-        return True
-    lines = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diffs.items())
-    raise FileExistsError(
-        f"out={out} holds samples made with other settings ({lines}); a cohort must not mix them. "
-        "Choose another out, or pass overwrite=true to delete those samples and start again."
-    )
-
-
-def _check_cohort_size(out: Path, spec: CohortSpec, n: int) -> None:
-    """Refuse ``n`` below the samples ``out`` holds (those the cohort files would list)."""
-    want = spec.identity()
-    held = sorted(
-        index
-        for index, record in sidecars(out).items()
-        if all(record.get(k) == v for k, v in want.items())
-        and (out / str(record.get("file", ""))).is_file()  # as finalize_output lists them
-    )
-    beyond = [i for i in held if i >= n]
-    if beyond:
-        raise UserError(
-            f"out={out} holds {len(held)} sample(s) ({sample_name(held[0])} .. "
-            f"{sample_name(held[-1])}), n={n}: pass n>={held[-1] + 1} to keep and extend them, "
-            "or overwrite=true to delete them and draw n anew"
-        )
-
-
-def clear_output(out: str | os.PathLike) -> None:
-    """Remove what an export wrote in ``out`` (images, labels, run, manifest, datalist, preview)."""
-    out = Path(out)
-    for sub in (IMAGES, LABELS):
-        if (out / sub).is_dir():
-            shutil.rmtree(out / sub)
-    for name in (RUN_FILE, MANIFEST, DATALIST, PREVIEW):
-        (out / name).unlink(missing_ok=True)
-
-
-def prepare_output(out: str | os.PathLike, spec: CohortSpec, *, overwrite: bool = False) -> Path:
-    """Make ``out`` ready to receive samples (one process only: rank 0).
-
-    Checks it (:func:`check_output`), clears it when ``overwrite`` asks to, removes temporaries that
-    a killed run left behind, and records the cohort's identity in ``out/run.json``.
-    """
-    out = Path(out)
-    if check_output(out, spec, overwrite=overwrite):
-        log.warning("overwrite=true: removing the previous export in %s", out)
-        clear_output(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if removed := remove_stale_temporaries(out):
-        log.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), out)
-    if not (out / RUN_FILE).is_file():
-        record = {**spec.identity(), "condition_name": spec.condition_name}
-        record.update(training_config_hash=spec.config_hash, source=spec.source)
-        prov = {k: v for k, v in provenance(None).items() if k not in ("config_hash", "seed")}
-        atomic_write_json(out / RUN_FILE, {**record, "provenance": prov})
-    return out
+    for folder in Path(ckpt_file).resolve().parents[:2]:
+        prov = folder / "provenance.json"
+        if prov.is_file():
+            try:
+                value = json.loads(prov.read_text()).get("config_hash")
+            except ValueError:
+                value = None
+            if value:
+                return str(value)
+    return config_hash(dict(hparams))

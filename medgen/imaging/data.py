@@ -1,13 +1,11 @@
 """Lightning datamodules for 3D scans: procedural phantoms, users' NIfTI scans, MedMNIST-3D.
 
-All yield the same item (see :mod:`medgen.imaging.sources`) and describe their data in
-``data_meta``, a plain dict that :class:`~medgen.imaging.diffusion.DiffusionModule` stores in every
-checkpoint so that sampling and export can write volumes with the training data's geometry and
-units::
-
-    {"source": str, "spatial_size": [D, H, W], "spacing": [sx, sy, sz] (mm),
-     "affine": 4x4 nested list (RAS+ mm), "intensity": IntensityMapping.to_dict(),
-     "modality": "CT" | "MR" | "OT", "num_classes": int | None, "class_names": list | None}
+All yield the same item (see :mod:`medgen.imaging.sources`), hold three disjoint splits (train,
+val, and a test split that only ``trainer.test`` reads), and describe their data in
+``data_meta``, a :class:`~medgen.records.DataMeta` (geometry, intensity mapping, modality,
+channels, classes) that :class:`~medgen.imaging.diffusion.DiffusionModule` stores in every
+checkpoint (``DataMeta.to_dict()``) so that sampling and export write volumes with the training
+data's geometry and units.
 """
 
 from __future__ import annotations
@@ -16,20 +14,40 @@ import abc
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from enum import StrEnum
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
-from medgen.errors import ConfigError
-from medgen.imaging.intensity import KINDS, IntensityMapping
+from medgen.errors import ConfigError, UserError
+from medgen.imaging.intensity import IntensityKind, IntensityMapping
 from medgen.imaging.phantom import SIZE_CLASSES, phantom_affine, resolve_geometry
+from medgen.records import DataMeta, Modality
 from medgen.utils.logging import get_logger
+from medgen.utils.validate import check_value
 
 log = get_logger(__name__)
 
-NIFTI_CACHES = ("none", "memory", "disk")
+# phantom subject seeds of each split: seed + offset + i (never overlapping)
+PHANTOM_SPLITS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+
+
+class NiftiCache(StrEnum):
+    """How NIfTI items are kept between epochs."""
+
+    NONE = "none"  # loaded and transformed on every access
+    MEMORY = "memory"  # MONAI CacheDataset: all loaded at setup
+    DISK = "disk"  # MONAI PersistentDataset in cache_dir
+
+
+def _choice(name: str, value: Any, enum: type[StrEnum]) -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(e.value for e in enum)
+        raise ConfigError(f"data.{name}", value, f"one of {allowed}") from None
 
 
 def _is_int(value: Any) -> bool:
@@ -38,21 +56,13 @@ def _is_int(value: Any) -> bool:
 
 def _int_arg(name: str, value: Any, lo: int, hi: int | None = None) -> int:
     """``value`` as an int in ``lo..hi``, else :class:`ConfigError` naming ``data.<name>``."""
-    if not _is_int(value) or value < lo or (hi is not None and value > hi):
-        span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise ConfigError(f"data.{name}", value, f"an integer {span}")
-    return int(value)
+    return check_value(f"data.{name}", value, int, {"ge": lo, **({} if hi is None else {"le": hi})})
 
 
 def _number(name: str, value: Any, *, above: float | None = None, least: float | None = None):
     """``value`` as a finite float (``> above``, ``>= least``), else :class:`ConfigError`."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (above is not None and value <= above) or (least is not None and value < least):
-        bound = (
-            f" > {above:g}" if above is not None else f" >= {least:g}" if least is not None else ""
-        )
-        raise ConfigError(f"data.{name}", value, f"a finite number{bound}")
-    return float(value)
+    bounds = {k: v for k, v in (("gt", above), ("ge", least)) if v is not None}
+    return check_value(f"data.{name}", value, float, bounds)
 
 
 def _triple(value: Any, name: str, cast=float, lo: int = 1, hi: int | None = None) -> tuple:
@@ -76,8 +86,7 @@ def _triple(value: Any, name: str, cast=float, lo: int = 1, hi: int | None = Non
 
 def _intensity(kind: Any, lo: Any, hi: Any, lo_key: str, hi_key: str) -> IntensityMapping:
     """An :class:`IntensityMapping` whose bad settings raise :class:`ConfigError` naming the key."""
-    if kind not in KINDS:
-        raise ConfigError("data.intensity", kind, f"one of {', '.join(KINDS)}")
+    kind = _choice("intensity", kind, IntensityKind)
     lo, hi = _number(lo_key, lo), _number(hi_key, hi)
     if not hi > lo:
         raise ConfigError(f"data.{hi_key}", hi, f"must be > data.{lo_key}={lo}")
@@ -88,8 +97,25 @@ def _intensity(kind: Any, lo: Any, hi: Any, lo_key: str, hi_key: str) -> Intensi
     return IntensityMapping(kind, lo, hi)
 
 
+class ScanDataset(Protocol):
+    """A map-style dataset of scan items (:mod:`medgen.imaging.sources`) with a length."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+class Splits(NamedTuple):
+    """What :meth:`ScanDataModule.build` returns: three disjoint datasets and their description."""
+
+    train: ScanDataset
+    val: ScanDataset
+    test: ScanDataset | None  # None: the source has no test split (``trainer.test`` is refused)
+    meta: DataMeta
+
+
 class ScanDataModule(pl.LightningDataModule, abc.ABC):
-    """Base datamodule: subclasses implement :meth:`build` (datasets and ``data_meta``).
+    """Base datamodule: subclasses implement :meth:`build` (the splits and ``data_meta``).
 
     Args:
         batch_size: volumes per batch (>= 1).
@@ -117,40 +143,43 @@ class ScanDataModule(pl.LightningDataModule, abc.ABC):
         self.num_workers = _int_arg("num_workers", num_workers, 0)
         self.limit = None if limit is None else _int_arg("limit", limit, 1)
         self.seed, self.pin_memory = _int_arg("seed", seed, 0), bool(pin_memory)
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
-        self._meta: dict[str, Any] | None = None
+        self.train_set: ScanDataset | None = None
+        self.val_set: ScanDataset | None = None
+        self.test_set: ScanDataset | None = None
+        self._meta: DataMeta | None = None
 
     # -- subclass API -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def build(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
-        """Return (train dataset, val dataset, data_meta)."""
+    def build(self) -> Splits:
+        """Return the train, val and test datasets and the data's description."""
 
     # -- Lightning --------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train, val, meta = self.build()
-        if self.limit is not None:
-            train = Subset(train, range(min(self.limit, len(train))))
-            val = Subset(val, range(min(self.limit, len(val))))
+        train, val, test, meta = self.build()
+        if (limit := self.limit) is not None:
+            train, val = (_first(d, limit) for d in (train, val))
+            test = None if test is None else _first(test, limit)
         if len(train) == 0:
             raise ValueError(f"{type(self).__name__}: the training split is empty")
         model_classes = self.model_num_classes()
-        if model_classes is not None and (meta.get("num_classes") or 0) > model_classes:
+        data_classes = meta.num_classes or 0
+        if model_classes is not None and data_classes > model_classes:
             raise ConfigError(
                 "model.num_classes",
                 model_classes,
-                f"the data ({meta['source']}) has class labels up to {meta['num_classes'] - 1}: "
-                f"set model.num_classes >= {meta['num_classes']}, or null to take it from the data",
+                f"the data ({meta.source}) has class labels up to {data_classes - 1}: "
+                f"set model.num_classes >= {data_classes}, or null to take it from the data",
             )
-        self.train_set, self.val_set, self._meta = train, val, meta
+        self.train_set, self.val_set, self.test_set, self._meta = train, val, test, meta
         log.info(
-            "%s: %d train / %d val volumes of %s",
-            meta["source"],
+            "%s: %d train / %d val / %d test volumes of %s",
+            meta.source,
             len(train),
             len(val),
-            meta["spatial_size"],
+            0 if test is None else len(test),
+            list(meta.spatial_size),
         )
 
     def model_num_classes(self) -> int | None:
@@ -165,16 +194,17 @@ class ScanDataModule(pl.LightningDataModule, abc.ABC):
         return None
 
     @property
-    def data_meta(self) -> dict[str, Any]:
-        """Plain description of the data (see module docstring); available after :meth:`setup`."""
+    def data_meta(self) -> DataMeta:
+        """The data's description (geometry, intensity, channels, classes); sets up if needed."""
         if self._meta is None:
             self.setup()
         assert self._meta is not None
         return self._meta
 
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, ds: ScanDataset | None, shuffle: bool) -> DataLoader:
+        assert ds is not None  # set up
         return DataLoader(
-            ds,
+            ds,  # type: ignore[arg-type]  # a map-style dataset; torch wants its Dataset class
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -192,7 +222,23 @@ class ScanDataModule(pl.LightningDataModule, abc.ABC):
         return self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        """The held-out test split (never the validation split)."""
+        self.setup()
+        if self.test_set is None or len(self.test_set) == 0:
+            raise UserError(
+                f"{type(self).__name__} ({self.data_meta.source}) has no test items for test=true: "
+                f"{self.no_test_hint()}"
+            )
+        return self._loader(self.test_set, shuffle=False)
+
+    def no_test_hint(self) -> str:
+        """What to set for a test split (see :meth:`test_dataloader`)."""
+        return "give the data a test split"
+
+
+def _first(ds: ScanDataset, limit: int) -> ScanDataset:
+    """The first ``limit`` items of ``ds``."""
+    return Subset(ds, range(min(limit, len(ds))))  # type: ignore[arg-type]
 
 
 def _meta(
@@ -204,24 +250,31 @@ def _meta(
     num_classes: int | None,
     class_names: list[str] | None,
     affine: Any = None,
-) -> dict[str, Any]:
-    """``data_meta``; ``affine`` (4, 4) is a transformed training item's (its column norms give
-    the spacing), else a phantom-style affine centred at 0 from ``size`` and ``spacing``."""
+) -> DataMeta:
+    """The :class:`DataMeta` of one-channel scans; ``affine`` (4, 4) is a transformed training
+    item's (its column norms give the spacing), else a phantom-style affine centred at 0 from
+    ``size`` and ``spacing``. The channel is named after the modality (``ct``, ``mr``, else
+    ``image``)."""
     if affine is None:
         affine = phantom_affine(tuple(size), tuple(spacing))
     else:
         affine = np.asarray(affine, dtype=np.float64)
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    return {
-        "source": source,
-        "spatial_size": [int(s) for s in size],
-        "spacing": [round(float(s), 6) for s in spacing],
-        "affine": np.asarray(affine, dtype=np.float64).tolist(),
-        "intensity": intensity.to_dict(),
-        "modality": modality,
-        "num_classes": num_classes,
-        "class_names": class_names,
-    }
+    modality = Modality(modality)
+    d, h, w = (int(s) for s in size)
+    sx, sy, sz = (round(float(s), 6) for s in spacing)
+    return DataMeta(
+        source=source,
+        spatial_size=(d, h, w),
+        spacing=(sx, sy, sz),
+        affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine, np.float64)),
+        intensity=intensity.to_dict(),
+        modality=modality,
+        channels=1,
+        channel_names=(modality.value.lower() if modality != Modality.OT else "image",),
+        num_classes=num_classes or None,
+        class_names=tuple(class_names) if class_names else None,
+    )
 
 
 class PhantomDataModule(ScanDataModule):
@@ -230,8 +283,9 @@ class PhantomDataModule(ScanDataModule):
     Args:
         size: voxels per axis (one int or 3), 16..256.
         spacing: mm per voxel (one or 3); None fits a 420 mm field of view.
-        num_train, num_val: number of subjects; train seeds are ``seed + i``, val seeds
-            ``seed + 1_000_000 + i`` (never overlapping).
+        num_train, num_val, num_test: subjects per split; train seeds are ``seed + i``, val
+            seeds ``seed + 1_000_000 + i``, test seeds ``seed + 2_000_000 + i`` (never
+            overlapping for ``num_train`` and ``num_val`` below a million).
         noise_hu: CT noise SD in HU.
         window_lo, window_hi: CT window in HU mapped to [-1, 1].
         cache: keep generated subjects in memory.
@@ -245,6 +299,7 @@ class PhantomDataModule(ScanDataModule):
         spacing: float | Sequence[float] | None = None,
         num_train: int = 256,
         num_val: int = 8,
+        num_test: int = 8,
         noise_hu: float = 12.0,
         window_lo: float = -1000.0,
         window_hi: float = 1000.0,
@@ -255,12 +310,14 @@ class PhantomDataModule(ScanDataModule):
         size = list(_triple(size, "size", int, lo=16, hi=256))
         spacing = None if spacing is None else list(_triple(spacing, "spacing", float))
         self.size, self.spacing = resolve_geometry(size, spacing)
-        self.num_train = _int_arg("num_train", num_train, 1)
-        self.num_val = _int_arg("num_val", num_val, 0)
+        gap = PHANTOM_SPLITS["test"] - PHANTOM_SPLITS["val"]  # seeds per split
+        self.num_train = _int_arg("num_train", num_train, 1, gap)
+        self.num_val = _int_arg("num_val", num_val, 0, gap)
+        self.num_test = _int_arg("num_test", num_test, 0)
         self.noise_hu, self.cache = _number("noise_hu", noise_hu, least=0.0), bool(cache)
         self.intensity = _intensity("ct_window", window_lo, window_hi, "window_lo", "window_hi")
 
-    def build(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    def build(self) -> Splits:
         from medgen.imaging.sources import PhantomDataset
 
         common = dict(
@@ -270,9 +327,10 @@ class PhantomDataModule(ScanDataModule):
             noise_hu=self.noise_hu,
             cache=self.cache,
         )
-        train = PhantomDataset(seeds=[self.seed + i for i in range(self.num_train)], **common)
-        val = PhantomDataset(
-            seeds=[self.seed + 1_000_000 + i for i in range(self.num_val)], **common
+        counts = {"train": self.num_train, "val": self.num_val, "test": self.num_test}
+        train, val, test = (
+            PhantomDataset(seeds=self.split_seeds(split, count), **common)
+            for split, count in counts.items()
         )
         meta = _meta(
             "phantom",
@@ -283,7 +341,14 @@ class PhantomDataModule(ScanDataModule):
             len(SIZE_CLASSES),
             list(SIZE_CLASSES),
         )
-        return train, val, meta
+        return Splits(train, val, test, meta)
+
+    def split_seeds(self, split: str, count: int) -> list[int]:
+        """The subject seeds of ``split`` (``train``, ``val``, ``test``)."""
+        return [self.seed + PHANTOM_SPLITS[split] + i for i in range(count)]
+
+    def no_test_hint(self) -> str:
+        return "set data.num_test >= 1"
 
 
 class NiftiDataModule(ScanDataModule):
@@ -300,6 +365,8 @@ class NiftiDataModule(ScanDataModule):
         intensity_lo, intensity_hi: bounds for ``intensity``.
         val_fraction: share of the entries held out for validation when the datalist has no
             ``validation`` list (split reproducibly with ``seed``).
+        test_fraction: share held out for ``test=true`` when the datalist has no ``test`` list
+            (split with the validation share, disjoint from both).
         cache: ``none``, ``memory`` (MONAI CacheDataset) or ``disk`` (PersistentDataset in
             ``cache_dir``).
         cache_dir: folder for ``cache=disk``.
@@ -319,36 +386,42 @@ class NiftiDataModule(ScanDataModule):
         intensity_lo: float = -1000.0,
         intensity_hi: float = 1000.0,
         val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
         cache: str = "none",
         cache_dir: str | None = None,
         class_names: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from medgen.imaging.transforms import SHAPE_MODES
+        from medgen.imaging.transforms import ShapeMode
 
         self.path, self.labels = str(path), (str(labels) if labels else None)
         self.spatial_size = _triple(spatial_size, "spatial_size", int)
         self.spacing = _triple(spacing, "spacing", float)
-        if shape_mode not in SHAPE_MODES:
-            raise ConfigError("data.shape_mode", shape_mode, f"one of {', '.join(SHAPE_MODES)}")
-        self.shape_mode, self.modality = shape_mode, str(modality).upper()
-        if self.modality not in ("CT", "MR"):
+        self.shape_mode = _choice("shape_mode", shape_mode, ShapeMode)
+        if str(modality).upper() not in (Modality.CT, Modality.MR):
             raise ConfigError("data.modality", modality, "CT or MR")
+        self.modality = Modality(str(modality).upper())
         self.intensity = _intensity(
             intensity, intensity_lo, intensity_hi, "intensity_lo", "intensity_hi"
         )
         self.val_fraction = _number("val_fraction", val_fraction, least=0.0)
+        self.test_fraction = _number("test_fraction", test_fraction, least=0.0)
         if self.val_fraction >= 1.0:
             raise ConfigError("data.val_fraction", val_fraction, "a share in [0, 1)")
-        if cache not in NIFTI_CACHES:
-            raise ConfigError("data.cache", cache, f"one of {', '.join(NIFTI_CACHES)}")
-        if cache == "disk" and not cache_dir:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                "data.test_fraction",
+                test_fraction,
+                f"a share with data.val_fraction={self.val_fraction} below 1 (some must train)",
+            )
+        cache = _choice("cache", cache, NiftiCache)
+        if cache == NiftiCache.DISK and not cache_dir:
             raise ConfigError("data.cache_dir", cache_dir, "a folder, needed by data.cache=disk")
         self.cache, self.cache_dir = cache, cache_dir
         self.class_names = list(class_names) if class_names else None
 
-    def build(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    def build(self) -> Splits:
         from medgen.imaging.sources import NiftiDataset, resolve_nifti_entries, split_entries
         from medgen.imaging.transforms import (
             build_nifti_transforms,
@@ -366,32 +439,43 @@ class NiftiDataModule(ScanDataModule):
             if n is not None
         ]
         num_classes, key = min(limit) if limit else (None, "num_classes")
-        entries, val = resolve_nifti_entries(
+        entries, val, test = resolve_nifti_entries(
             self.path, self.labels, num_classes=num_classes, num_classes_key=key
         )
-        for e in entries + (val or []):
+        for e in entries + (val or []) + (test or []):
             check_pair(e["image"], e.get("label"))
-        if val is None:
-            train, val = split_entries(entries, val_fraction=self.val_fraction, seed=self.seed)
-        else:
-            train = entries
+        # held-out lists the datalist gives are used as they are; the others are split off the
+        # training entries (seeded, disjoint)
+        fractions = (
+            None if val is not None else self.val_fraction,
+            0.0 if test is not None else self.test_fraction,
+        )
+        train, val_split, test_split = split_entries(
+            entries, val_fraction=fractions[0], test_fraction=fractions[1], seed=self.seed
+        )
+        val = val if val is not None else val_split
+        test = test if test is not None else test_split
         intensity = self.intensity
         if intensity.kind == "percentile":
             ref = percentile_reference([e["image"] for e in train[:8]], intensity.lo, intensity.hi)
-            intensity = IntensityMapping("percentile", intensity.lo, intensity.hi, *ref)
-        with_label = "label" in entries[0]
-        tf = build_nifti_transforms(
-            spatial_size=self.spatial_size,
-            spacing=self.spacing,
-            intensity=intensity,
-            shape_mode=self.shape_mode,
-            with_label=with_label,
-        )
-        classes = [e["class_label"] for e in entries + val if "class_label" in e]
+            intensity = IntensityMapping(IntensityKind.PERCENTILE, intensity.lo, intensity.hi, *ref)
+
+        def transforms(group: list[dict[str, Any]]):  # Decathlon test lists have no labels
+            return build_nifti_transforms(
+                spatial_size=self.spatial_size,
+                spacing=self.spacing,
+                intensity=intensity,
+                shape_mode=self.shape_mode,
+                with_label=bool(group) and "label" in group[0],
+            )
+
+        classes = [e["class_label"] for e in entries + val + test if "class_label" in e]
         num_classes = max(classes) + 1 if classes else None
         names = self.class_names if num_classes else None
-        kw = dict(cache=self.cache, cache_dir=self.cache_dir)
+        kw: dict[str, Any] = dict(cache=self.cache, cache_dir=self.cache_dir)
+        tf = transforms(entries)
         train_ds, val_ds = NiftiDataset(train, tf, **kw), NiftiDataset(val, tf, **kw)
+        test_ds = NiftiDataset(test, transforms(test), **kw) if test else None
         # the geometry of a transformed item (MONAI's MetaTensor tracks the affine through
         # orientation, resampling, resize and crop/pad): world origin and true voxel size
         first = train_ds[0] if len(train_ds) else val_ds[0]
@@ -405,7 +489,10 @@ class NiftiDataModule(ScanDataModule):
             names,
             affine=first["affine"].numpy(),
         )
-        return train_ds, val_ds, meta
+        return Splits(train_ds, val_ds, test_ds, meta)
+
+    def no_test_hint(self) -> str:
+        return 'give the datalist a "test" list, or set data.test_fraction > 0 (3+ scans)'
 
 
 class MedMNIST3DDataModule(ScanDataModule):
@@ -413,7 +500,7 @@ class MedMNIST3DDataModule(ScanDataModule):
 
     Args:
         path: the ``.npz`` (``train_images`` (N, S, S, S) uint8, ``train_labels`` (N, 1),
-            ``val_*``).
+            ``val_*``, ``test_*``: its own splits, ``test`` read by ``test=true``).
         spatial_size: training shape; volumes are centre padded/cropped (28^3 -> 32^3 by default).
         spacing: nominal voxel size in mm written into the affine (MedMNIST records none).
         modality: recorded for export only (default ``OT``, DICOM "other"): MedMNIST holds
@@ -435,22 +522,21 @@ class MedMNIST3DDataModule(ScanDataModule):
         self.path = str(path)
         self.spatial_size = _triple(spatial_size, "spatial_size", int)
         self.spacing = _triple(spacing, "spacing", float)
-        self.modality = str(modality).upper()
+        self.modality = _choice("modality", str(modality).upper(), Modality)
         self.class_names = list(class_names) if class_names else None
-        self.intensity = IntensityMapping("minmax", 0.0, 255.0)
+        self.intensity = IntensityMapping(IntensityKind.MINMAX, 0.0, 255.0)
 
-    def build(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    def build(self) -> Splits:
         from medgen.imaging.sources import MedMNIST3DDataset
 
-        kw = dict(
+        kw: dict[str, Any] = dict(
             path=self.path,
             spatial_size=self.spatial_size,
             spacing=self.spacing,
             intensity=self.intensity,
         )
-        train = MedMNIST3DDataset(split="train", **kw)
-        val = MedMNIST3DDataset(split="val", **kw)
-        num_classes = int(max(train.labels.max(), val.labels.max())) + 1
+        train, val, test = (MedMNIST3DDataset(split=s, **kw) for s in ("train", "val", "test"))
+        num_classes = int(max(int(d.labels.max()) for d in (train, val, test) if len(d))) + 1
         meta = _meta(
             self.path,
             self.spatial_size,
@@ -460,4 +546,4 @@ class MedMNIST3DDataModule(ScanDataModule):
             num_classes,
             self.class_names,
         )
-        return train, val, meta
+        return Splits(train, val, test, meta)

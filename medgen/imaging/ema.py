@@ -29,6 +29,8 @@ class EMA(nn.Module):
             raise UserError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
         self.module = copy.deepcopy(model).requires_grad_(False)
+        self.num_updates: torch.Tensor
+        self.last_step: torch.Tensor
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_step", torch.full((), -1, dtype=torch.long))
 
@@ -45,12 +47,12 @@ class EMA(nn.Module):
                 return False
             self.last_step.fill_(step)
         d = self.current_decay()
-        ema_params = list(self.module.parameters())
-        params = [
+        ema_params: list[torch.Tensor] = list(self.module.parameters())
+        params: list[torch.Tensor] = [
             p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_params, strict=True)
         ]
         torch._foreach_lerp_(ema_params, params, 1.0 - d)
         for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
-        self.num_updates += 1
+        self.num_updates.add_(1)
         return True

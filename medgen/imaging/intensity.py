@@ -15,6 +15,7 @@ samples back:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,16 @@ import torch
 
 from medgen.errors import UserError
 
-KINDS = ("ct_window", "percentile", "minmax")
+
+class IntensityKind(StrEnum):
+    """How source intensities map to [-1, 1] (see the module docstring)."""
+
+    CT_WINDOW = "ct_window"  # lo/hi in HU
+    PERCENTILE = "percentile"  # lo/hi in percent of each volume
+    MINMAX = "minmax"  # lo/hi in source units
+
+
+KINDS = tuple(k.value for k in IntensityKind)
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -40,7 +50,7 @@ class IntensityMapping:
         ref_hi: ``percentile`` only: the source value that +1 maps back to (None: ``hi`` itself).
     """
 
-    kind: str = "ct_window"
+    kind: IntensityKind = IntensityKind.CT_WINDOW  # a string is converted
     lo: float = -1000.0
     hi: float = 1000.0
     ref_lo: float | None = None
@@ -49,6 +59,7 @@ class IntensityMapping:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"intensity kind must be one of {KINDS}, got {self.kind!r}")
+        object.__setattr__(self, "kind", IntensityKind(self.kind))
         if not float(self.hi) > float(self.lo):
             raise UserError(f"intensity {self.kind}: hi ({self.hi}) must be > lo ({self.lo})")
         if self.kind == "percentile" and not (0.0 <= self.lo < self.hi <= 100.0):
@@ -119,6 +130,7 @@ class IntensityMapping:
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (str/float/None values) that :meth:`from_dict` turns back into it."""
         d = asdict(self)
+        d["kind"] = str(self.kind)
         return {k: (float(v) if isinstance(v, int | float) else v) for k, v in d.items()}
 
     @classmethod

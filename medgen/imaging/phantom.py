@@ -119,7 +119,7 @@ def resolve_geometry(
         )
     if len(sp) != 3 or any(not s > 0 for s in sp):
         raise UserError(f"phantom spacing must be 3 positive mm values (or one), got {spacing}")
-    return shape, sp  # type: ignore[return-value]
+    return shape, sp
 
 
 def size_class_of(scale: float) -> int:

@@ -102,7 +102,8 @@ class MedMNIST3DDataset(Dataset):
     ) -> None:
         self.path, self.split = Path(path), split
         self.images, self.labels = load_medmnist_split(self.path, split)
-        self.spatial_size = tuple(int(s) for s in spatial_size)
+        d, h, w = (int(s) for s in spatial_size)
+        self.spatial_size = (d, h, w)
         self.affine = torch.from_numpy(phantom_affine(self.spatial_size, spacing))
         self.intensity = intensity
 
@@ -179,9 +180,9 @@ def load_medmnist_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]
         )
     labels = labels.astype(np.int64)
     if len(labels) and labels.min() < 0:
-        first = int(np.flatnonzero(labels < 0)[0])
+        neg = int(np.flatnonzero(labels < 0)[0])
         raise InputFileError(
-            f"MedMNIST npz {path}: {split}_labels[{first}]={labels[first]} is negative; "
+            f"MedMNIST npz {path}: {split}_labels[{neg}]={labels[neg]} is negative; "
             "class labels must be >= 0"
         )
     return images, labels
@@ -213,20 +214,24 @@ def resolve_nifti_entries(
     *,
     num_classes: int | None = None,
     num_classes_key: str = "num_classes",
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """Entries ``{"image", "label"?, "class_label"?}`` from a folder, a glob or a datalist JSON.
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+    """Entries ``{"image", "label"?, "class_label"?}`` from a folder, a glob or a datalist JSON:
+    ``(training, validation | None, test | None)``.
 
-    A Decathlon-style datalist (``{"training": [{"image": ..., "label": ...}], "validation": ...}``)
-    gives paths relative to its own folder; its ``validation`` list (if any) is returned second.
+    A Decathlon-style datalist (``{"training": [{"image": ..., "label": ...}], "validation": ...,
+    "test": ...}``) gives paths relative to its own folder; its ``validation`` and ``test`` lists
+    (when present and not empty) are returned second and third, else None.
     Every item is checked before anything is loaded (see :func:`read_datalist`); ``num_classes``
     (named ``num_classes_key`` in errors), when known, bounds its ``class_label`` values.
     For a folder or glob, ``labels`` is an optional folder holding label maps with the same names.
     Raises :class:`InputFileError` naming the path and what is wrong.
     """
     p = Path(path).expanduser()
-    val = None
+    val = test = None
     if str(p).endswith(".json"):
-        entries, val = read_datalist(p, num_classes=num_classes, num_classes_key=num_classes_key)
+        entries, val, test = read_datalist(
+            p, num_classes=num_classes, num_classes_key=num_classes_key
+        )
     else:
         if p.is_dir():
             files = sorted(str(f) for f in p.iterdir() if _is_nifti(f))
@@ -245,24 +250,25 @@ def resolve_nifti_entries(
             ldir = Path(labels).expanduser()
             for e in entries:
                 e["label"] = str(ldir / Path(e["image"]).name)
-    for group in (entries, val or []):
+    for group in (entries, val or [], test or []):
         with_label = {("label" in e) for e in group}
         if len(with_label) > 1:
             raise InputFileError(f"data.path {path}: some entries have a label map and others not")
-    # training and validation batches both feed the class condition: all items or none
-    with_class = {("class_label" in e) for e in entries + (val or [])}
+    # training, validation and test batches all feed the class condition: all items or none
+    with_class = {("class_label" in e) for e in entries + (val or []) + (test or [])}
     if len(with_class) > 1:
         raise InputFileError(
             f"data.path {path}: some entries have a class_label and others not; "
-            "give every training and validation item one, or none"
+            "give every training, validation and test item one, or none"
         )
-    return entries, val
+    return entries, val, test
 
 
 def read_datalist(
     p: Path, *, num_classes: int | None = None, num_classes_key: str = "num_classes"
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """Read and check a Decathlon-style datalist: ``(training entries, validation entries | None)``.
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+    """Read and check a Decathlon-style datalist: ``(training, validation | None, test | None)``
+    entries (an absent or empty ``validation`` / ``test`` list is None).
 
     Each item is a path string or an object with ``image`` (and optionally ``label`` and
     ``class_label``, alias ``class``; other keys are ignored). Relative paths are resolved against
@@ -291,11 +297,12 @@ def read_datalist(
         raise InputFileError(
             f'datalist {p} needs a non-empty "training" list of {{"image": ...}} entries'
         )
-    val = doc.get("validation")
-    if val is not None and not isinstance(val, list):
-        raise InputFileError(
-            f'datalist {p}: "validation" must be a list of entries, got {type(val).__name__}'
-        )
+    val, test = doc.get("validation"), doc.get("test")
+    for key, group in (("validation", val), ("test", test)):
+        if group is not None and not isinstance(group, list):
+            raise InputFileError(
+                f'datalist {p}: "{key}" must be a list of entries, got {type(group).__name__}'
+            )
     root = p.parent.resolve()
     problems: list[str] = []
     outside: list[str] = []
@@ -339,7 +346,7 @@ def read_datalist(
             if "image" not in it:
                 problems.append(f'{where} has no "image" entry: {it}')
                 continue
-            e = {"image": file_path(it["image"], f"{where}.image")}
+            e: dict[str, Any] = {"image": file_path(it["image"], f"{where}.image")}
             if it.get("label") is not None:
                 e["label"] = file_path(it["label"], f"{where}.label")
             key = "class_label" if "class_label" in it else "class"
@@ -350,6 +357,7 @@ def read_datalist(
 
     training = parse(doc["training"], "training")
     validation = parse(val, "validation") if val else None
+    testing = parse(test, "test") if test else None
     if problems:
         listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
         more = len(problems) - MAX_LISTED_PROBLEMS
@@ -366,26 +374,38 @@ def read_datalist(
             "; ".join(outside[:3]),
             f"; and {len(outside) - 3} more" if len(outside) > 3 else "",
         )
-    return training, validation
+    return training, validation, testing
+
+
+Entries = list[dict[str, Any]]
 
 
 def split_entries(
-    entries: list[dict[str, Any]], *, val_fraction: float, seed: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A reproducible train/val split: shuffle with ``seed``, the first ``val_fraction`` is val
-    (at least one item when there are two or more)."""
-    order = np.random.default_rng(int(seed)).permutation(len(entries))
-    n_val = int(round(len(entries) * float(val_fraction)))
-    if len(entries) >= 2:
-        n_val = min(max(n_val, 1), len(entries) - 1)
-    else:
-        n_val = 0
+    entries: Entries, *, val_fraction: float | None, seed: int, test_fraction: float = 0.0
+) -> tuple[Entries, Entries, Entries]:
+    """A reproducible, disjoint train/val/test split: ``(train, val, test)``.
+
+    Shuffled with ``seed``: the first ``val_fraction`` is val (at least one item when there are
+    two or more; None: no val items, e.g. the datalist has its own), the next ``test_fraction``
+    test (at least one when > 0 and there are three or more), the rest train (at least one).
+    The val items do not depend on ``test_fraction``.
+    """
+    n = len(entries)
+    order = np.random.default_rng(int(seed)).permutation(n)
+    n_val = 0
+    if val_fraction is not None and n >= 2:
+        n_val = min(max(int(round(n * float(val_fraction))), 1), n - 1)
+    n_test = int(round(n * float(test_fraction)))
+    if test_fraction > 0 and n >= 3:
+        n_test = max(n_test, 1)
+    n_test = max(0, min(n_test, n - n_val - 1))
     val = [entries[i] for i in order[:n_val]]
-    train = [entries[i] for i in order[n_val:]]
-    return train, val
+    test = [entries[i] for i in order[n_val : n_val + n_test]]
+    train = [entries[i] for i in order[n_val + n_test :]]
+    return train, val, test
 
 
-def _user_error(err: BaseException) -> UserError | None:
+def _user_error(err: BaseException | None) -> UserError | None:
     """The :class:`UserError` behind ``err`` (MONAI wraps transform errors in RuntimeError)."""
     seen = 0
     while err is not None and seen < 32:
@@ -415,6 +435,7 @@ class NiftiDataset(Dataset):
 
         data = [{**e, "source": e["image"]} for e in entries]
         self.entries = data
+        self.inner: MonaiDataset
         if cache == "memory":
             try:  # loads (and checks) every item now
                 self.inner = CacheDataset(data, transform, progress=False, num_workers=0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,15 @@ from medgen.errors import ConfigError, InputFileError
 from medgen.imaging.intensity import IntensityMapping
 from medgen.imaging.sources import InputFileNotFound
 
-SHAPE_MODES = ("crop_pad", "resize")
+
+class ShapeMode(StrEnum):
+    """How a resampled scan is brought to the training shape."""
+
+    CROP_PAD = "crop_pad"  # centre crop / pad with -1 (the bottom of the intensity range)
+    RESIZE = "resize"  # interpolate to the shape (changes the voxel size)
+
+
+SHAPE_MODES = tuple(m.value for m in ShapeMode)
 
 
 def count_non_finite(x: Any) -> int:
@@ -100,7 +109,7 @@ def build_nifti_transforms(
     spatial_size: Sequence[int],
     spacing: Sequence[float],
     intensity: IntensityMapping,
-    shape_mode: str = "crop_pad",
+    shape_mode: ShapeMode = ShapeMode.CROP_PAD,
     with_label: bool = False,
 ):
     """The MONAI ``Compose`` that maps a NIfTI (image[, label]) to a fixed-shape training item."""
@@ -160,7 +169,7 @@ def check_nifti(path: str | os.PathLike, *, role: str = "image") -> tuple[int, .
     if p.stat().st_size == 0:
         raise InputFileError(f"{role} file is empty: {p}")
     try:
-        img = nib.load(str(p))
+        img: Any = nib.load(str(p))  # a Nifti1Image (nibabel types it as any image)
         shape = tuple(int(s) for s in img.shape)
     except Exception as err:  # nibabel raises several types for truncated / foreign files
         raise InputFileError(f"{role} file is not a readable NIfTI volume: {p} ({err})") from err
@@ -201,7 +210,8 @@ def percentile_reference(
 
     los, his = [], []
     for p in paths:
-        data = np.asarray(nib.load(str(p)).dataobj, dtype=np.float32)
+        img: Any = nib.load(str(p))
+        data = np.asarray(img.dataobj, dtype=np.float32)
         if bad := count_non_finite(data):
             raise InputFileError(
                 f"image file {p} holds {bad} non-finite (NaN/inf) voxel(s) of {data.size}; "

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medgen.records import DataMeta
 from medgen.utils.atomic import atomic_path
 
 VIEWS = ("axial", "coronal", "sagittal")
 
 
 def _as_volumes(volumes) -> list[np.ndarray]:
-    """Accept a tensor/array (B, 1, D, H, W), (B, D, H, W) or (D, H, W), or a list of volumes."""
+    """Accept a tensor/array (B, 1, D, H, W), (B, D, H, W) or (D, H, W), or a list of volumes
+    (several channels: :func:`write_preview`)."""
     if isinstance(volumes, torch.Tensor):
         volumes = volumes.detach().float().cpu().numpy()
     if isinstance(volumes, np.ndarray):
@@ -115,34 +117,23 @@ def grid_to_uint8(volumes, *, vmin: float = -1.0, vmax: float = 1.0) -> np.ndarr
     return np.repeat(grid[:, :, None], 3, axis=2)
 
 
-def write_preview(module, folder: str | os.PathLike) -> Path:
-    """Sample a few volumes from ``module``'s EMA weights with its preview settings (fixed noise, so
-    epochs are comparable), write ``<folder>/epoch_XXX.png`` and log it to TensorBoard if present.
-
-    ``module`` is a :class:`~medgen.imaging.diffusion.DiffusionModule` attached to a trainer.
-    """
-    hp = module.hparams
-    meta = hp.get("data_meta") or {}
-    size = list(meta.get("spatial_size") or [32, 32, 32])
-    n = int(hp.preview_num_samples)
-    gen = torch.Generator().manual_seed(int(hp.preview_seed))
-    noise = torch.randn((n, 1, *size), generator=gen).to(module.device)
-    labels = None
-    if hp.class_conditional and hp.num_classes:
-        labels = torch.arange(n, device=module.device) % int(hp.num_classes)
-    samples = module.generate(
-        noise,
-        sampler=hp.preview_sampler,
-        steps=int(hp.preview_steps),
-        class_labels=labels,
-        use_ema=True,
-    )
-    epoch = int(module.current_epoch)
-    titles = [f"class {int(c)}" for c in labels] if labels is not None else None
-    path = save_slice_grid(samples, Path(folder) / f"epoch_{epoch:03d}.png", titles=titles)
-    for lg in getattr(module, "loggers", []) or []:
-        if type(lg).__name__ == "TensorBoardLogger":
-            lg.experiment.add_image(
-                "val/preview", grid_to_uint8(samples), int(module.global_step), dataformats="HWC"
-            )
-    return path
+def write_preview(
+    volumes, meta: DataMeta, path: str | os.PathLike, *, titles: Sequence[str] | None = None
+) -> Path:
+    """Write a PNG of generated ``volumes`` (B, C, D, H, W) in [-1, 1]: one row per sample and
+    channel (any channel count), titled with ``titles[b]`` and, for several channels, the
+    channel's name from ``meta.channel_names``. Returns the path (written atomically)."""
+    x = torch.as_tensor(volumes).detach().float().cpu()
+    if x.ndim != 5 or x.shape[1] != meta.channels:
+        raise ValueError(
+            f"expected volumes (B, {meta.channels}, D, H, W) for {list(meta.channel_names)}, "
+            f"got {tuple(x.shape)}"
+        )
+    rows = [x[b, c].numpy() for b in range(x.shape[0]) for c in range(x.shape[1])]
+    names = [str(t) for t in titles] if titles else [f"sample {b}" for b in range(x.shape[0])]
+    labels = [
+        names[b] + (f" {meta.channel_names[c]}" if meta.channels > 1 else "")
+        for b in range(x.shape[0])
+        for c in range(x.shape[1])
+    ]
+    return save_slice_grid(rows, path, titles=labels if titles or meta.channels > 1 else None)

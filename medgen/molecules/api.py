@@ -5,9 +5,10 @@
 >>> vae.decode(z)                                                     # doctest: +SKIP
 >>> vae.optimize("qed", n=10, smiles=training_smiles)                 # doctest: +SKIP
 
-Sampling is reproducible per molecule: molecule ``i`` of seed ``s`` draws its latent and every
-decoding choice from its own generator seeded with ``(s, i)``, so it is the same whatever the batch
-size or how many molecules are drawn with it.
+Sampling is reproducible per molecule (:mod:`medgen.molecules.sampling`): molecule ``i`` of seed
+``s`` draws its latent and every decoding choice from its own generator seeded with ``(s, i)``, so
+it is the same whatever the batch size or how many molecules are drawn with it. ``medgen sample``
+draws the same molecules through :class:`~medgen.molecules.module.GraphVAEModule` directly.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from medgen.molecules.graph import (
     batch_to_smiles,
     collate_graphs,
     encode_tokens,
+    round_trip,
     smiles_to_tokens,
 )
-from medgen.molecules.vae import GraphVAE, check_temperature
+from medgen.molecules.module import GraphVAEModule
+from medgen.molecules.sampling import draw_noise, sample_smiles
+from medgen.molecules.vae import GraphVAE
 from medgen.utils.logging import get_logger
 from medgen.utils.seeding import sample_generator
 
@@ -35,51 +39,6 @@ log = get_logger(__name__)
 
 #: properties medgen can compute for any molecule (others come from a column of the training CSV)
 COMPUTED_PROPERTIES = ("qed", "logp", "sa")
-
-
-def draw_noise(
-    vae: GraphVAE, n: int, seed: int, *, start: int = 0, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-molecule latents ``(n, L)`` ~ N(0, I) and decoder uniforms ``(n, max_atoms + 1, W)``."""
-    dec = vae.decoder
-    z = torch.empty(n, vae.latent_dim)
-    u = torch.empty(n, dec.max_atoms + 1, dec.noise_width())
-    for i in range(n):
-        gen = sample_generator(seed, start + i)
-        z[i] = torch.randn(vae.latent_dim, generator=gen)
-        u[i] = torch.rand(dec.max_atoms + 1, dec.noise_width(), generator=gen)
-    return z.to(device), u.to(device)
-
-
-@torch.no_grad()
-def sample_smiles(
-    vae: GraphVAE,
-    vocab: Vocabulary,
-    n: int,
-    *,
-    seed: int = 0,
-    temperature: float = 1.0,
-    batch_size: int = 1000,
-    start: int = 0,
-) -> list[str | None]:
-    """``n`` molecules from the prior as canonical SMILES (None only if RDKit rejected one).
-
-    ``temperature`` must be finite and > 0 (``ValueError`` naming the value otherwise).
-    """
-    temperature = check_temperature(temperature)
-    was_training = vae.training
-    vae.eval()
-    device = next(vae.parameters()).device
-    out: list[str | None] = []
-    try:
-        for lo in range(0, n, batch_size):
-            size = min(batch_size, n - lo)
-            z, u = draw_noise(vae, size, seed, start=start + lo, device=device)
-            graphs = vae.sample(z, temperature=temperature, uniforms=u)
-            out.extend(batch_to_smiles(graphs, vocab))
-    finally:
-        vae.train(was_training)
-    return out
 
 
 def property_function(name: str) -> Callable | None:
@@ -108,6 +67,9 @@ def score_smiles(name: str, smiles: Sequence[str | None]) -> list[float]:
 class PropertyHead(nn.Module):
     """MLP ``z (B, L) -> property (B,)`` in the property's units (targets standardized inside)."""
 
+    mean: torch.Tensor  # () target mean and standard deviation (buffers)
+    std: torch.Tensor
+
     def __init__(self, latent_dim: int, hidden_dim: int = 128):
         super().__init__()
         self.net = nn.Sequential(
@@ -123,21 +85,23 @@ class PropertyHead(nn.Module):
 class MoleculeVAE:
     """A trained :class:`~medgen.molecules.module.GraphVAEModule` behind a SMILES interface."""
 
-    def __init__(self, module):
+    def __init__(self, module: GraphVAEModule):
         if module.vae is None:
             raise ValueError("the module has no network yet (train it or load a checkpoint)")
         self.module = module.eval()
-        self.vae: GraphVAE = module.vae
-        self.vocab: Vocabulary = module.vocab
+        self.vae: GraphVAE
+        self.vocab: Vocabulary
+        self.vae, self.vocab = module.built()
         self.heads: dict[str, PropertyHead] = {}
         self._fitted: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> MoleculeVAE:
-        """Load ``path`` (a ``.ckpt`` or a run dir) with ``weights_only=True``."""
-        from medgen.molecules.module import GraphVAEModule
-
-        return cls(GraphVAEModule.load_medgen_checkpoint(path))
+    def from_checkpoint(
+        cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
+    ) -> MoleculeVAE:
+        """Load ``path`` (a ``.ckpt`` or a run dir) with ``weights_only=True``
+        (:meth:`GraphVAEModule.from_checkpoint`)."""
+        return cls(GraphVAEModule.from_checkpoint(path, map_location=map_location))
 
     @property
     def latent_dim(self) -> int:
@@ -174,7 +138,7 @@ class MoleculeVAE:
     ) -> list[str | None]:
         """SMILES of latents ``z (n, L)``; greedy at ``temperature=0``, else seeded per row."""
         z = torch.as_tensor(z, dtype=torch.float32).reshape(-1, self.latent_dim)
-        _, u = draw_noise(self.vae, len(z), seed)
+        _, u = draw_noise(self.vae, range(len(z)), seed, device=z.device)
         graphs = self.vae.sample(z, temperature=temperature, uniforms=u)
         return batch_to_smiles(graphs, self.vocab)
 
@@ -197,8 +161,6 @@ class MoleculeVAE:
     def reconstruction_accuracy(self, smiles: Sequence[str], batch_size: int = 500) -> float:
         """Share of molecules whose greedy decode of the posterior mean is the same molecule
         (canonical SMILES without stereo)."""
-        from medgen.molecules.graph import round_trip
-
         hits = 0
         for lo in range(0, len(smiles), batch_size):
             chunk = list(smiles[lo : lo + batch_size])
@@ -341,8 +303,6 @@ class MoleculeVAE:
 
 def _canonical(smiles: str) -> str:
     """Canonical SMILES of the standardized graph (as decodes are); the input if unreadable."""
-    from medgen.molecules.graph import round_trip
-
     try:
         return round_trip(smiles)
     except Exception:  # noqa: BLE001 - an unreadable SMILES simply matches no decode

@@ -1,39 +1,38 @@
-"""Featurized molecular graphs -> :class:`GraphDataModule` (train / val split, vocabulary).
+"""Featurized molecular graphs -> :class:`GraphDataModule`: train / val / test splits, the atom
+vocabulary and the rejects.
 
-Reading, featurizing and caching live in :mod:`medgen.molecules.featurize`. The atom vocabulary is
-built from the *training split only* (when not given): validation molecules with atom types the
-training split lacks are rejected with that reason, as the model could never decode them. Rows
-with atom types outside the vocabulary or more heavy atoms than ``max_atoms`` join the featurizer's
-rejects in a rejects CSV (``line, smiles, reason``) next to the cache, copied to the run dir when
-training. One bad row never stops a run.
+Reading, featurizing and caching live in :mod:`medgen.molecules.featurize`; this module alone
+decides which molecules a model sees. The splits are drawn with ``seed`` and are disjoint. The atom
+vocabulary is built from the *training split only* (when not given): validation and test molecules
+with atom types the training split lacks are rejected with that reason, as the model could never
+decode them. Rows with atom types outside the vocabulary or more heavy atoms than ``max_atoms`` join
+the featurizer's rejects in a rejects CSV (``line, smiles, reason``) next to the cache, copied to
+the run dir when training. One bad row never stops a run.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medgen.errors import UserError
-from medgen.molecules.featurize import (  # noqa: F401 - re-exported for callers of data
-    EMBEDDED_SAMPLE,
-    FEATURIZER_VERSION,
-    FeaturizedSource,
-    cache_file,
-    default_cache_dir,
-    featurize_source,
-    load_source,
-    write_rejects,
-)
+from medgen.molecules.featurize import EMBEDDED_SAMPLE, FeaturizedSource, load_source
 from medgen.molecules.graph import GraphBatch, MolGraph, Vocabulary, collate_graphs
+from medgen.utils.atomic import atomic_write_text
 from medgen.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+Split = Literal["train", "val", "test"]
 
 
 class GraphDataset(Dataset):
@@ -50,7 +49,7 @@ class GraphDataset(Dataset):
 
 
 class GraphDataModule(pl.LightningDataModule):
-    """Molecular graphs from a SMILES source, split into train / val by ``seed``.
+    """Molecular graphs from a SMILES source, split into disjoint train / val / test by ``seed``.
 
     Args:
         path: ``.smi``/``.csv``/``.sdf`` file, gzipped or not; None: the embedded MOSES sample.
@@ -58,7 +57,9 @@ class GraphDataModule(pl.LightningDataModule):
         batch_size, num_workers: DataLoader settings.
         limit: use at most this many molecules (None: all).
         val_fraction: share of molecules held out for validation (at least one when > 0).
-        seed: seed of the train / val split.
+        test_fraction: share held out for ``test=true`` (at least one when > 0; 0: no test split,
+            and testing is refused).
+        seed: seed of the splits.
         vocabulary: fixed atom-type tokens (None: built from the training split, see
             ``min_atom_count``).
         min_atom_count: atom types seen fewer times are left out of a built vocabulary.
@@ -76,6 +77,7 @@ class GraphDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         limit: int | None = None,
         val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
         seed: int = 0,
         vocabulary: list[str] | None = None,
         min_atom_count: int = 1,
@@ -86,9 +88,14 @@ class GraphDataModule(pl.LightningDataModule):
         super().__init__()
         if not 0 <= val_fraction < 1:
             raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise UserError(
+                f"test_fraction must be in [0, 1) and leave training molecules: "
+                f"got test_fraction={test_fraction} with val_fraction={val_fraction}"
+            )
         self.path, self.smiles_column = path, smiles_column
         self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
-        self.val_fraction, self.seed = val_fraction, seed
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.fixed_vocabulary = list(vocabulary) if vocabulary else None
         self.min_atom_count, self.max_atoms = min_atom_count, max_atoms
         self.cache_dir, self.featurize_workers = cache_dir, featurize_workers
@@ -98,6 +105,10 @@ class GraphDataModule(pl.LightningDataModule):
         self.rejects: list[list[Any]] = []
         self.train_set: GraphDataset | None = None
         self.val_set: GraphDataset | None = None
+        self.test_set: GraphDataset | None = None
+        self.train_indices: list[int] = []
+        self.val_indices: list[int] = []
+        self.test_indices: list[int] = []
 
     # ------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -116,9 +127,10 @@ class GraphDataModule(pl.LightningDataModule):
     def use_vocabulary(self, tokens: Sequence[str] | None) -> None:
         """(Re)build the splits for a vocabulary (None: from the training split); rejects the rest.
 
-        The train / val split is drawn first (by ``seed``, over molecules within ``max_atoms``);
-        a built vocabulary then holds the atom types of the training split seen at least
-        ``min_atom_count`` times. Molecules of either split with other atom types are rejected.
+        The splits are drawn first (by ``seed``, over molecules within ``max_atoms``: one
+        permutation, validation first, then test, the rest trains); a built vocabulary then holds
+        the atom types of the training split seen at least ``min_atom_count`` times. Molecules of
+        any split with other atom types are rejected.
         """
         src = self.source
         if src is None:
@@ -136,10 +148,10 @@ class GraphDataModule(pl.LightningDataModule):
                 fits.append(k)
         gen = torch.Generator().manual_seed(self.seed)
         order = [fits[i] for i in torch.randperm(len(fits), generator=gen).tolist()]
-        n_val = 0
-        if self.val_fraction > 0 and len(order) > 1:
-            n_val = max(1, round(self.val_fraction * len(order)))
-        val, train = set(order[:n_val]), order[n_val:]
+        n_val = _held_out(self.val_fraction, len(order), len(order))
+        n_test = _held_out(self.test_fraction, len(order), len(order) - n_val)
+        val, test = set(order[:n_val]), set(order[n_val : n_val + n_test])
+        train = order[n_val + n_test :]
         mol_of_atom = torch.repeat_interleave(torch.arange(len(src)), n_atoms)
         if tokens is None:
             in_train = torch.zeros(len(src), dtype=torch.bool)
@@ -162,20 +174,21 @@ class GraphDataModule(pl.LightningDataModule):
         bad_atom = (remap[src.atoms.long()] < 0).long()
         unknown = torch.zeros(len(src), dtype=torch.long).index_add_(0, mol_of_atom, bad_atom) > 0
         known = set(self.vocabulary.tokens)
-        self.train_indices, self.val_indices = [], []
+        self.train_indices, self.val_indices, self.test_indices = [], [], []
         for k in fits:
+            held_out = k in val or k in test
             if bool(unknown[k]):
                 a0, a1 = int(src.atom_ptr[k]), int(src.atom_ptr[k + 1])
                 missing = sorted({src.tokens[a] for a in src.atoms[a0:a1].tolist()} - known)
-                where = " (built from the training split)" if tokens is None and k in val else ""
+                where = " (built from the training split)" if tokens is None and held_out else ""
                 reason = f"atom type(s) not in the vocabulary{where}: {', '.join(missing)}"
                 self.rejects.append([lines[k], src.smiles[k], reason])
+            elif k in val:
+                self.val_indices.append(k)
             else:
-                (self.val_indices if k in val else self.train_indices).append(k)
+                (self.test_indices if k in test else self.train_indices).append(k)
         if not self.train_indices:
             raise UserError(f"no training molecule of {name} fits the vocabulary")
-        self.train_indices.sort()
-        self.val_indices.sort()
         self.rejects_path = write_rejects(self._cache.with_suffix(".rejects.csv"), self.rejects)
         if self.rejects:
             log.warning(
@@ -189,29 +202,38 @@ class GraphDataModule(pl.LightningDataModule):
             write_rejects(Path(trainer.default_root_dir) / "rejects.csv", self.rejects)
         self.train_set = GraphDataset(src, self.train_indices, remap)
         self.val_set = GraphDataset(src, self.val_indices, remap)
-        self.max_atoms_seen = int(n_atoms[self.train_indices + self.val_indices].max())
+        self.test_set = GraphDataset(src, self.test_indices, remap)
+        used = self.train_indices + self.val_indices + self.test_indices
+        self.max_atoms_seen = int(n_atoms[used].max())
         log.info(
-            "molecules: %d train, %d val, vocabulary %s, up to %d heavy atoms",
-            len(self.train_set),
-            len(self.val_set),
-            self.vocabulary.tokens,
-            self.max_atoms_seen,
-        )
+            "molecules: %d train, %d val, %d test, vocabulary %s, up to %d heavy atoms",
+            len(self.train_set), len(self.val_set), len(self.test_set),
+            self.vocabulary.tokens, self.max_atoms_seen,
+        )  # fmt: skip
 
     def train_smiles(self) -> list[str]:
         """Canonical SMILES (no stereo) of the training molecules (for novelty)."""
-        return [self.source.smiles[k] for k in self.train_indices]
+        return [self._source().smiles[k] for k in self.train_indices]
 
-    def property_values(self, name: str, split: str = "train") -> torch.Tensor | None:
+    def property_values(self, name: str, split: Split = "train") -> torch.Tensor | None:
         """A numeric column of the source for a split, ``(M,)`` float32, or None if absent."""
-        values = self.source.properties.get(name)
+        values = self._source().properties.get(name)
         if values is None:
             return None
-        idx = self.train_indices if split == "train" else self.val_indices
-        return values[torch.tensor(idx, dtype=torch.long)]
+        idx = {"train": self.train_indices, "val": self.val_indices, "test": self.test_indices}
+        if split not in idx:
+            raise UserError(f"split={split!r} is not one of {sorted(idx)}")
+        return values[torch.tensor(idx[split], dtype=torch.long)]
 
     # ------------------------------------------------------------------------------------------
-    def _loader(self, dataset: GraphDataset, shuffle: bool) -> DataLoader:
+    def _source(self) -> FeaturizedSource:
+        if self.source is None:
+            raise RuntimeError("GraphDataModule: call setup() first")
+        return self.source
+
+    def _loader(self, dataset: GraphDataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("GraphDataModule: call setup() first")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -229,12 +251,36 @@ class GraphDataModule(pl.LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        """The held-out test split (never trained or validated on)."""
+        if not self.test_set:
+            raise UserError(
+                f"data.test_fraction={self.test_fraction}: no test molecules to test on; "
+                "set data.test_fraction > 0 (e.g. 0.1) and retrain, or test=false"
+            )
+        return self._loader(self.test_set, shuffle=False)
 
     def transfer_batch_to_device(
         self, batch: GraphBatch, device, dataloader_idx: int
     ) -> GraphBatch:
         return batch.to(device)
+
+
+def _held_out(fraction: float, total: int, available: int) -> int:
+    """Molecules a split of ``fraction`` of ``total`` takes from the ``available`` ones: at least
+    one when > 0, and never the last one (training keeps at least one)."""
+    if fraction <= 0 or available <= 1:
+        return 0
+    return min(available - 1, max(1, round(fraction * total)))
+
+
+def write_rejects(path: str | os.PathLike, rejects: Sequence[Sequence[Any]]) -> Path:
+    """Write ``line, smiles, reason`` rows (sorted by line) as CSV, atomically."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["line", "smiles", "reason"])
+    rows: list[Sequence[Any]] = sorted(rejects, key=lambda row: int(row[0]))
+    writer.writerows(rows)
+    return atomic_write_text(path, out.getvalue())
 
 
 def _usable(token: str) -> bool:

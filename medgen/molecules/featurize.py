@@ -18,13 +18,11 @@ a decode of that graph gives, so novelty and reconstruction compare like with li
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,6 @@ from typing import Any
 import torch
 
 from medgen.molecules.graph import MolGraph
-from medgen.utils.atomic import atomic_write_text
 from medgen.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -102,7 +99,7 @@ def _featurize_rows(rows: list[tuple[int, str | None]]) -> list[tuple]:
         smiles_to_tokens,
     )
 
-    out = []
+    out: list[tuple[Any, ...]] = []
     for line, smi in rows:
         if smi is None or not str(smi).strip():
             out.append((line, None, "" if smi is None else smi, "no SMILES / unreadable record"))
@@ -130,15 +127,19 @@ def featurize_source(
     from medgen.chem.io import read_molecules
 
     tokens: dict[str, int] = {}
-    atoms, bonds, atom_ptr, bond_ptr = [], [], [0], [0]
-    lines, smiles, rejects = [], [], []
+    atoms: list[int] = []
+    bonds: list[tuple[int, int, int]] = []
+    atom_ptr, bond_ptr = [0], [0]
+    lines: list[int] = []
+    smiles: list[str] = []
+    rejects: list[list[Any]] = []
     props: dict[str, list[float]] = {}
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         for frame in read_molecules(path, smiles_column=smiles_column, chunk_size=_CHUNK * workers):
             extra = [c for c in frame.columns if c not in ("line", "smiles", "name")]
-            numeric = {c: _to_float(frame[c]) for c in extra}
-            numeric = {c: v for c, v in numeric.items() if v is not None}
+            floats = {c: _to_float(frame[c]) for c in extra}
+            numeric = {c: v for c, v in floats.items() if v is not None}
             rows = list(zip(frame["line"].tolist(), frame["smiles"].tolist(), strict=True))
             step = _CHUNK if limit is None else max(8, min(_CHUNK, 2 * (limit - len(smiles))))
             chunks = [rows[i : i + step] for i in range(0, len(rows), step)]
@@ -243,12 +244,3 @@ def load_source(
         "%s: %d molecules, %d rejected; cache %s", source, len(feats), len(feats.rejects), target
     )
     return feats, target
-
-
-def write_rejects(path: str | os.PathLike, rejects: Sequence[Sequence[Any]]) -> Path:
-    """Write ``line, smiles, reason`` rows (sorted by line) as CSV, atomically."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["line", "smiles", "reason"])
-    writer.writerows(sorted(rejects, key=lambda r: r[0]))
-    return atomic_write_text(path, out.getvalue())

@@ -309,12 +309,12 @@ def graph_to_mol(atoms: torch.Tensor, adj: torch.Tensor, vocab: Vocabulary):
     atoms: ``(N,)`` vocabulary indices (entries ``< 0`` are padding and must come last).
     adj: ``(N, N)`` symmetric bond orders.
     """
-    atoms = atoms.tolist()
-    n = sum(1 for a in atoms if a >= 0)
+    indices = atoms.tolist()
+    n = sum(1 for a in indices if a >= 0)
     sub = torch.tril(adj[:n, :n], diagonal=-1)
     i, j = sub.nonzero(as_tuple=True)
     bonds = zip(i.tolist(), j.tolist(), sub[i, j].tolist(), strict=True)
-    return _build_mol([vocab.types[a] for a in atoms[:n]], bonds)
+    return _build_mol([vocab.types[a] for a in indices[:n]], bonds)
 
 
 def molgraph_to_mol(graph: MolGraph, vocab: Vocabulary):

@@ -1,46 +1,60 @@
-"""``GraphVAEModule``: the graph VAE in Lightning, with ELBO, KL annealing and sample checks.
+"""``GraphVAEModule``: the graph VAE in Lightning (ELBO, KL annealing) and a medgen generator.
 
-The network is built from the data's atom vocabulary: in ``setup()`` from the datamodule when the
-vocabulary is not given, then stored in the hyperparameters (plain list of tokens, with
-``max_atoms`` and ``kind="graph_vae"``), so a checkpoint rebuilds the model without the data and
-loads with ``torch.load(weights_only=True)`` (:meth:`GraphVAEModule.load_medgen_checkpoint`).
+The network is a ``model.network`` node (``_target_: medgen.molecules.vae.GraphVAE`` and its sizes)
+and the optimizer a ``model.optimizer`` node (``_partial_: true``), both kept as plain dicts and
+built with ``hydra.utils.instantiate``. The network's vocabulary capacities and ``max_atoms`` come
+from the data: in ``setup()`` from the datamodule when ``vocabulary`` is not given, then stored in
+the hyperparameters (a plain list of tokens), so a checkpoint rebuilds the model without the data
+and loads with ``torch.load(weights_only=True)`` (:meth:`GraphVAEModule.from_checkpoint`).
+
+As a :class:`medgen.generation.Generator` it draws molecule ``i`` of seed ``s`` from
+``sample_generator(s, i)`` only (:mod:`medgen.molecules.sampling`) and writes them through a
+:class:`~medgen.molecules.cohort.MoleculeCohort`. Validation-time prior samples and
+reconstruction accuracy are :class:`medgen.molecules.callbacks.MoleculeSampling`'s work.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
 
-from medgen.errors import UserError
-from medgen.molecules.graph import GraphBatch, Vocabulary, batch_to_smiles, collate_graphs
-from medgen.molecules.vae import GraphVAE
+from medgen.errors import ConfigError, InputFileError, UserError
+from medgen.generation import Generated, Output
+from medgen.molecules.graph import GraphBatch, Vocabulary
+from medgen.molecules.sampling import decode_indices
+from medgen.molecules.vae import GraphVAE, check_temperature
+from medgen.records import SampleSettings
 from medgen.utils.logging import get_logger
-from medgen.utils.validate import check_arguments
+from medgen.utils.validate import check_arguments, check_value
+
+if TYPE_CHECKING:
+    from medgen.molecules.cohort import MoleculeCohort
 
 log = get_logger(__name__)
 
+KIND = "graph_vae"
+NETWORK_TARGET = "medgen.molecules.vae.GraphVAE"
+NETWORK = {"_target_": NETWORK_TARGET, "latent_dim": 56, "hidden_dim": 256, "encoder_layers": 3,
+           "pair_dim": 64}  # fmt: skip
+OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.0}
+# filled in from the data when the network is built, never set in the config
+FROM_DATA = ("capacity", "max_atoms")
 
 _LIMITS: dict[str, dict[str, float]] = {
     "max_atoms": {"ge": 2},
-    "latent_dim": {"ge": 1},
-    "hidden_dim": {"ge": 1},
-    "encoder_layers": {"ge": 1},
-    "pair_dim": {"ge": 1},
-    "lr": {"gt": 0.0},
-    "weight_decay": {"ge": 0.0},
     "beta": {"ge": 0.0},
     "kl_start_step": {"ge": 0},
     "kl_warmup_steps": {"ge": 0},
     "free_bits": {"ge": 0.0},
-    "n_val_samples": {"ge": 0},
-    "grid_size": {"ge": 0},
-    "n_val_recon": {"ge": 0},
-    "sample_seed": {"ge": 0},
 }
+_NETWORK_LIMITS = {k: {"ge": 1} for k in ("latent_dim", "hidden_dim", "encoder_layers", "pair_dim")}
+_OPTIMIZER_LIMITS = {"lr": {"gt": 0.0}, "weight_decay": {"ge": 0.0}}
 
 
 class GraphVAEModule(pl.LightningModule):
@@ -51,71 +65,66 @@ class GraphVAEModule(pl.LightningModule):
     negative ELBO (``beta = 1``, z sampled), comparable across epochs whatever the schedule.
 
     Args:
+        network: ``_target_`` node of the network (default :class:`~medgen.molecules.vae.GraphVAE`
+            with ``latent_dim``, ``hidden_dim``, ``encoder_layers``, ``pair_dim``; keys given
+            without ``_target_`` override those defaults). ``capacity`` and ``max_atoms`` are the
+            data's.
+        optimizer: ``_target_`` node of the optimizer factory (``_partial_``; default AdamW with
+            ``lr`` 1e-3, ``weight_decay`` 0); it receives the network's parameters.
         vocabulary: atom-type tokens (None: taken from the datamodule in ``setup``).
         max_atoms: largest molecule the decoder builds (None: the data's largest).
-        latent_dim, hidden_dim, encoder_layers, pair_dim: network sizes.
-        lr, weight_decay: AdamW settings.
         beta, kl_start_step, kl_warmup_steps: KL weight schedule.
         free_bits: KL floor per latent dimension in nats (batch mean); 0 = plain ELBO. Counters
             posterior collapse (the decoder ignoring ``z``); ``val/loss`` stays the plain ELBO.
-        n_val_samples: molecules sampled from the prior after each validation epoch (0: none) for
-            validity / uniqueness / novelty and a PNG grid.
-        grid_size: molecules drawn in that grid.
-        n_val_recon: validation molecules (the first ones of the fixed val split) encoded and
-            greedily decoded after each validation epoch for ``val/recon_accuracy`` (0: none).
-        sample_seed: seed of those samples (fixed, so epochs are compared on the same latents).
-        kind: checkpoint family for ``medgen sample``; always ``"graph_vae"``.
     """
+
+    output: ClassVar[Output] = Output.MOLECULES
+    # molecules per decoder pass when `medgen sample batch_size=null` (~2,000 valid/s on a core)
+    default_batch_size: ClassVar[int] = 1000
 
     def __init__(
         self,
         *,
+        network: Mapping[str, Any] | None = None,
+        optimizer: Mapping[str, Any] | None = None,
         vocabulary: list[str] | None = None,
         max_atoms: int | None = None,
-        latent_dim: int = 56,
-        hidden_dim: int = 256,
-        encoder_layers: int = 3,
-        pair_dim: int = 64,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
         beta: float = 1.0,
         kl_start_step: int = 0,
         kl_warmup_steps: int = 5000,
         free_bits: float = 0.0,
-        n_val_samples: int = 256,
-        grid_size: int = 24,
-        n_val_recon: int = 100,
-        sample_seed: int = 0,
-        kind: str = "graph_vae",
     ):
         super().__init__()
-        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        args = dict(vocabulary=vocabulary, max_atoms=max_atoms, beta=beta,
+                    kl_start_step=kl_start_step, kl_warmup_steps=kl_warmup_steps,
+                    free_bits=free_bits)  # fmt: skip
         check_arguments(GraphVAEModule.__init__, args, prefix="model.", limits=_LIMITS)
-        del args  # not a hyperparameter
-        if kind != "graph_vae":
-            raise UserError(f"GraphVAEModule has kind='graph_vae', got kind={kind!r}")
-        self.save_hyperparameters()
+        hp: dict[str, Any] = {"network": checked_network(network)}
+        hp.update(optimizer=checked_optimizer(optimizer), **args)
+        hp.update(vocabulary=None if vocabulary is None else list(vocabulary))
+        hp.update(kind=KIND, module=f"{type(self).__module__}.{type(self).__qualname__}")
+        self.save_hyperparameters(hp)
         self.vae: GraphVAE | None = None
         self.vocab: Vocabulary | None = None
-        self.train_smiles: set[str] = set()
         if vocabulary is not None and max_atoms is not None:
             self.build(vocabulary, max_atoms)
 
     # ------------------------------------------------------------------------------------------
-    def build(self, vocabulary: list[str], max_atoms: int) -> None:
+    def build(self, vocabulary: Sequence[str], max_atoms: int) -> None:
         """Create the network for a vocabulary; records both in the hyperparameters."""
+        import hydra
+
         self.vocab = Vocabulary(vocabulary)
         self.hparams["vocabulary"] = list(self.vocab.tokens)
         self.hparams["max_atoms"] = int(max_atoms)
-        hp = self.hparams
-        self.vae = GraphVAE(
-            capacity=self.vocab.capacity,
-            max_atoms=int(max_atoms),
-            latent_dim=hp.latent_dim,
-            hidden_dim=hp.hidden_dim,
-            encoder_layers=hp.encoder_layers,
-            pair_dim=hp.pair_dim,
-        )
+        node = dict(self.hparams["network"])
+        self.vae = hydra.utils.instantiate(node, capacity=self.vocab.capacity, max_atoms=max_atoms)
+
+    def built(self) -> tuple[GraphVAE, Vocabulary]:
+        """``(network, vocabulary)``; ``RuntimeError`` before :meth:`build` (or ``setup``)."""
+        if self.vae is None or self.vocab is None:
+            raise RuntimeError("the module has no network yet (train it or load a checkpoint)")
+        return self.vae, self.vocab
 
     def setup(self, stage: str | None = None) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -123,43 +132,77 @@ class GraphVAEModule(pl.LightningModule):
             if self.vae is None:
                 raise RuntimeError("GraphVAEModule needs a vocabulary or a GraphDataModule")
             return
-        if self.vae is not None and dm.vocabulary.tokens != self.vocab.tokens:
-            dm.use_vocabulary(self.vocab.tokens)  # the model's vocabulary wins; others rejected
+        if self.vocab is not None and dm.vocabulary.tokens != self.vocab.tokens:
+            dm.use_vocabulary(self.vocab.tokens)  # the model's vocabulary wins; the data rejects
+        max_atoms = self.hparams["max_atoms"]
         if self.vae is None:
-            self.build(dm.vocabulary.tokens, self.hparams.max_atoms or dm.max_atoms_seen)
-        if dm.max_atoms_seen > self.hparams.max_atoms:
+            max_atoms = max_atoms or dm.max_atoms_seen
+            self.build(dm.vocabulary.tokens, max_atoms)
+        if dm.max_atoms_seen > max_atoms:
             raise UserError(
                 f"the data has molecules of {dm.max_atoms_seen} heavy atoms but "
-                f"model.max_atoms={self.hparams.max_atoms}; set data.max_atoms to reject them"
+                f"model.max_atoms={max_atoms}; set data.max_atoms to reject them"
             )
-        self.train_smiles = set(dm.train_smiles())
 
+    # ------------------------------------------------------------------------------ generator
     @classmethod
-    def load_medgen_checkpoint(
+    def from_checkpoint(
         cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
     ) -> GraphVAEModule:
-        """Rebuild a trained module from a checkpoint (``weights_only=True``), in eval mode."""
-        from medgen.errors import InputFileError
+        """Rebuild a trained module from a checkpoint or run dir (``weights_only=True``), in eval
+        mode. Checkpoints written before networks were config nodes load too."""
         from medgen.utils.checkpoint import load_medgen_checkpoint, load_weights
 
         file, ckpt, kind = load_medgen_checkpoint(path, map_location=map_location)
-        if kind != "graph_vae":
+        if kind != KIND:
             raise InputFileError(f"checkpoint {file} holds kind={kind!r}, not a graph_vae")
-        hp = dict(ckpt["hyper_parameters"])
+        hp = upgrade_hparams(ckpt["hyper_parameters"])
         if not hp.get("vocabulary") or not hp.get("max_atoms"):
             raise InputFileError(f"checkpoint {file}: hyper_parameters lack vocabulary/max_atoms")
-        model = cls(**hp)
+        try:
+            model = cls(**hp)
+        except (TypeError, UserError) as err:
+            raise InputFileError(f"checkpoint {file}: hyper_parameters do not fit: {err}") from err
         load_weights(model, ckpt["state_dict"], file)
         return model.eval()
 
-    # ------------------------------------------------------------------------------------------
+    def resolve_settings(self, settings: SampleSettings) -> SampleSettings:
+        """Refuse the diffusion settings (``ConfigError`` naming the key); check temperature."""
+        for key in ("sampler", "steps", "eta", "condition"):
+            value = getattr(settings, key)
+            if value is not None:
+                shown = str(value) if key == "sampler" else value  # 'ddim', not the enum's repr
+                raise ConfigError(key, shown, "null for a molecule model")
+        if settings.guidance_scale != 1.0:
+            raise ConfigError("guidance_scale", settings.guidance_scale, "1.0 for a molecule model")
+        return settings.replace(temperature=check_temperature(settings.temperature))
+
+    def generate(self, indices: Sequence[int], settings: SampleSettings) -> Generated:
+        """Molecules ``indices`` of ``settings.seed`` from the prior: canonical SMILES (None where
+        RDKit rejected a decoded graph); molecule ``i`` depends on ``(seed, i)`` only."""
+        vae, vocab = self.built()
+        indices = [int(i) for i in indices]
+        smiles = decode_indices(
+            vae, vocab, indices, seed=settings.seed, temperature=settings.temperature
+        )
+        return Generated(indices, smiles)
+
+    def cohort(
+        self, out: str | os.PathLike, settings: SampleSettings, checkpoint: Path
+    ) -> MoleculeCohort:
+        """The :class:`~medgen.molecules.cohort.MoleculeCohort` writing ``out`` (.csv/.sdf)."""
+        from medgen.molecules.cohort import MoleculeCohort
+
+        return MoleculeCohort(out, settings, checkpoint)
+
+    # ------------------------------------------------------------------------------ training
     def beta_at(self, step: int) -> float:
         """KL weight at a global step."""
         hp = self.hparams
-        if hp.kl_warmup_steps <= 0:
-            return float(hp.beta) if step >= hp.kl_start_step else 0.0
-        ramp = (step - hp.kl_start_step) / hp.kl_warmup_steps
-        return float(hp.beta) * min(1.0, max(0.0, ramp))
+        beta, start, warmup = hp["beta"], hp["kl_start_step"], hp["kl_warmup_steps"]
+        if warmup <= 0:
+            return float(beta) if step >= start else 0.0
+        return float(beta) * min(1.0, max(0.0, (step - start) / warmup))
 
     def _log_terms(self, prefix: str, out: dict[str, torch.Tensor], loss, bsz: int) -> None:
         on_step = prefix == "train"
@@ -170,11 +213,12 @@ class GraphVAEModule(pl.LightningModule):
             self.log(f"{prefix}/{key}", out[key], batch_size=bsz, on_step=on_step, on_epoch=True)
 
     def training_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
-        out = self.vae(batch)
+        out = self.built()[0](batch)
         beta = self.beta_at(self.global_step)
         kl_term = out["kl"]
-        if self.hparams.free_bits > 0:  # Kingma et al. 2016: no KL pressure below the floor
-            kl_term = out["kl_per_dim"].clamp(min=self.hparams.free_bits).sum()
+        free_bits = self.hparams["free_bits"]
+        if free_bits > 0:  # Kingma et al. 2016: no KL pressure below the floor
+            kl_term = out["kl_per_dim"].clamp(min=free_bits).sum()
         loss = out["recon"] + beta * kl_term
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.global_step}")
@@ -183,97 +227,93 @@ class GraphVAEModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
-        out = self.vae(batch, sample_z=True)
+        out = self.built()[0](batch, sample_z=True)
         loss = out["recon"] + out["kl"]
         self._log_terms("val", out, loss, batch.atoms.shape[0])
         return loss
 
     def test_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
-        out = self.vae(batch, sample_z=True)
+        out = self.built()[0](batch, sample_z=True)
         loss = out["recon"] + out["kl"]
         self._log_terms("test", out, loss, batch.atoms.shape[0])
         return loss
 
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        dm = getattr(self.trainer, "datamodule", None)
-        val_set = getattr(dm, "val_set", None)
-        k = min(int(self.hparams.get("n_val_recon", 0)), len(val_set) if val_set else 0)
-        if k > 0:
-            batch = collate_graphs([val_set[i] for i in range(k)]).to(self.device)
-            accuracy = reconstruction_accuracy(self.vae, self.vocab, batch)
-            self.log("val/recon_accuracy", accuracy)  # held-out: molecules never trained on
-        n = int(self.hparams.n_val_samples)
-        if n <= 0:
-            return
-        from medgen.chem.metrics import fraction_unique, fraction_valid, novelty
-        from medgen.molecules.api import sample_smiles
-
-        smiles = sample_smiles(self.vae, self.vocab, n, seed=self.hparams.sample_seed)
-        valid = [s for s in smiles if s]
-        metrics = {
-            "val/validity": fraction_valid(smiles),
-            "val/uniqueness": fraction_unique(smiles),
-            "val/novelty": novelty(smiles, self.train_smiles),
-            "val/heavy_atoms": _mean_atoms(valid),
-        }
-        for key, value in metrics.items():
-            self.log(key, float(value))  # same seed and weights on every rank: same values
-        if self.trainer.is_global_zero:
-            self._write_grid(valid)
-
-    def _write_grid(self, smiles: list[str]) -> None:
-        """Save ``molecules/epoch_XXX.png`` and ``.smi`` in the run dir; send the PNG to TB."""
-        import numpy as np
-        from rdkit import Chem
-        from rdkit.Chem import Draw
-
-        from medgen.utils.atomic import atomic_path, atomic_write_text
-
-        folder = Path(self.trainer.default_root_dir) / "molecules"
-        stem = f"epoch_{self.current_epoch:03d}"
-        atomic_write_text(folder / f"{stem}.smi", "\n".join(smiles) + "\n")
-        mols = [Chem.MolFromSmiles(s) for s in smiles[: self.hparams.grid_size]]
-        mols = [m for m in mols if m is not None]
-        if not mols:
-            return
-        image = Draw.MolsToGridImage(mols, molsPerRow=6, subImgSize=(220, 180))
-        with atomic_path(folder / f"{stem}.png") as tmp:
-            image.save(tmp, format="PNG")
-        for logger in self.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                array = np.asarray(image.convert("RGB"))
-                experiment.add_image("val/molecules", array, self.global_step, dataformats="HWC")
-
     def configure_optimizers(self) -> Any:
-        return torch.optim.AdamW(
-            self.vae.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        import hydra
+
+        factory = hydra.utils.instantiate({**self.hparams["optimizer"], "_partial_": True})
+        return factory(params=self.built()[0].parameters())
 
 
-@torch.no_grad()
-def reconstruction_accuracy(vae: GraphVAE, vocab: Vocabulary, batch: GraphBatch) -> float:
-    """Share of the graphs in ``batch`` whose greedy decode of the posterior mean is the same
-    molecule (canonical SMILES without stereo of both graphs)."""
-    was_training = vae.training
-    vae.eval()
+# ---------------------------------------------------------------------------------- config nodes
+
+
+def _plain(node: Any, key: str) -> dict[str, Any]:
+    """A config node (dict or DictConfig) as a plain dict; anything else is a ConfigError."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, Mapping):
+        raise ConfigError(key, node, "a mapping with a _target_")
+    return dict(node)
+
+
+def _locate(target: Any, key: str) -> Any:
+    from hydra.utils import get_object
+
     try:
-        mu, _ = vae.encode(batch)
-        dec = vae.decoder
-        # greedy decoding ignores the noise; passing it keeps the global RNG untouched
-        u = torch.full((len(mu), dec.max_atoms + 1, dec.noise_width()), 0.5, device=mu.device)
-        decoded = batch_to_smiles(vae.sample(mu, temperature=0.0, uniforms=u), vocab)
-    finally:
-        vae.train(was_training)
-    target = batch_to_smiles(batch, vocab)
-    hits = sum(d is not None and d == t for d, t in zip(decoded, target, strict=True))
-    return hits / max(1, len(target))
+        return get_object(str(target))
+    except Exception as err:  # noqa: BLE001 - Hydra raises several kinds for a bad path
+        raise ConfigError(key, target, "an importable class or function") from err
 
 
-def _mean_atoms(smiles: list[str]) -> float:
-    from rdkit import Chem
+def checked_network(network: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``model.network`` node as a plain dict, every argument checked against its class.
 
-    counts = [m.GetNumAtoms() for m in map(Chem.MolFromSmiles, smiles) if m is not None]
-    return sum(counts) / max(1, len(counts))
+    Keys given without ``_target_`` (or with the default one) override :data:`NETWORK`.
+    """
+    node = _plain(network if network is not None else {}, "model.network")
+    if node.get("_target_", NETWORK_TARGET) == NETWORK_TARGET:
+        node = {**NETWORK, **node}
+    cls = _locate(node["_target_"], "model.network._target_")
+    params = inspect.signature(cls).parameters
+    values = {k: v for k, v in node.items() if not k.startswith("_")}
+    for key, value in values.items():
+        if key in FROM_DATA:
+            raise ConfigError(f"model.network.{key}", value, "unset (it comes from the data)")
+        if key not in params:
+            raise ConfigError(f"model.network.{key}", value, f"an argument of {node['_target_']}")
+    fn = cls.__init__ if inspect.isclass(cls) else cls
+    check_arguments(fn, values, prefix="model.network.", limits=_NETWORK_LIMITS)
+    return node
+
+
+def checked_optimizer(optimizer: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``model.optimizer`` node as a plain dict (``_partial_: true``), lr and decay checked."""
+    node = _plain(optimizer if optimizer is not None else OPTIMIZER, "model.optimizer")
+    if "_target_" not in node:
+        node = {**OPTIMIZER, **node}
+    _locate(node["_target_"], "model.optimizer._target_")
+    for key, limits in _OPTIMIZER_LIMITS.items():
+        if key in node:
+            node[key] = check_value(f"model.optimizer.{key}", node[key], float, limits)
+    return {**node, "_partial_": True}
+
+
+_LEGACY_NETWORK = ("latent_dim", "hidden_dim", "encoder_layers", "pair_dim")
+_LEGACY_OPTIMIZER = ("lr", "weight_decay")
+_DROPPED = ("kind", "module", "n_val_samples", "grid_size", "n_val_recon", "sample_seed")
+
+
+def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor arguments from a checkpoint's hyperparameters, also those of checkpoints
+    written with flat network sizes, ``lr`` and validation-sampling keys (before config nodes)."""
+    hp = dict(hparams)
+    if "network" not in hp:
+        hp["network"] = {**NETWORK, **{k: hp.pop(k) for k in _LEGACY_NETWORK if k in hp}}
+    if "optimizer" not in hp:
+        hp["optimizer"] = {**OPTIMIZER, **{k: hp.pop(k) for k in _LEGACY_OPTIMIZER if k in hp}}
+    for key in _DROPPED:
+        hp.pop(key, None)
+    return hp

@@ -20,8 +20,9 @@ construction, with no repair afterwards. Training uses the same masks (teacher f
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,8 @@ class GraphEncoder(nn.Module):
 
 class GraphDecoder(nn.Module):
     """Autoregressive graph decoder; see the module docstring for the procedure."""
+
+    capacity: torch.Tensor  # (K,) bond capacity per atom type (a buffer)
 
     def __init__(
         self,
@@ -242,7 +245,7 @@ class GraphDecoder(nn.Module):
         z: torch.Tensor,
         *,
         temperature: float = 1.0,
-        uniforms: Callable[[int], torch.Tensor] | torch.Tensor | None = None,
+        uniforms: torch.Tensor | None = None,
     ) -> GraphBatch:
         """Decode latents ``z (B, L)`` into graphs, batched across molecules.
 
@@ -378,7 +381,7 @@ class GraphVAE(nn.Module):
         kl_dims = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)  # (B, L)
         kl = kl_dims.sum(-1)
         out = {f"nll_{k}": -v.mean() for k, v in ll.items()}
-        out["recon"] = -sum(ll.values()).mean()
+        out["recon"] = -functools.reduce(operator.add, ll.values()).mean()
         out["kl"] = kl.mean()
         out["kl_per_dim"] = kl_dims.mean(0)  # (L,), for free-bits objectives
         return out

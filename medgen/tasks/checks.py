@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medgen.errors import ConfigError, MissingFileError, UserError
+from medgen.records import Sampler, SampleSettings
 from medgen.utils.validate import read_record
 
 SEED = {"ge": 0, "le": 2**63 - 1}
 POSITIVE = {"ge": 1}
-VOLUME_SUFFIXES = (".csv", ".sdf", ".smi", ".nii", ".gz", ".json", ".parquet", ".npz", ".txt")
-MOLECULE_SUFFIXES = (".csv", ".sdf")
 
 
 # ------------------------------------------------------------------------------------- sample
@@ -25,76 +24,61 @@ MOLECULE_SUFFIXES = (".csv", ".sdf")
 
 @dataclass(frozen=True)
 class SampleJob:
-    """``conf/sample.yaml``: what ``medgen sample`` reads."""
+    """``conf/sample.yaml`` (and ``conf/sample/*.yaml``): what ``medgen sample`` reads."""
 
     ckpt: str = field(metadata={"help": "checkpoint file or run dir"})
     out: Path = field(metadata={"help": "folder for volumes, .csv/.sdf for molecules"})
     n: int = field(default=16, metadata=POSITIVE)
     seed: int = field(default=0, metadata=SEED)
-    batch_size: int = field(default=4, metadata=POSITIVE)
+    batch_size: int | None = field(default=None, metadata=POSITIVE)
     overwrite: bool = False
+    preview: bool = True
     sampler: Literal["ddpm", "ddim", "rflow"] | None = None
     steps: int | None = field(default=None, metadata=POSITIVE)
+    eta: float | None = field(default=None, metadata={"ge": 0.0, "le": 1.0})
     guidance_scale: float = field(default=1.0, metadata={"ge": 0.0})
     condition: int | str | None = None
     use_ema: bool = True
-    preview: bool = True
     temperature: float = field(default=1.0, metadata={"ge": 0.0})
 
+    def settings(self) -> SampleSettings:
+        """The sampling record every generator takes (checked by its ``resolve_settings``)."""
+        return SampleSettings(
+            seed=self.seed,
+            sampler=None if self.sampler is None else Sampler(self.sampler),
+            steps=self.steps,
+            eta=self.eta,
+            guidance_scale=self.guidance_scale,
+            condition=self.condition,
+            temperature=self.temperature,
+            use_ema=self.use_ema,
+        )
 
-def check_sample(cfg: Any) -> tuple[SampleJob, Path, str]:
-    """Check ``medgen sample``'s keys and the checkpoint; returns ``(job, checkpoint, kind)``.
 
-    The checkpoint is resolved and loaded (``weights_only``), its kind read, and ``out`` checked
-    against what that kind writes: a folder for volumes, a ``.csv``/``.sdf`` file for molecules.
-    """
-    from medgen.utils.checkpoint import load_medgen_checkpoint
+@dataclass(frozen=True)
+class SamplePlan:
+    """A checked ``medgen sample``: the generator, its checkpoint and resolved settings."""
+
+    job: SampleJob
+    generator: Any
+    checkpoint: Path
+    settings: SampleSettings
+
+
+def check_sample(cfg: Any) -> SamplePlan:
+    """Check ``medgen sample``'s keys, load the generator its checkpoint names, resolve the
+    settings against it, and let its cohort refuse an ``out`` it cannot write (wrong form, made
+    with other settings, more samples than ``n``) — all before any output exists."""
+    from medgen.generation import load_generator
 
     job = read_record(SampleJob, cfg)
-    ckpt_file, ckpt, kind = load_medgen_checkpoint(job.ckpt)
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    out = job.out
-    if out.resolve() == ckpt_file.resolve() or ckpt_file.resolve().is_relative_to(out.resolve()):
-        raise UserError(f"out={out} would overwrite the checkpoint {ckpt_file}")
-    if kind == "diffusion3d":
-        if out.is_file() or out.name.lower().endswith(VOLUME_SUFFIXES):
-            raise ConfigError("out", str(out), "a folder for the NIfTI volumes of a scan model")
-        _check_volume_settings(job, hparams)
-    elif kind == "graph_vae":
-        if not out.name.lower().endswith(MOLECULE_SUFFIXES) or out.is_dir():
-            raise ConfigError("out", str(out), "a .csv or .sdf file for a molecule model")
-        for key in ("sampler", "steps", "condition"):
-            if getattr(job, key) is not None:
-                raise ConfigError(key, getattr(job, key), "null for a molecule model")
-        if job.guidance_scale != 1.0:
-            raise ConfigError("guidance_scale", job.guidance_scale, "1.0 for a molecule model")
-    else:
-        raise UserError(
-            f"checkpoint {ckpt_file} holds hyper_parameters.kind={kind!r}, not a medgen model "
-            "('diffusion3d' or 'graph_vae'); was it written by medgen train?"
-        )
-    if not out.parent.is_dir() and kind == "graph_vae":
-        raise MissingFileError(f"out={out}: the folder {out.parent} does not exist")
-    return job, ckpt_file, kind
-
-
-def _check_volume_settings(job: SampleJob, hparams: dict[str, Any]) -> None:
-    from medgen.imaging.sample import resolve_condition
-    from medgen.imaging.samplers import resolve_sampler
-
-    resolve_sampler(
-        str(hparams.get("objective", "ddpm")),
-        job.sampler,
-        job.steps,
-        int(hparams.get("num_train_timesteps") or 1000),
-    )
-    cond, _ = resolve_condition(job.condition, hparams)
-    if job.guidance_scale != 1.0 and cond is None:
-        raise ConfigError(
-            "guidance_scale", job.guidance_scale, "1.0 unless a class condition is given"
-        )
-    if job.temperature != 1.0:
-        raise ConfigError("temperature", job.temperature, "1.0 for a scan model (molecules only)")
+    generator, ckpt_file = load_generator(job.ckpt)
+    out = job.out.resolve()
+    if out == ckpt_file.resolve() or ckpt_file.resolve().is_relative_to(out):
+        raise UserError(f"out={job.out} would overwrite the checkpoint {ckpt_file}")
+    settings = generator.resolve_settings(job.settings())
+    generator.cohort(job.out, settings, ckpt_file).check(job.n, overwrite=job.overwrite)
+    return SamplePlan(job, generator, ckpt_file, settings)
 
 
 # ------------------------------------------------------------------------------------- screen
@@ -198,10 +182,11 @@ class DataJob:
     """``conf/data.yaml``."""
 
     dataset: Literal["moses", "qm9"] = field(metadata={"help": "moses | qm9"})
+    wheel_dir: Path | None = None
 
 
 def check_data(cfg: Any) -> DataJob:
-    return read_record(DataJob, {"dataset": cfg.get("dataset", "???")})
+    return read_record(DataJob, cfg)
 
 
 # -------------------------------------------------------------------------------------- train
@@ -265,6 +250,10 @@ def check_train(cfg: Any) -> TrainJob:
         raise ConfigError("ckpt_path", None, "a checkpoint to test when train=false")
     model = instantiate_checked(cfg.model, "model")
     instantiate_checked(cfg.data, "data")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        # medgen's own callbacks check their arguments; Lightning's need the run folder's path
+        if node is not None and str(node.get("_target_", "")).startswith("medgen."):
+            instantiate_checked(node, f"callbacks.{name}")
     if job.ckpt_path:
         ckpt_file, _, have = load_medgen_checkpoint(job.ckpt_path)
         want = dict(getattr(model, "hparams", {}) or {}).get("kind")

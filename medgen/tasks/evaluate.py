@@ -131,7 +131,8 @@ def _train_set(cfg: DictConfig, n_jobs: int = 1) -> set[str] | None:
 
 def job_config(cfg: DictConfig) -> DictConfig:
     """``cfg`` without Hydra's own ``hydra`` node (present when composed in tests)."""
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    # masked_copy takes str keys, as a composed config's top-level keys are
+    return OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def instantiate_group(node: DictConfig | None, kind: str) -> list[Any]:
         if sub is None:
             continue
         if not isinstance(sub, DictConfig) or "_target_" not in sub:
-            raise ValueError(f"{kind}.{name} has no _target_: {sub}")
+            raise ValueError(f"{kind}.{name!s} has no _target_: {sub}")
         log.info("instantiating %s %s <%s>", kind, name, sub._target_)
         objects.append(hydra.utils.instantiate(sub))
     return objects

@@ -1,11 +1,17 @@
-"""``medgen sample``: draw samples from a checkpoint; its ``kind`` picks the pipeline."""
+"""``medgen sample``: draw samples from any generator's checkpoint into ``out``.
+
+The checkpoint names its module's class (:func:`medgen.generation.load_generator`), the generator
+resolves the settings and owns the output through its cohort, and
+:func:`medgen.generation.sample_to` shards the work over devices with ``Trainer.predict``. No model
+family is named here: a new generator needs no edit to this file.
+"""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medgen.tasks.checks import check_sample as check
 from medgen.utils.logging import get_logger
@@ -13,20 +19,32 @@ from medgen.utils.logging import get_logger
 log = get_logger(__name__)
 
 
-def sample(cfg: DictConfig) -> Any:
-    """Sample ``cfg.n`` items from ``cfg.ckpt`` into ``cfg.out``; returns the pipeline's summary."""
-    _, ckpt_file, kind = check(cfg)
-    log.info("checkpoint %s holds a %s model", ckpt_file, kind)
-    if kind == "diffusion3d":
-        from medgen.imaging.sample import sample_from_config
-    elif kind == "graph_vae":
-        from medgen.molecules.sample import sample_from_config
-    else:
-        raise ValueError(
-            f"checkpoint {ckpt_file} has hyper_parameters.kind={kind!r}; "
-            "expected 'diffusion3d' or 'graph_vae' (was it written by medgen train?)"
-        )
-    return sample_from_config(cfg, ckpt_file)
+def sample(cfg: DictConfig) -> dict[str, Any]:
+    """Sample ``cfg.n`` items from ``cfg.ckpt`` into ``cfg.out``; returns the run's summary."""
+    from medgen.generation import sample_to
+
+    plan = check(cfg)
+    log.info("checkpoint %s holds a %s", plan.checkpoint, type(plan.generator).__name__)
+    # the trainer group's settings (accelerator, devices, strategy, precision, ...); callbacks,
+    # loggers and the distributed sampler are the sampling driver's own
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(trainer_cfg, dict)
+    # Trainer keyword arguments: the group's keys are its parameter names
+    trainer_kwargs = {str(k): v for k, v in trainer_cfg.items() if k != "_target_"}
+    job = plan.job
+    summary = sample_to(
+        plan.generator,
+        plan.settings,
+        out=job.out,
+        checkpoint=plan.checkpoint,
+        n=job.n,
+        batch_size=job.batch_size,
+        overwrite=job.overwrite,
+        preview=job.preview,
+        trainer_kwargs=trainer_kwargs,
+    )
+    log.info("outputs in %s", job.out)
+    return summary
 
 
 if __name__ == "__main__":  # Lightning's DDP launcher re-executes this file for ranks > 0

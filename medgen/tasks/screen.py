@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,7 +48,10 @@ def screen(cfg: DictConfig) -> dict:
         progress=bool(cfg.progress),
     )
     log.info("screening summary:\n%s", summary.table())
-    record = {"summary": summary.as_dict(), "provenance": provenance(job_config(cfg))}
+    record: dict[str, Any] = {
+        "summary": summary.as_dict(),
+        "provenance": provenance(job_config(cfg)),
+    }
     record["config"] = OmegaConf.to_container(job_config(cfg), resolve=True)
     atomic_write_json(summary_path(cfg.out), record)
     atomic_write_json(Path(cfg.paths.output_dir) / "summary.json", record)
@@ -56,7 +60,8 @@ def screen(cfg: DictConfig) -> dict:
 
 def job_config(cfg: DictConfig) -> DictConfig:
     """``cfg`` without Hydra's own ``hydra`` node (present when composed in tests)."""
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    # masked_copy takes str keys, as a composed config's top-level keys are
+    return OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _plain_metrics(values: dict[str, Any]) -> dict[str, float]:
+def _plain_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     """The numeric entries of ``values`` as floats; NaN and inf are kept (a diverged run must not
     look like one that never logged the metric)."""
     out = {}

@@ -117,6 +117,7 @@ def load_medgen_checkpoint(
             f"checkpoint {p} is not a medgen checkpoint (no {' and no '.join(missing)}; it "
             f"holds {holds}): pass a checkpoint written by `medgen train`"
         )
+    assert kind is not None  # else "hyper_parameters.kind" is missing, raised above
     return p, ckpt, kind
 
 

@@ -8,7 +8,7 @@ import os
 import platform
 import socket
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,7 @@ def provenance(cfg: Any = None, *, seed: int | None = None, **extra: Any) -> dic
         "git_commit": git_commit(),
         "config_hash": config_hash(cfg) if cfg is not None else None,
         "seed": seed,
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "torch": torch.__version__,

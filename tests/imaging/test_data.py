@@ -11,6 +11,7 @@ import torch
 
 from medgen.imaging.data import MedMNIST3DDataModule, NiftiDataModule, PhantomDataModule
 from medgen.imaging.sources import split_entries
+from medgen.records import DataMeta
 
 # LPS orientation (x towards left, y posterior), anisotropic 1.5 x 1.0 x 3.0 mm, offset origin
 LPS_AFFINE = np.array(
@@ -49,19 +50,20 @@ def test_phantom_items_and_meta():
     assert item["source"] == "phantom:0" and dm.val_set[0]["source"] == "phantom:1000000"
     assert isinstance(item["class_label"], int)
     meta = dm.data_meta
-    assert meta["spatial_size"] == [16, 16, 16] and meta["modality"] == "CT"
-    assert meta["num_classes"] == 3 and meta["class_names"] == ["small", "medium", "large"]
-    assert np.allclose(np.asarray(meta["affine"]), item["affine"].numpy())
-    json.dumps(meta)  # plain values only
+    assert meta.spatial_size == (16, 16, 16) and meta.modality == "CT"
+    assert meta.num_classes == 3 and meta.class_names == ("small", "medium", "large")
+    assert (meta.channels, meta.channel_names, meta.units) == (1, ("ct",), "HU")
+    assert np.allclose(np.asarray(meta.affine), item["affine"].numpy())
+    assert DataMeta.from_dict(json.loads(json.dumps(meta.to_dict()))) == meta  # plain values
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 1, 16, 16, 16) and batch["class_label"].shape == (2,)
     assert batch["affine"].shape == (2, 4, 4) and len(batch["source"]) == 2
 
 
 def test_limit_caps_each_split():
-    dm = PhantomDataModule(size=16, num_train=50, num_val=20, limit=3)
+    dm = PhantomDataModule(size=16, num_train=50, num_val=20, num_test=20, limit=3)
     dm.setup()
-    assert len(dm.train_set) == 3 and len(dm.val_set) == 3
+    assert len(dm.train_set) == 3 and len(dm.val_set) == 3 and len(dm.test_set) == 3
 
 
 def test_nifti_lps_anisotropic_comes_out_ras_at_target_spacing(tmp_path):
@@ -73,6 +75,7 @@ def test_nifti_lps_anisotropic_comes_out_ras_at_target_spacing(tmp_path):
         spatial_size=16,
         spacing=2.0,
         val_fraction=0.5,
+        test_fraction=0.0,
     )
     dm.setup()
     item = dm.train_set[0]
@@ -93,7 +96,7 @@ def test_nifti_lps_anisotropic_comes_out_ras_at_target_spacing(tmp_path):
         nib.affines.apply_affine(aff, np.argwhere(bright)).mean(0), cube_world, atol=1.5
     )
     assert float(item["image"].min()) == -1.0  # air and padding at the floor of the window
-    assert dm.data_meta["spacing"] == [2.0, 2.0, 2.0]
+    assert dm.data_meta.spacing == (2.0, 2.0, 2.0)
 
 
 def test_datalist_json_resize_and_percentile(tmp_path):
@@ -123,18 +126,26 @@ def test_datalist_json_resize_and_percentile(tmp_path):
     check_item(item, (8, 8, 8))
     assert item["class_label"] == 1 and "label" not in item
     meta = dm.data_meta
-    assert meta["num_classes"] == 2 and meta["modality"] == "MR"
-    assert meta["intensity"]["kind"] == "percentile"
-    assert meta["intensity"]["ref_lo"] == -1000.0 and meta["intensity"]["ref_hi"] == 1000.0
+    assert meta.num_classes == 2 and meta.modality == "MR" and meta.channel_names == ("mr",)
+    assert meta.intensity["kind"] == "percentile" and meta.units == "source"
+    assert meta.intensity["ref_lo"] == -1000.0 and meta.intensity["ref_hi"] == 1000.0
 
 
 def test_split_is_reproducible_by_seed():
     entries = [{"image": f"{i}.nii"} for i in range(20)]
-    tr1, va1 = split_entries(entries, val_fraction=0.2, seed=3)
-    tr2, va2 = split_entries(entries, val_fraction=0.2, seed=3)
-    _, va3 = split_entries(entries, val_fraction=0.2, seed=4)
-    assert va1 == va2 and tr1 == tr2 and len(va1) == 4 and va1 != va3
+    tr1, va1, te1 = split_entries(entries, val_fraction=0.2, seed=3)
+    tr2, va2, _ = split_entries(entries, val_fraction=0.2, seed=3)
+    _, va3, _ = split_entries(entries, val_fraction=0.2, seed=4)
+    assert va1 == va2 and tr1 == tr2 and len(va1) == 4 and va1 != va3 and te1 == []
     assert sorted(e["image"] for e in tr1 + va1) == sorted(e["image"] for e in entries)
+    # a test share leaves the validation items as they were and takes its own from train
+    tr4, va4, te4 = split_entries(entries, val_fraction=0.2, test_fraction=0.1, seed=3)
+    assert (
+        va4 == va1
+        and len(te4) == 2
+        and not {e["image"] for e in te4} & {e["image"] for e in tr4 + va4}
+    )
+    assert sorted(e["image"] for e in tr4 + va4 + te4) == sorted(e["image"] for e in entries)
 
 
 def write_medmnist(path, n=6, size=28):
@@ -154,15 +165,15 @@ def test_medmnist_npz(tmp_path):
     dm.setup()
     item = dm.train_set[0]
     check_item(item, (32, 32, 32))
-    assert item["class_label"] == 10 and dm.data_meta["num_classes"] == 11
+    assert item["class_label"] == 10 and dm.data_meta.num_classes == 11
     assert "label" not in item
     inner = item["image"][0, 2:30, 2:30, 2:30].numpy()  # 28^3 centred in 32^3
     np.testing.assert_allclose(inner, arrays["train_images"][0] / 127.5 - 1.0, atol=1e-6)
     assert float(item["image"][0, 0, 0, 0]) == -1.0
-    assert len(dm.val_set) == 2
+    assert len(dm.val_set) == 2 and len(dm.test_set) == 2
     # 0..255 display values: not CT/HU by default, mapped back in source units
-    assert dm.data_meta["modality"] != "CT"
-    assert dm.data_meta["intensity"]["kind"] == "minmax"
+    assert dm.data_meta.modality != "CT" and dm.data_meta.units == "source"
+    assert dm.data_meta.intensity["kind"] == "minmax"
 
 
 # -- bad input: each names the file and the reason ------------------------------------------------
@@ -216,7 +227,7 @@ def test_medmnist_bad_npz(tmp_path):
 
 def test_resize_records_true_geometry_and_export_writes_it(tmp_path):
     """40^3 at 1 mm, resampled to 2 mm (20^3), resized to 16^3: 2.5 mm voxels, world origin kept."""
-    from medgen.imaging.export import export_volumes
+    from medgen.imaging.api import export_volumes
 
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     affine[:3, 3] = [100.0, -50.0, 20.0]  # an origin far from 0
@@ -224,19 +235,18 @@ def test_resize_records_true_geometry_and_export_writes_it(tmp_path):
         write_scan(tmp_path / "scans", name, shape=(40, 40, 40), affine=affine, label=False)
     dm = NiftiDataModule(
         path=str(tmp_path / "scans"), spatial_size=16, spacing=2.0, shape_mode="resize",
-        val_fraction=0.5,
+        val_fraction=0.5, test_fraction=0.0,
     )  # fmt: skip
     meta = dm.data_meta
-    np.testing.assert_allclose(meta["spacing"], [2.5, 2.5, 2.5], atol=1e-4)
+    np.testing.assert_allclose(meta.spacing, [2.5, 2.5, 2.5], atol=1e-4)
     item_affine = dm.train_set[0]["affine"].numpy()
-    np.testing.assert_allclose(meta["affine"], item_affine, atol=1e-6)
+    np.testing.assert_allclose(meta.affine, item_affine, atol=1e-6)
     # the volume still covers the source's field of view: centre of the grid at the source centre
-    centre = nib.affines.apply_affine(np.asarray(meta["affine"]), [7.5, 7.5, 7.5])
+    centre = nib.affines.apply_affine(np.asarray(meta.affine), [7.5, 7.5, 7.5])
     np.testing.assert_allclose(centre, nib.affines.apply_affine(affine, [19.5] * 3), atol=1.0)
     paths = export_volumes(
-        torch.zeros(1, 1, 16, 16, 16), tmp_path / "out", affine=meta["affine"],
-        intensity=meta["intensity"], modality=meta["modality"], preview=False,
-    )  # fmt: skip
+        torch.zeros(1, 1, 16, 16, 16), tmp_path / "out", meta=meta, preview=False
+    )
     img = nib.load(str(paths[0]))
     np.testing.assert_allclose(img.header.get_zooms()[:3], [2.5, 2.5, 2.5], atol=1e-4)
     np.testing.assert_allclose(img.affine, item_affine, atol=1e-4)

@@ -187,7 +187,7 @@ def test_datalist_paths_outside_its_folder_are_allowed_and_logged(tmp_path, capl
     caplog.set_level("WARNING", logger="medgen.imaging.sources")
     dm = nifti(path, val_fraction=0.5)
     dm.setup()
-    assert len(dm.train_set) + len(dm.val_set) == 3
+    assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set or []) == 3
     assert "2 path(s) lie outside its folder" in caplog.text
     assert f"training[1].image='../elsewhere/x.nii.gz' -> {outside}" in caplog.text
 
@@ -231,6 +231,9 @@ def test_mixed_class_labels_are_refused(tmp_path):
         (NiftiDataModule, {"spacing": 0}, "data.spacing"),
         (NiftiDataModule, {"val_fraction": 1.0}, "data.val_fraction"),
         (NiftiDataModule, {"val_fraction": -0.1}, "data.val_fraction"),
+        (NiftiDataModule, {"test_fraction": -0.1}, "data.test_fraction"),
+        (NiftiDataModule, {"val_fraction": 0.5, "test_fraction": 0.5}, "data.test_fraction"),
+        (PhantomDataModule, {"num_test": -1}, "data.num_test"),
         (NiftiDataModule, {"cache": "ram"}, "data.cache"),
         (NiftiDataModule, {"cache": "disk", "cache_dir": None}, "data.cache_dir"),
         (NiftiDataModule, {"shape_mode": "stretch"}, "data.shape_mode"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medgen.imaging.viz import grid_to_uint8, mid_slices, save_slice_grid, slice_grid
+from medgen.imaging.viz import grid_to_uint8, mid_slices, save_slice_grid, slice_grid, write_preview
 
 
 def test_mid_slices_orientation():
@@ -36,3 +36,26 @@ def test_bad_shape_is_named():
         slice_grid(np.zeros((8, 8)))
     with pytest.raises(ValueError, match=r"\(2, 8\)"):
         slice_grid([np.zeros((2, 8))])
+
+
+def test_write_preview_takes_volumes_and_meta_any_channels(tmp_path):
+    from tests.sampling.helpers import data_meta
+
+    two = data_meta(8, channels=2)
+    path = write_preview(torch.zeros(3, 2, 8, 8, 8), two, tmp_path / "p.png", titles="abc")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"\(B, 1, D, H, W\) for \['ct'\]"):
+        write_preview(torch.zeros(1, 2, 8, 8, 8), data_meta(8), tmp_path / "q.png")
+
+
+def test_scan_preview_settings_are_checked():
+    from medgen.errors import ConfigError
+    from medgen.imaging.callbacks import ScanPreview
+
+    assert ScanPreview(sampler="ddim").sampler == "ddim"
+    with pytest.raises(ConfigError, match=r"^callbacks.scan_preview.sampler='euler'"):
+        ScanPreview(sampler="euler")
+    with pytest.raises(ConfigError, match=r"^callbacks.scan_preview.every_n_epochs=-1"):
+        ScanPreview(every_n_epochs=-1)
+    with pytest.raises(ConfigError, match=r"^callbacks.scan_preview.num_samples=0"):
+        ScanPreview(num_samples=0)

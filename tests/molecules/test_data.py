@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from medgen.molecules.data import EMBEDDED_SAMPLE, GraphDataModule, cache_file, load_source
+from medgen.molecules.data import GraphDataModule
+from medgen.molecules.featurize import EMBEDDED_SAMPLE, cache_file, load_source
 
 
 def read_rejects(path):
@@ -171,3 +172,36 @@ def test_a_token_no_vocabulary_accepts_only_rejects_its_molecules(tmp_path, cach
     dm.use_vocabulary(None)
     assert len(dm.train_set) == 1 and "*" not in dm.vocabulary.tokens
     assert any("not in the vocabulary: *" in r[2] for r in dm.rejects)
+
+
+def test_train_val_and_test_splits_are_disjoint_and_seeded(cache_dir):
+    dm = GraphDataModule(limit=60, val_fraction=0.2, test_fraction=0.15, seed=5, batch_size=8)
+    dm.setup()
+    train, val, test = set(dm.train_indices), set(dm.val_indices), set(dm.test_indices)
+    assert (len(train), len(val), len(test)) == (39, 12, 9)
+    assert train.isdisjoint(val) and train.isdisjoint(test) and val.isdisjoint(test)
+    assert len(dm.test_set) == 9 and len(train | val | test) == 60
+    smiles = dm.source.smiles
+    assert {smiles[k] for k in test}.isdisjoint(dm.train_smiles())
+    # the test loader serves the test split, not the validation split
+    tested = sum(b.atoms.shape[0] for b in dm.test_dataloader())
+    assert tested == 9
+    # validation is drawn first: adding a test split leaves it as it was
+    no_test = GraphDataModule(limit=60, val_fraction=0.2, seed=5)
+    no_test.setup()
+    assert no_test.val_indices == dm.val_indices and no_test.test_indices == []
+    again = GraphDataModule(limit=60, val_fraction=0.2, test_fraction=0.15, seed=5)
+    again.setup()
+    assert again.test_indices == dm.test_indices
+    other = GraphDataModule(limit=60, val_fraction=0.2, test_fraction=0.15, seed=6)
+    other.setup()
+    assert other.test_indices != dm.test_indices
+
+
+def test_testing_without_a_test_split_is_refused(cache_dir):
+    dm = GraphDataModule(limit=20, val_fraction=0.25)
+    dm.setup()
+    with pytest.raises(ValueError, match="data.test_fraction=0.0"):
+        dm.test_dataloader()
+    with pytest.raises(ValueError, match="test_fraction"):
+        GraphDataModule(val_fraction=0.5, test_fraction=0.5)

@@ -6,55 +6,75 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
 
+from medgen.generation import sample_to
 from medgen.molecules.api import MoleculeVAE
 from medgen.molecules.module import GraphVAEModule
-from medgen.molecules.sample import sample_from_config
+from medgen.records import SampleSettings
 from medgen.tasks.train import train
 
 from .conftest import MOLECULES
+
+NET = {"latent_dim": 16, "hidden_dim": 64, "pair_dim": 32}  # over the GraphVAE defaults
+
+
+def sample_from(ckpt, *, out, n, seed=0, temperature=1.0, batch_size=4, overwrite=False):
+    """What `medgen sample` does for a molecule checkpoint (load, resolve, shard, write)."""
+    module = GraphVAEModule.from_checkpoint(ckpt)
+    settings = SampleSettings(seed=seed, temperature=temperature)
+    file = ckpt if str(ckpt).endswith(".ckpt") else ckpt / "checkpoints" / "last.ckpt"
+    return sample_to(
+        module, settings, out=out, checkpoint=file, n=n, batch_size=batch_size,
+        overwrite=overwrite, preview=False,
+    )  # fmt: skip
+
+
+def train_tiny(tmp, overrides: list[str]):
+    """`medgen train model=graph_vae data=smiles debug=fast <overrides>` with outputs in ``tmp``."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import compose_at
+
+    overrides = ["model=graph_vae", "data=smiles", "debug=fast", *overrides]
+    cfg = compose_at(tmp, "train", overrides, job=True)
+    try:
+        return train(cfg)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A tiny graph VAE trained with `medgen train model=graph_vae data=smiles debug=fast`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    from tests.conftest import CONFIG_DIR
-
     tmp = tmp_path_factory.mktemp("graph_vae")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # module-scoped: runs before the per-test thread fixture
     mp = pytest.MonkeyPatch()
     mp.setenv("MEDGEN_CACHE_DIR", str(tmp / "cache"))
-    GlobalHydra.instance().clear()
     overrides = [
-        "model=graph_vae",
-        "data=smiles",
-        "debug=fast",
-        "model.hidden_dim=64",
-        "model.latent_dim=16",
-        "model.n_val_samples=32",
+        "model.network.hidden_dim=64",
+        "model.network.latent_dim=16",
+        "callbacks.molecule_sampling.n_samples=32",
         "data.limit=48",
+        "data.test_fraction=0.0",  # the split (and so the model) these assertions were set on
         "data.batch_size=16",
     ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(tmp)
-        cfg.paths.data_dir = str(tmp / "data")
-        cfg.paths.log_dir = str(tmp / "outputs")
-        cfg.paths.output_dir = str(tmp / "run")
-        del cfg["hydra"]  # resolved already; train() writes the resolved config
-    metrics = train(cfg)
-    GlobalHydra.instance().clear()
+    metrics = train_tiny(tmp, overrides)
     torch.set_num_threads(threads)
     yield tmp / "run", metrics
     mp.undo()
+
+
+def test_test_true_tests_on_the_held_out_test_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDGEN_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = ["model.network.hidden_dim=16", "model.network.latent_dim=4",
+                 "model.network.pair_dim=8", "callbacks.molecule_sampling.n_samples=4",
+                 "callbacks.molecule_sampling.n_recon=4", "data.limit=20",
+                 "data.test_fraction=0.25", "trainer.max_epochs=1", "test=true"]  # fmt: skip
+    metrics = train_tiny(tmp_path, overrides)
+    assert "test/loss" in metrics and metrics["test/loss"] > 0
+    assert "val/validity" in metrics  # the callback ran with the test split in place
+    assert (tmp_path / "run" / "molecules" / "epoch_000.png").is_file()
 
 
 def test_train_logs_losses_and_sample_metrics(trained_run):
@@ -74,49 +94,51 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(trained_run):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     hp = ckpt["hyper_parameters"]
     assert hp["kind"] == "graph_vae" and hp["vocabulary"][0] == "C" and hp["max_atoms"] > 10
-    model = GraphVAEModule.load_medgen_checkpoint(run)
+    assert hp["module"] == "medgen.molecules.module.GraphVAEModule"
+    # network and optimizer are stored as the plain config nodes they were built from
+    assert hp["network"]["_target_"] == "medgen.molecules.vae.GraphVAE"
+    assert hp["network"]["latent_dim"] == 16 and type(hp["network"]) is dict
+    assert hp["optimizer"]["_partial_"] is True and hp["optimizer"]["lr"] == 0.001
+    model = GraphVAEModule.from_checkpoint(run)
     assert model.vocab.tokens == hp["vocabulary"] and not model.training
+    assert model.vae.latent_dim == 16
 
 
 def test_sample_task_writes_csv_and_sdf_with_provenance(trained_run, tmp_path):
     run, _ = trained_run
-    cfg = OmegaConf.create(
-        {"n": 20, "seed": 3, "temperature": 1.0, "batch_size": 4, "out": str(tmp_path / "m.csv")}
-    )
-    summary = sample_from_config(cfg, run / "checkpoints" / "last.ckpt")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "m.csv"
+    kw = dict(out=out, n=20, seed=3, temperature=1.0, batch_size=4)
+    summary = sample_from(ckpt, **kw)
     assert summary["validity"] == 1.0
-    lines = (tmp_path / "m.csv").read_text().splitlines()
+    lines = out.read_text().splitlines()
     assert lines[0] == "index,seed,smiles,valid" and len(lines) == 21
     side = json.loads((tmp_path / "m.csv.json").read_text())
     assert side["seed"] == 3 and len(side["checkpoint_sha256"]) == 64 and side["provenance"]
     # same seed and checkpoint: rerun is allowed and identical; another seed is refused
-    sample_from_config(cfg, run / "checkpoints" / "last.ckpt")
-    assert (tmp_path / "m.csv").read_text().splitlines() == lines
-    cfg.seed = 4
+    sample_from(ckpt, **kw)
+    assert out.read_text().splitlines() == lines
     with pytest.raises(FileExistsError, match="overwrite=true"):
-        sample_from_config(cfg, run / "checkpoints" / "last.ckpt")
+        sample_from(ckpt, **{**kw, "seed": 4})
     # another temperature or count into the same out is refused too, naming what changed
-    cfg.seed, cfg.temperature = 3, 0.5
     with pytest.raises(FileExistsError, match="temperature=0.5 \\(was 1.0\\)"):
-        sample_from_config(cfg, run / "checkpoints" / "last.ckpt")
-    cfg.temperature, cfg.n = 1.0, 21
+        sample_from(ckpt, **{**kw, "temperature": 0.5})
     with pytest.raises(FileExistsError, match="n=21 \\(was 20\\)"):
-        sample_from_config(cfg, run / "checkpoints" / "last.ckpt")
-    cfg.n = 20
+        sample_from(ckpt, **{**kw, "n": 21})
     # a corrupt sidecar is named, not a bare JSONDecodeError
     (tmp_path / "m.csv.json").write_text("{not json")
     with pytest.raises(ValueError, match="m.csv.json is corrupt"):
-        sample_from_config(cfg, run / "checkpoints" / "last.ckpt")
+        sample_from(ckpt, **kw)
     with pytest.raises(ValueError, match="temperature must be .*got 0"):
-        sample_from_config(OmegaConf.merge(cfg, {"temperature": 0, "overwrite": True}), run)
-    cfg.out = str(tmp_path / "m.sdf")
-    sample_from_config(cfg, run / "checkpoints" / "last.ckpt")
+        sample_from(run, **{**kw, "temperature": 0, "overwrite": True})
+    sample_from(ckpt, **{**kw, "out": tmp_path / "m.sdf"})
     assert (tmp_path / "m.sdf").read_text().count("$$$$") == 20
+    assert not list(tmp_path.glob(".*parts"))  # the parts are merged and removed
 
 
 def test_api_encode_decode_interpolate_and_optimize(trained_run):
     from medgen.molecules.api import score_smiles
-    from medgen.molecules.data import EMBEDDED_SAMPLE
+    from medgen.molecules.featurize import EMBEDDED_SAMPLE
     from medgen.molecules.graph import round_trip
 
     run, _ = trained_run
@@ -149,15 +171,13 @@ def test_api_encode_decode_interpolate_and_optimize(trained_run):
 
 def test_overfit_model_reconstructs_its_molecules_and_logs_it(tmp_path):
     from medgen.molecules.graph import collate_graphs, encode_tokens, smiles_to_tokens
-    from medgen.molecules.module import reconstruction_accuracy
+    from medgen.molecules.sampling import reconstruction_accuracy
 
     neutral = [s for s in MOLECULES if "+" not in s]
     tokens = [smiles_to_tokens(s) for s in neutral]
     vocab = sorted({t for toks, _ in tokens for t in toks})
     torch.manual_seed(0)
-    module = GraphVAEModule(
-        vocabulary=vocab, max_atoms=30, latent_dim=16, hidden_dim=64, pair_dim=32
-    )
+    module = GraphVAEModule(vocabulary=vocab, max_atoms=30, network=NET)
     batch = collate_graphs([encode_tokens(t, b, module.vocab) for t, b in tokens])
     opt = torch.optim.Adam(module.vae.parameters(), lr=3e-3)
     for _ in range(250):
@@ -169,7 +189,5 @@ def test_overfit_model_reconstructs_its_molecules_and_logs_it(tmp_path):
     assert reconstruction_accuracy(module.vae, module.vocab, batch) == 1.0
     assert MoleculeVAE(module).reconstruction_accuracy(neutral) == 1.0
     # an untrained model of the same size does not reconstruct them
-    untrained = GraphVAEModule(
-        vocabulary=vocab, max_atoms=30, latent_dim=16, hidden_dim=64, pair_dim=32
-    )
+    untrained = GraphVAEModule(vocabulary=vocab, max_atoms=30, network=NET)
     assert MoleculeVAE(untrained).reconstruction_accuracy(neutral) < 0.5

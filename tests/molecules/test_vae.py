@@ -6,7 +6,6 @@ import pytest
 import torch
 from rdkit import Chem
 
-from medgen.molecules.api import draw_noise, sample_smiles
 from medgen.molecules.graph import (
     Vocabulary,
     batch_to_smiles,
@@ -16,6 +15,7 @@ from medgen.molecules.graph import (
     round_trip,
     smiles_to_tokens,
 )
+from medgen.molecules.sampling import draw_noise, sample_smiles
 from medgen.molecules.vae import GraphVAE
 
 from .conftest import MOLECULES
@@ -34,7 +34,7 @@ def test_untrained_samples_all_sanitize_and_are_connected():
     vocab = Vocabulary(VOCAB)
     vae = tiny_vae(vocab, max_atoms=24).eval()
     for temperature in (1.0, 2.0):  # a hot decoder explores odd corners of the valence rules
-        z, u = draw_noise(vae, 200, seed=temperature.__hash__())
+        z, u = draw_noise(vae, range(200), seed=temperature.__hash__())
         graphs = vae.sample(z * 2, temperature=temperature, uniforms=u)
         for b in range(200):
             # graph_to_mol raises if RDKit cannot sanitize
@@ -122,7 +122,7 @@ def test_extreme_temperature_keeps_validity_by_construction():
     # masks are applied after temperature scaling and noise: a huge temperature cannot unmask
     vocab = Vocabulary(VOCAB)
     vae = tiny_vae(vocab, max_atoms=20).eval()
-    z, u = draw_noise(vae, 100, seed=5)
+    z, u = draw_noise(vae, range(100), seed=5)
     for temperature in (1e6, 1e10):  # 1e10 made -1e9 masks finite noise-level logits before
         graphs = vae.sample(z, temperature=temperature, uniforms=u)
         for b in range(100):

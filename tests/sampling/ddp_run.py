@@ -9,16 +9,20 @@ import json
 import sys
 from pathlib import Path
 
-from medgen.imaging.sample import sample_to_folder
-from tests.sampling.helpers import spec_for, tiny
+from medgen.generation import sample_to
+from tests.sampling.helpers import settings, tiny
 
 if __name__ == "__main__":
     out, n = sys.argv[1], int(sys.argv[2])
+    checkpoint = Path(out).with_name("stand-in.ckpt")  # only its sha256 is recorded
+    if not checkpoint.exists():
+        checkpoint.write_bytes(b"tiny")
     module = tiny("ddpm")  # stochastic DDPM steps: per-step noise from each sample's generator
-    summary = sample_to_folder(
+    summary = sample_to(
         module,
-        spec_for(module, seed=5, sampler="ddpm", steps=4),
+        settings(seed=5, sampler="ddpm", steps=4),
         out=out,
+        checkpoint=checkpoint,
         n=n,
         batch_size=2,
         trainer_kwargs={"accelerator": "cpu", "devices": 2, "strategy": "ddp"},

@@ -12,11 +12,10 @@ from collections import Counter
 import nibabel as nib
 import numpy as np
 
-from medgen.imaging.export import to_source_units
-from medgen.imaging.sample import generate
+from medgen.imaging.api import generate_volumes
 from medgen.utils.provenance import file_sha256
 
-from .helpers import spec_for, temporaries, tiny
+from .helpers import cohort_for, settings, temporaries, tiny
 
 
 def test_two_ranks_draw_each_sample_exactly_once(tmp_path, repo_root):
@@ -46,8 +45,9 @@ def test_two_ranks_draw_each_sample_exactly_once(tmp_path, repo_root):
     assert temporaries(out) == []
     # the same volumes as one process drawing them all in one batch (1 HU: float rounding)
     module = tiny("ddpm")
-    spec = spec_for(module, seed=5, sampler="ddpm", steps=4)
-    expected = generate(module, n, seed=5, sampler="ddpm", steps=4, batch_size=n)
+    s = settings(seed=5, sampler="ddpm", steps=4)
+    expected = generate_volumes(module, n, s, batch_size=n)
+    cohort = cohort_for(module, out, seed=5, sampler="ddpm", steps=4)
     for i in range(n):
         data = np.asarray(nib.load(out / f"images/sample_{i:05d}.nii.gz").dataobj).astype(int)
-        assert np.abs(data - to_source_units(expected[i], spec).astype(int)).max() <= 1
+        assert np.abs(data - cohort.to_source_units(expected[i]).astype(int)).max() <= 1

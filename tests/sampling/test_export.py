@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from medgen.imaging import export as ex
+from medgen.imaging import cohort as ex
+from medgen.imaging.api import export_volumes
 from medgen.imaging.intensity import IntensityMapping
+from medgen.records import DataMeta, Sampler, SampleSettings
 from medgen.utils.provenance import file_sha256
 
-from .helpers import AFFINE, temporaries
+from .helpers import AFFINE, data_meta, temporaries
 
 CT = IntensityMapping("ct_window", -1000.0, 1000.0)
 
@@ -24,15 +26,17 @@ def _volumes(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
     return torch.rand((n, 1, size, size, size), generator=g) * 2.2 - 1.1  # spills past [-1, 1]
 
 
-def _export(vols, out, **kw):
-    kw.setdefault("affine", AFFINE)
-    kw.setdefault("intensity", CT)
-    kw.setdefault("seed", 7)
-    kw.setdefault("sampler", "ddim")
-    kw.setdefault("steps", 10)
-    kw.setdefault("ckpt_sha256", "ab" * 32)
+def _export(vols, out, *, affine=AFFINE, intensity=CT, modality="CT", seed=7, **kw):
+    """export_volumes with the test's geometry and settings (keyword changes as arguments)."""
+    meta = DataMeta.from_dict(
+        {**data_meta(vols.shape[-1]).to_dict(), "affine": np.asarray(affine).tolist(),
+         "intensity": dict(intensity if isinstance(intensity, dict) else intensity.to_dict()),
+         "modality": modality}
+    )  # fmt: skip
+    sampled = SampleSettings(seed=seed, sampler=Sampler.DDIM, steps=10)
+    kw.setdefault("checkpoint_sha256", "ab" * 32)
     kw.setdefault("config_hash", "cafe")
-    return ex.export_volumes(vols, out, **kw)
+    return export_volumes(vols, out, meta=meta, settings=sampled, **kw)
 
 
 def test_ct_nifti_geometry_dtype_and_hu(tmp_path):
@@ -158,7 +162,7 @@ def test_different_seed_or_checkpoint_is_refused_unless_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match=r"seed: 7 there, 8 now.*overwrite=true"):
         _export(vols, out, seed=8)
     with pytest.raises(FileExistsError, match="checkpoint_sha256"):
-        _export(vols, out, ckpt_sha256="cd" * 32)
+        _export(vols, out, checkpoint_sha256="cd" * 32)
     _export(vols[:1], out, seed=8, overwrite=True)
     assert json.loads((out / "run.json").read_text())["seed"] == 8
     assert sorted(p.name for p in (out / "images").glob("*.nii.gz")) == ["sample_00000.nii.gz"]
@@ -177,7 +181,7 @@ def test_bad_inputs_name_the_problem(tmp_path):
         _export(torch.full((1, 1, 4, 4, 4), float("nan")), tmp_path / "a")
     with pytest.raises(ValueError, match="one channel"):
         _export(torch.zeros((1, 2, 4, 4, 4)), tmp_path / "b")
-    with pytest.raises(ValueError, match="affine must be 4x4"):
+    with pytest.raises(ValueError, match="data_meta.affine.*4x4"):
         _export(_volumes(1), tmp_path / "c", affine=np.eye(3))
     with pytest.raises(ValueError, match="distinct"):
         _export(_volumes(2), tmp_path / "d", indices=[3, 3])
@@ -189,3 +193,12 @@ def test_one_write_preview_name_per_purpose():
 
     assert callable(ex.write_cohort_preview) and not hasattr(ex, "write_preview")
     assert callable(viz.write_preview)
+
+
+def test_one_import_path_per_name():
+    """The re-export shims are gone: each name has one home."""
+    import importlib
+
+    for gone in ("export", "sample", "predict"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(f"medgen.imaging.{gone}")

@@ -1,158 +1,143 @@
-"""Sampling with the real ``DiffusionModule`` (tiny UNet, 10 timesteps) and the sample config."""
+"""Sampling: per-sample seeding, index sharding, and the Trainer.predict path into a folder."""
 
 from __future__ import annotations
 
-import json
+import csv
+import itertools
 
 import nibabel as nib
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
-from medgen.imaging.data import NiftiDataModule, PhantomDataModule
-from medgen.imaging.diffusion import DiffusionModule
-from medgen.imaging.sample import generate, sample_from_config
-from medgen.utils.provenance import file_sha256
+from medgen import generation
+from medgen.imaging import cohort as cohort_module
+from medgen.imaging.api import generate_volumes
+from medgen.imaging.cohort import VolumeCohort, intact_indices
+from medgen.imaging.samplers import resolve_condition
 
-from .helpers import TINY, tiny
-
-
-def trained_run(tmp_path_factory, name: str, **kw):
-    """A run dir with checkpoints/last.ckpt after one training step on 16^3 phantoms."""
-    run = tmp_path_factory.mktemp(name)
-    torch.manual_seed(0)
-    module = DiffusionModule(**TINY, **kw)
-    dm = PhantomDataModule(size=16, num_train=2, num_val=1, batch_size=2)
-    trainer = pl.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=run,
-    )
-    trainer.fit(module, datamodule=dm)
-    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
-    (run / "provenance.json").write_text(json.dumps({"config_hash": f"hash-of-{name}"}))
-    return run
+from .helpers import StandIn, cohort_for, settings, temporaries, tiny
 
 
-@pytest.fixture(scope="module")
-def ddpm_run(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return trained_run(tmp_path_factory, "ddpm")
-    finally:
-        torch.set_num_threads(before)
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_shard_covers_every_index_once(world_size):
+    for n in range(0, 11):
+        shards = [generation.shard(n, r, world_size) for r in range(world_size)]
+        flat = list(itertools.chain.from_iterable(shards))
+        assert sorted(flat) == list(range(n))  # none missing, none twice, no padding
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+        dataset = generation.IndexDataset(range(100, 100 + n))
+        sampler = generation.ShardSampler(dataset, rank=world_size - 1, world_size=world_size)
+        assert list(sampler) == shards[-1] and len(sampler) == len(shards[-1])
+    with pytest.raises(ValueError, match="rank 4 is not in a world of size 4"):
+        generation.shard(3, 4, 4)
 
 
-@pytest.mark.parametrize("objective,sampler", [("ddpm", "ddpm"), ("ddpm", "ddim"), ("rflow", None)])
-def test_sample_i_is_the_same_alone_or_in_a_batch_of_eight(objective, sampler):
-    module = tiny(objective)
-    alone = generate(module, 8, sampler=sampler, steps=5, seed=9, batch_size=1)
-    batched = generate(module, 8, sampler=sampler, steps=5, seed=9, batch_size=8)
-    torch.testing.assert_close(alone, batched, atol=1e-5, rtol=0)
-    rerun = generate(module, 3, sampler=sampler, steps=5, seed=9, batch_size=2)
-    torch.testing.assert_close(rerun, alone[:3], atol=1e-5, rtol=0)
-    assert alone.shape == (8, 1, 8, 8, 8) and alone.abs().max() <= 1.0
-    assert not torch.allclose(alone[0], alone[1])
+def test_sample_i_is_the_same_for_any_batch_size_and_rerun():
+    module = StandIn()
+    one = generate_volumes(module, 8, settings(seed=3, steps=4), batch_size=1)
+    eight = generate_volumes(module, 8, settings(seed=3, steps=4), batch_size=8)
+    again = generate_volumes(module, 8, settings(seed=3, steps=4), batch_size=3)
+    assert one.shape == (8, 1, 8, 8, 8)
+    torch.testing.assert_close(one, eight, atol=1e-5, rtol=0)
+    torch.testing.assert_close(one, again, atol=1e-5, rtol=0)
+    assert not torch.allclose(one[0], one[1])  # samples differ from each other
+    other = generate_volumes(module, 2, settings(seed=4, steps=4), batch_size=2)
+    assert not torch.allclose(one[:2], other)
+    # sample 5 alone, as another rank would draw it
+    alone = module.generate([5], settings(seed=3, steps=4)).items
+    torch.testing.assert_close(alone[0], one[5], atol=1e-5, rtol=0)
 
 
-def test_sampler_and_condition_errors_name_the_value():
-    with pytest.raises(ValueError, match="sampler='rflow' does not fit .* 'ddpm' objective"):
-        generate(tiny("ddpm"), 1, sampler="rflow")
-    with pytest.raises(ValueError, match="condition=1: this checkpoint was trained without"):
-        generate(tiny("ddpm"), 1, condition=1)
-    with pytest.raises(ValueError, match="steps=20: this model was trained with 10 timesteps"):
-        generate(tiny("ddpm"), 1, sampler="ddim", steps=20)
-
-
-def test_every_sampler_is_checked_before_any_output(tmp_path):
-    """RFlow's steps are checked up front like the others (resolve_sampling, before any folder)."""
-    from medgen.imaging.sample import resolve_sampling
-    from medgen.imaging.samplers import resolve_sampler
-
-    for objective, sampler in (("rflow", "rflow"), ("ddpm", "ddpm"), ("ddpm", "ddim")):
-        with pytest.raises(ValueError, match="steps=20: this model was trained with 10 timesteps"):
-            resolve_sampling(tiny(objective), sampler, 20, 1.0, None)
-    assert resolve_sampler("rflow", None, None, 10) == ("rflow", 10)
-    assert resolve_sampler("ddpm", None, None, 1000) == ("ddim", 50)
-    assert resolve_sampler("ddpm", "ddpm", None, 1000) == ("ddpm", 1000)
+def test_bad_sampling_arguments_are_named():
+    module = tiny("ddpm")
+    with pytest.raises(ValueError, match="sampler='euler'"):
+        generate_volumes(module, 1, settings().replace(sampler="euler"))
     with pytest.raises(ValueError, match="steps=0"):
-        resolve_sampler("rflow", None, 0, 10)
+        generate_volumes(module, 1, settings(steps=0))
+    with pytest.raises(ValueError, match="trained without class conditioning"):
+        generate_volumes(module, 1, settings(condition=1))
+    with pytest.raises(ValueError, match=r"eta=0\.5 .*ddpm"):
+        module.resolve_settings(settings(sampler="ddpm", eta=0.5))
+    with pytest.raises(ValueError, match=r"eta=1\.5"):
+        module.resolve_settings(settings(sampler="ddim", eta=1.5))
+    with pytest.raises(ValueError, match="temperature=0.5"):
+        module.resolve_settings(settings(temperature=0.5))
+    names = ["small", "medium", "large"]
+    assert resolve_condition("large", 3, names) == (2, "large")
+    assert resolve_condition(0, 3, names) == (0, "small")
+    with pytest.raises(ValueError, match="out of range 0..2"):
+        resolve_condition(3, 3, names)
+    with pytest.raises(ValueError, match="'huge' is not a class"):
+        resolve_condition("huge", 3, names)
 
 
-def test_medgen_sample_config_writes_a_cohort_that_reads_back(ddpm_run, compose_cfg, tmp_path):
-    out = tmp_path / "synth"
-    cfg = compose_cfg("sample", [f"ckpt={ddpm_run}", "n=3", "batch_size=2", f"out={out}"])
-    summary = sample_from_config(cfg, ddpm_run / "checkpoints" / "last.ckpt")
-    assert summary["count"] == 3 and summary["written"] == 3
-    run = json.loads((out / "run.json").read_text())
-    assert (run["sampler"], run["steps"], run["seed"]) == ("ddim", 10, 0)  # model defaults
-    ckpt = torch.load(ddpm_run / "checkpoints" / "last.ckpt", weights_only=True)
-    meta = ckpt["hyper_parameters"]["data_meta"]
-    for i in range(3):
-        img = nib.load(out / "images" / f"sample_{i:05d}.nii.gz")
-        np.testing.assert_allclose(img.affine, meta["affine"], atol=1e-5)
-        np.testing.assert_allclose(img.header.get_zooms(), meta["spacing"], rtol=1e-5)
-        data = np.asarray(img.dataobj)
-        assert data.dtype == np.int16 and data.shape == (16, 16, 16)
-        lo, hi = meta["intensity"]["lo"], meta["intensity"]["hi"]
-        assert lo <= data.min() and data.max() <= hi
-        side = json.loads((out / "images" / f"sample_{i:05d}.json").read_text())
-        assert side["checkpoint_sha256"] == file_sha256(ddpm_run / "checkpoints" / "last.ckpt")
-        assert side["training_config_hash"] == "hash-of-ddpm"
-    assert (out / "preview.png").is_file()
-    # the same volumes as the Python API (float rounding: at most 1 HU)
-    x = generate(ddpm_run, 3, seed=0, batch_size=3)
-    for i in range(3):
+def test_resolved_settings_record_what_runs_and_are_idempotent():
+    module = tiny("ddpm")
+    s = module.resolve_settings(settings())
+    assert (s.sampler, s.steps, s.eta, s.condition) == ("ddim", 10, 0.0, None)
+    assert module.resolve_settings(s) == s
+    assert module.resolve_settings(settings(sampler="ddpm", steps=4)).eta == 1.0
+    assert tiny("rflow").resolve_settings(settings()).eta is None
+
+
+def test_predict_into_folder_matches_the_api_and_resumes(tmp_path):
+    module, out = StandIn(), tmp_path / "synth"
+    s = settings(seed=11, sampler="ddim", steps=4)
+    common = dict(out=out, checkpoint=tmp_path / "ckpt")
+    summary = generation.sample_to(module, s, n=5, batch_size=2, **common)
+    assert summary["written"] == 5 and summary["count"] == 5
+    expected = generate_volumes(module, 5, s, batch_size=5)
+    cohort = cohort_for(module, out, seed=11, sampler="ddim", steps=4)
+    for i in range(5):
         data = np.asarray(nib.load(out / "images" / f"sample_{i:05d}.nii.gz").dataobj)
-        assert np.abs(data - np.rint(x[i, 0].numpy() * (hi - lo) / 2 + (hi + lo) / 2)).max() <= 1
-    dm = NiftiDataModule(
-        path=str(out / "dataset.json"), spatial_size=16, spacing=meta["spacing"], val_fraction=0.34
-    )
-    dm.setup()
-    assert len(dm.train_set) + len(dm.val_set) == 3
-    assert dm.train_set[0]["image"].shape == (1, 16, 16, 16)
-    # a different seed into the same folder is refused
-    cfg = compose_cfg("sample", [f"ckpt={ddpm_run}", "n=3", "seed=1", f"out={out}"])
-    with pytest.raises(FileExistsError, match="seed: 0 there, 1 now"):
-        sample_from_config(cfg, ddpm_run / "checkpoints" / "last.ckpt")
+        ref = cohort.to_source_units(expected[i])
+        assert np.abs(data.astype(int) - ref.astype(int)).max() <= 1  # 1 HU: float rounding
+    with open(out / "manifest.csv", newline="") as fh:
+        assert [r["index"] for r in csv.DictReader(fh)] == ["0", "1", "2", "3", "4"]
+    # rerun: nothing to draw; a larger n draws only the new ones
+    assert generation.sample_to(module, s, n=5, batch_size=2, **common)["written"] == 0
+    assert generation.sample_to(module, s, n=7, batch_size=4, **common)["written"] == 2
+    assert cohort.done() == set(range(7)) == intact_indices(out)
+    with pytest.raises(FileExistsError, match="seed: 11 there, 12 now"):
+        generation.sample_to(module, s.replace(seed=12), n=1, **common)
 
 
-def test_class_conditional_export_records_the_class(tmp_path_factory, compose_cfg, tmp_path):
-    run = trained_run(tmp_path_factory, "cond", class_conditional=True)
-    out = tmp_path / "synth"
-    overrides = [f"ckpt={run}", "n=2", "sampler=ddim", "steps=3", f"out={out}", "preview=false"]
-    cfg = compose_cfg("sample", [*overrides, "condition=large", "guidance_scale=2.0"])
-    sample_from_config(cfg, run / "checkpoints" / "last.ckpt")
-    side = json.loads((out / "images" / "sample_00001.json").read_text())
-    assert (side["condition"], side["condition_name"], side["guidance_scale"]) == (2, "large", 2.0)
-    datalist = json.loads((out / "dataset.json").read_text())
-    assert [e["class_label"] for e in datalist["training"]] == [2, 2]
+def test_killed_sampling_run_resumes_exactly(tmp_path, monkeypatch):
+    module, out, n, k = StandIn(), tmp_path / "synth", 6, 3
+    s, common = settings(seed=0, steps=2), dict(out=out, checkpoint=tmp_path / "ckpt")
+    real_write = VolumeCohort.write_sample
+    count = []
+
+    def dying_write(self, *args, **kwargs):
+        if len(count) == k:
+            raise RuntimeError("simulated kill")
+        count.append(1)
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(cohort_module.VolumeCohort, "write_sample", dying_write)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        generation.sample_to(module, s, n=n, batch_size=2, **common)
+    monkeypatch.setattr(cohort_module.VolumeCohort, "write_sample", real_write)
+    cohort = cohort_for(module, out, seed=0, steps=2)
+    assert cohort.done() == set(range(k))
+    (out / "images" / ".sample_00003.tmp-dead.nii.gz").write_bytes(b"half")
+    summary = generation.sample_to(module, s, n=n, batch_size=2, **common)
+    assert summary["written"] == n - k and summary["count"] == n
+    assert temporaries(out) == []
+    assert sorted(p.name for p in (out / "images").glob("*.nii.gz")) == [
+        f"sample_{i:05d}.nii.gz" for i in range(n)
+    ]
 
 
-@pytest.mark.slow
-def test_medgen_sample_cli_on_two_ranks(ddpm_run, tmp_path, repo_root):
-    """The console script with trainer=ddp (Gloo, 2 CPU ranks): n distinct samples, once each."""
-    from tests.conftest import run_medgen
-
-    out, n = tmp_path / "synth", 5
-    args = ["sample", f"ckpt={ddpm_run}", f"n={n}", "sampler=ddpm", "steps=4", f"out={out}"]
-    args += ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "batch_size=2"]
-    proc = run_medgen(args, cwd=tmp_path, timeout=300, env={"OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    sidecars = [json.loads(p.read_text()) for p in (out / "images").glob("sample_*.json")]
-    assert sorted(s["index"] for s in sidecars) == list(range(n))
-    assert sorted(s["rank"] for s in sidecars) == [0, 0, 0, 1, 1]
-    assert len({s["sha256"] for s in sidecars}) == n
-    datalist = json.loads((out / "dataset.json").read_text())
-    assert datalist["numTraining"] == n
-    # rerun of the same command: nothing drawn again, still n files
-    proc = run_medgen(args, cwd=tmp_path, timeout=300, env={"OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(list((out / "images").glob("sample_*.nii.gz"))) == n
-    assert "drawing 0" in proc.stdout + proc.stderr
+def test_several_channels_sample_export_and_preview(tmp_path):
+    """C comes from DataMeta.channels: (B, 2, D, H, W) volumes, 4D NIfTI, one preview row each."""
+    module, out = StandIn(channels=2), tmp_path / "two"
+    summary = generation.sample_to(module, settings(seed=1), out=out, checkpoint=tmp_path, n=2)
+    assert summary["count"] == 2 and summary["preview"]
+    img = nib.load(out / "images" / "sample_00000.nii.gz")
+    assert img.shape == (8, 8, 8, 2) and np.asarray(img.dataobj).dtype == np.int16
+    x = module.generate([0], settings(seed=1)).items
+    assert x.shape == (1, 2, 8, 8, 8)
+    with pytest.raises(ValueError, match=r"\(2, D, H, W\)"):
+        cohort_for(module, tmp_path / "x").to_source_units(x[0, :1])

@@ -6,24 +6,24 @@ from pathlib import Path
 
 import torch
 
+from medgen.generation import sample_to
+from medgen.imaging.api import generate_volumes
 from medgen.imaging.data import NiftiDataModule
-from medgen.imaging.sample import generate, sample_to_folder
 
-from .helpers import StandIn, spec_for
+from .helpers import StandIn, settings
 
 
 def test_export_reads_back_through_the_nifti_datamodule(tmp_path):
     module, out, n = StandIn(), tmp_path / "synth", 4
-    spec = spec_for(module, seed=2, steps=3)
-    sample_to_folder(module, spec, out=out, n=n, batch_size=4, preview=False)
-    expected = generate(module, n, seed=2, steps=3, batch_size=n)
+    s = settings(seed=2, steps=3)
+    sample_to(module, s, out=out, checkpoint=tmp_path, n=n, batch_size=4, preview=False)
+    expected = generate_volumes(module, n, s, batch_size=n)
 
     dm = NiftiDataModule(
         path=str(out / "dataset.json"), spatial_size=8, spacing=[1.5, 1.0, 2.0], val_fraction=0.25
     )
     dm.setup()
-    items = [dm.train_set[i] for i in range(len(dm.train_set))]
-    items += [dm.val_set[i] for i in range(len(dm.val_set))]
+    items = [ds[i] for ds in (dm.train_set, dm.val_set, dm.test_set) for i in range(len(ds))]
     assert len(items) == n
     for item in items:
         index = int(Path(item["source"]).name[len("sample_") : -len(".nii.gz")])

@@ -28,9 +28,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inputs")
     smi = root / "mols.smi"
     smi.write_text(MOLECULES)
-    vae = GraphVAEModule(
-        vocabulary=["C", "N", "O"], max_atoms=12, latent_dim=4, hidden_dim=8, pair_dim=4
-    )
+    network = {"latent_dim": 4, "hidden_dim": 8, "pair_dim": 4}
+    vae = GraphVAEModule(vocabulary=["C", "N", "O"], max_atoms=12, network=network)
     return {
         "smi": smi,
         "scan": _save(tiny(), root / "scan" / "checkpoints" / "last.ckpt"),
@@ -132,17 +131,19 @@ CASES: list[tuple[str, str]] = [
     ("train trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0"),
     ("train trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1"),
     ("train trainer=tpu_pod", "tpu_pod"),
-    ("train model.lr=abc", "model.lr='abc'"),
-    ("train model.lr=0", "model.lr=0"),
-    ("train model.channels=[16,30]", "model.channels"),
-    ("train model.num_train_timesteps=0", "model.num_train_timesteps=0"),
+    ("train model.optimizer.lr=abc", "model.optimizer.lr='abc'"),
+    ("train model.optimizer.lr=0", "model.optimizer.lr=0"),
+    ("train model.network.channels=[16,30]", "model.network.channels"),
+    ("train model.scheduler.num_train_timesteps=0", "model.scheduler.num_train_timesteps=0"),
     ("train model.ema_decay=1.0", "model.ema_decay=1.0"),
     ("train model.cond_drop_prob=1.5", "model.cond_drop_prob=1.5"),
-    ("train model.schedule=bogus", "model.schedule='bogus'"),
-    ("train model.objective=bogus", "bogus"),
-    ("train model.use_flash_attention=maybe", "model.use_flash_attention='maybe'"),
+    ("train model.scheduler.schedule=bogus", "model.scheduler.schedule='bogus'"),
+    ("train model/scheduler=bogus", "bogus"),
+    ("train model.network.use_flash_attention=maybe", "model.network.use_flash_attention='maybe'"),
+    ("train callbacks.scan_preview.steps=0", "callbacks.scan_preview.steps=0"),
+    ("train model=graph_vae data=smiles callbacks.molecule_sampling.n_samples=-1", "n_samples=-1"),
     ("train +model.foo=1", "foo"),
-    ("train model=graph_vae data=smiles model.latent_dim=0", "model.latent_dim=0"),
+    ("train model=graph_vae data=smiles model.network.latent_dim=0", "model.network.latent_dim=0"),
     ("train model=graph_vae data=smiles model.free_bits=-1", "model.free_bits=-1"),
     ("train model=graph_vae data=smiles data.val_fraction=1.5", "val_fraction"),
     ("train data.size=7", "data.size"),

@@ -17,7 +17,9 @@ from medgen.utils.checkpoint import (
 )
 from tests.sampling.helpers import TINY as TINY_UNET
 
-TINY_VAE = dict(vocabulary=["C", "N", "O"], max_atoms=6, latent_dim=4, hidden_dim=8, pair_dim=4)
+TINY_VAE = dict(
+    vocabulary=["C", "N", "O"], max_atoms=6, network=dict(latent_dim=4, hidden_dim=8, pair_dim=4)
+)
 
 
 def _medgen_ckpt(path, kind="graph_vae"):
@@ -120,19 +122,18 @@ def test_graph_vae_weights_that_do_not_fit_name_the_keys(tmp_path):
 
     torch.manual_seed(0)
     small = GraphVAEModule(**TINY_VAE)
-    hp = {**dict(small.hparams), "latent_dim": 6}  # rebuilt with another latent size
+    hp = dict(small.hparams)
+    hp["network"] = {**hp["network"], "latent_dim": 6}  # rebuilt with another latent size
     path = tmp_path / "vae.ckpt"
     torch.save({"hyper_parameters": hp, "state_dict": small.state_dict()}, path)
-    err = _raises(
-        path, "weights do not fit the GraphVAEModule", GraphVAEModule.load_medgen_checkpoint
-    )
+    err = _raises(path, "weights do not fit the GraphVAEModule", GraphVAEModule.from_checkpoint)
     assert "in the file" in str(err) and "in the model" in str(err)  # names shapes of a key
 
     state = dict(small.state_dict())
     dropped = next(iter(state))
     del state[dropped]
     torch.save({"hyper_parameters": dict(small.hparams), "state_dict": state}, path)
-    err = _raises(path, "weights do not fit", GraphVAEModule.load_medgen_checkpoint)
+    err = _raises(path, "weights do not fit", GraphVAEModule.from_checkpoint)
     assert f"missing {dropped}" in str(err)
 
 
@@ -141,17 +142,16 @@ def test_diffusion_weights_that_do_not_fit_name_the_keys(tmp_path):
 
     torch.manual_seed(0)
     module = DiffusionModule(**TINY_UNET)
-    hp = {**dict(module.hparams), "channels": [16, 16]}
+    hp = dict(module.hparams)
+    hp["network"] = {**hp["network"], "channels": [16, 16]}
     path = tmp_path / "ddpm.ckpt"
     torch.save({"hyper_parameters": hp, "state_dict": module.state_dict()}, path)
-    err = _raises(
-        path, "weights do not fit the DiffusionModule", DiffusionModule.load_medgen_checkpoint
-    )
+    err = _raises(path, "weights do not fit the DiffusionModule", DiffusionModule.from_checkpoint)
     # the first mismatching keys with both shapes (the raw weights or their EMA copy)
     assert ".weight: (" in str(err) and "in the file" in str(err) and "in the model" in str(err)
     # and a good checkpoint of the same module still loads
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
-    loaded = DiffusionModule.load_medgen_checkpoint(path)
+    loaded = DiffusionModule.from_checkpoint(path)
     for key, value in module.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
 
@@ -161,6 +161,6 @@ def test_module_loaders_reject_the_other_kind(tmp_path):
     from medgen.molecules.module import GraphVAEModule
 
     vae = _medgen_ckpt(tmp_path / "g.ckpt", kind="graph_vae")
-    _raises(vae, "not a diffusion3d model", DiffusionModule.load_medgen_checkpoint)
+    _raises(vae, "not a diffusion3d model", DiffusionModule.from_checkpoint)
     ddpm = _medgen_ckpt(tmp_path / "d.ckpt", kind="diffusion3d")
-    _raises(ddpm, "not a graph_vae", GraphVAEModule.load_medgen_checkpoint)
+    _raises(ddpm, "not a graph_vae", GraphVAEModule.from_checkpoint)

@@ -337,8 +337,8 @@ def test_planted_checkpoint_is_refused_by_every_loader(tmp_path, marker):
     loaders = [
         load_checkpoint,
         load_medgen_checkpoint,
-        GraphVAEModule.load_medgen_checkpoint,
-        DiffusionModule.load_medgen_checkpoint,
+        GraphVAEModule.from_checkpoint,
+        DiffusionModule.from_checkpoint,
         MoleculeVAE.from_checkpoint,
     ]
     for load in loaders:

@@ -59,12 +59,13 @@ def test_atomic_json_handles_numpy_and_tensors(tmp_path):
 
 
 def test_sample_seed_depends_only_on_seed_and_index():
-    assert sample_seed(7, 3) == sample_seed(7, 3)
+    # known answers: a changed derivation would silently redraw every exported cohort
+    assert sample_seed(7, 3) == 962831916204382053 and sample_seed(0, 0) == 6569863346532939966
     seeds = {sample_seed(s, i) for s in range(5) for i in range(200)}
     assert len(seeds) == 1000  # no collisions between neighbouring (seed, index) pairs
     a = torch.randn(4, generator=sample_generator(7, 3))
-    b = torch.randn(4, generator=sample_generator(7, 3))
-    assert torch.equal(a, b)
+    expected = [0.6649428, -0.1863253, -1.3433580, -0.5213640]
+    torch.testing.assert_close(a, torch.tensor(expected), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="-1"):
         sample_seed(0, -1)
     with pytest.raises(ValueError, match="seed must be .* got -5"):

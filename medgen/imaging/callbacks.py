@@ -1,0 +1,107 @@
+"""Side work during training of a scan model, as Lightning callbacks (``conf/callbacks/``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from medgen.errors import ConfigError, UserError
+from medgen.records import Sampler
+from medgen.utils.validate import check_arguments
+
+_LIMITS = {
+    "every_n_epochs": {"ge": 0},
+    "num_samples": {"ge": 1},
+    "steps": {"ge": 1},
+    "seed": {"ge": 0},
+}
+
+
+class ScanPreview(pl.Callback):
+    """After validation, a PNG of a few samples of the model's EMA weights, from fixed noise (so
+    epochs are comparable): ``<run>/previews/epoch_XXX.png``, and ``val/preview`` in TensorBoard
+    when that logger is on. Rank 0 only; not during the sanity check.
+
+    Args:
+        every_n_epochs: every how many epochs (0: never).
+        num_samples: volumes per preview; class-conditional models cycle through the classes.
+        sampler: ``ddim`` | ``ddpm`` | ``rflow``; None: the model's default.
+        steps: reverse steps (few: a preview, not a sample).
+        seed: seed of the fixed noise.
+    """
+
+    def __init__(
+        self,
+        *,
+        every_n_epochs: int = 1,
+        num_samples: int = 2,
+        sampler: Sampler | None = None,
+        steps: int = 10,
+        seed: int = 0,
+    ) -> None:
+        args = dict(every_n_epochs=every_n_epochs, num_samples=num_samples, steps=steps, seed=seed)
+        prefix = "callbacks.scan_preview."
+        check_arguments(ScanPreview.__init__, args, prefix=prefix, limits=_LIMITS)
+        if sampler is not None and sampler not in tuple(Sampler):
+            names = ", ".join(s.value for s in Sampler)
+            raise ConfigError(f"{prefix}sampler", sampler, f"one of {names} or null")
+        self.every_n_epochs, self.num_samples, self.steps, self.seed = (
+            every_n_epochs,
+            num_samples,
+            steps,
+            seed,
+        )
+        self.sampler = None if sampler is None else Sampler(sampler)
+        self.written: list[Path] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check sampler and steps against the model before the first step, not after an epoch."""
+        from medgen.records import SampleSettings
+
+        try:
+            settings = SampleSettings(sampler=self.sampler, steps=self.steps)
+            pl_module.resolve_settings(settings)  # type: ignore[operator]  # a DiffusionModule
+        except UserError as err:
+            raise UserError(f"callbacks.scan_preview: {err}") from err
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        every = self.every_n_epochs
+        if every <= 0 or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if (pl_module.current_epoch + 1) % every:
+            return
+        name = f"epoch_{pl_module.current_epoch:03d}.png"
+        path = Path(trainer.default_root_dir) / "previews" / name
+        self.written.append(self.preview(trainer, pl_module, path))
+
+    @torch.no_grad()
+    def preview(self, trainer: pl.Trainer, module, path: Path) -> Path:
+        """Draw the preview samples from ``module`` (a DiffusionModule) and write ``path``."""
+        from medgen.imaging.viz import grid_to_uint8, write_preview
+
+        meta = module.data_meta
+        if meta is None:
+            raise ConfigError("callbacks.scan_preview", "on", "a model that knows its data_meta")
+        gen = torch.Generator().manual_seed(int(self.seed))
+        shape = (self.num_samples, meta.channels, *meta.spatial_size)  # (B, C, D, H, W)
+        x_T = torch.randn(shape, generator=gen).to(module.device)
+        labels = titles = None
+        if module.null_class is not None:
+            labels = torch.arange(self.num_samples, device=module.device) % module.null_class
+            names = list(meta.class_names or [])
+            titles = [names[c] if c < len(names) else f"class {c}" for c in labels.tolist()]
+        x = module.denoise(x_T, sampler=self.sampler, steps=self.steps, class_labels=labels)
+        path = write_preview(x, meta, path, titles=titles)
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        for lg in trainer.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                lg.experiment.add_image(
+                    "val/preview",
+                    grid_to_uint8(x[:, 0]),
+                    int(trainer.global_step),
+                    dataformats="HWC",
+                )
+        return path

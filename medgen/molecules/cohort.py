@@ -1,0 +1,263 @@
+"""The one owner of a molecule sampling output: a ``.csv`` or ``.sdf`` file and what sits beside it.
+
+Layout for ``out = mols.csv``::
+
+    mols.csv                  index, seed, smiles, valid: one row per molecule 0..n-1, in order
+    mols.csv.json             sidecar: checkpoint sha256, seed, temperature, n, validity,
+                              uniqueness, provenance (written after mols.csv: it marks it complete)
+    mols.csv.png              grid of the first valid molecules (``preview=true``)
+    .mols.csv.parts/          while sampling: plan.json (the settings) and one JSON part per batch,
+                              part-r<rank>-<first index>.json, each written atomically
+
+An SDF ``out`` holds the valid molecules only (``_Name`` ``sample_000012``, the other columns as
+SD tags). A rerun into the same ``out`` with the same checkpoint, seed, temperature and ``n``
+resumes: the parts already written are kept and only the missing molecules are drawn (a complete
+``out`` draws nothing). Other settings are refused (:class:`~medgen.errors.OutputExistsError`
+naming what changed) unless ``overwrite=true``. :meth:`MoleculeCohort.finalize` merges the parts
+in index order through :class:`medgen.chem.io.MoleculeWriter` (atomically) and removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from medgen.errors import ConfigError, MissingFileError, OutputExistsError, UserError
+from medgen.generation import Generated
+from medgen.records import SampleSettings
+from medgen.utils.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
+from medgen.utils.logging import get_logger
+from medgen.utils.provenance import file_sha256, provenance
+
+log = get_logger(__name__)
+
+SUFFIXES = (".csv", ".sdf")
+COLUMNS = ["index", "seed", "smiles", "valid"]
+PLAN = "plan.json"
+PREVIEW_SIZE = 24  # molecules in the preview grid
+_CHUNK = 10_000  # rows per MoleculeWriter chunk
+
+
+class MoleculeCohort:
+    """Plans, resumes, writes and finalizes ``n`` molecules of one checkpoint and settings.
+
+    Args:
+        out: the ``.csv`` or ``.sdf`` file to write (its folder must exist).
+        settings: resolved sampling settings (``seed`` and ``temperature`` are used).
+        checkpoint: the checkpoint file the molecules come from (its sha256 is recorded).
+    """
+
+    def __init__(self, out: str | os.PathLike, settings: SampleSettings, checkpoint: Path):
+        out = Path(out).expanduser()
+        if out.is_dir() or not out.name.lower().endswith(SUFFIXES):
+            raise ConfigError("out", str(out), "a .csv or .sdf file for a molecule model")
+        if not out.parent.is_dir():
+            raise MissingFileError(f"out={out}: the folder {out.parent} does not exist")
+        self.out = out
+        self.settings = settings
+        self.checkpoint = Path(checkpoint)
+        self.checkpoint_sha256 = file_sha256(checkpoint)
+        self.sidecar = out.with_name(out.name + ".json")
+        self.preview = out.with_name(out.name + ".png")
+        self.parts = out.with_name(f".{out.name}.parts")
+        self.n: int | None = None
+        self._fresh = False  # overwrite=true: what out and its parts hold does not count
+
+    # ------------------------------------------------------------------------------ identity
+    def identity(self, n: int | None = None) -> dict[str, Any]:
+        """The settings an existing ``out`` (or unfinished parts) must match to be reused."""
+        n = self.n if n is None else n
+        if n is None:
+            raise RuntimeError("MoleculeCohort.check(n) must run first")
+        return {
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "seed": int(self.settings.seed),
+            "temperature": float(self.settings.temperature),
+            "n": int(n),
+        }
+
+    def check(self, n: int, *, overwrite: bool) -> None:
+        """Refuse an ``out`` (or unfinished parts) made with other settings unless ``overwrite``.
+
+        Read only; runs on every rank before any work.
+        """
+        self.n, self._fresh = int(n), bool(overwrite)
+        if overwrite:
+            return
+        want = self.identity()
+        if (self.parts / PLAN).is_file():  # an unfinished run: resumed with its own settings only
+            _refuse_other(read_record(self.parts / PLAN), want, f"{self.parts} holds a run")
+        elif self.out.exists():
+            _refuse_other(read_record(self.sidecar), want, f"{self.out} exists and was")
+
+    def prepare(self, *, overwrite: bool) -> None:
+        """Clear parts made with other settings (or all, given ``overwrite``); record the plan."""
+        want = self.identity()
+        plan = self.parts / PLAN
+        if self.parts.exists() and (overwrite or not self._plan_matches()):
+            shutil.rmtree(self.parts)
+        self.parts.mkdir(exist_ok=True)
+        if removed := remove_stale_temporaries(self.parts):
+            log.info("removed %d temporary file(s) of an interrupted run", len(removed))
+        if not plan.is_file():
+            atomic_write_json(plan, want)
+
+    # ------------------------------------------------------------------------------ resume
+    def done(self) -> set[int]:
+        """Indices already drawn: all of them for a complete ``out``, else those in the parts."""
+        if self._complete():
+            return set(range(self.n or 0))
+        return set(self._read_parts())
+
+    def write(self, batch: Generated, *, rank: int, world_size: int) -> list[int]:
+        """Store one batch as a part file (atomically); returns its indices."""
+        if len(batch) == 0:
+            return []
+        name = f"part-r{rank:04d}-{batch.indices[0]:09d}.json"
+        atomic_write_json(self.parts / name, {"indices": batch.indices, "smiles": batch.items})
+        return list(batch.indices)
+
+    # ------------------------------------------------------------------------------ finalize
+    def finalize(self, n: int, *, preview: bool) -> dict[str, Any]:
+        """Merge the parts into ``out`` in index order, write the sidecar (and the grid), remove
+        the parts; returns the summary recorded in the sidecar (without provenance)."""
+        from medgen.chem.metrics import fraction_unique, fraction_valid
+
+        if self._complete() and not self._part_files():
+            shutil.rmtree(self.parts, ignore_errors=True)
+            log.info("%s already holds these %d molecules; nothing drawn", self.out, n)
+            return {k: v for k, v in read_record(self.sidecar).items() if k != "provenance"}
+        found = self._read_parts()
+        missing = [i for i in range(n) if i not in found]
+        if missing:
+            raise RuntimeError(
+                f"{self.parts} lacks {len(missing)} molecule(s) (first: {missing[:5]}); "
+                "rerun the same command to draw them"
+            )
+        smiles = [found[i] for i in range(n)]
+        self._write_file(smiles)
+        summary: dict[str, Any] = {
+            "out": str(self.out),
+            "n": n,
+            "seed": int(self.settings.seed),
+            "temperature": float(self.settings.temperature),
+            "validity": fraction_valid(smiles),
+            "uniqueness": fraction_unique(smiles),
+            "checkpoint": str(self.checkpoint),
+            "checkpoint_sha256": self.checkpoint_sha256,
+        }
+        if preview and (image := molecule_grid([s for s in smiles if s], PREVIEW_SIZE)):
+            save_png(image, self.preview)
+            summary["preview"] = str(self.preview)
+        settings = self.settings.to_dict()  # config_hash: of these settings
+        record = provenance(settings, seed=summary["seed"], sample_settings=settings)
+        atomic_write_json(self.sidecar, {**summary, "provenance": record})
+        shutil.rmtree(self.parts, ignore_errors=True)
+        log.info(
+            "wrote %d molecules to %s (validity %.3f, uniqueness %.3f)",
+            n, self.out, summary["validity"], summary["uniqueness"],
+        )  # fmt: skip
+        return summary
+
+    def _write_file(self, smiles: list[str | None]) -> None:
+        import pandas as pd
+
+        from medgen.chem.io import MoleculeWriter
+
+        n, seed = len(smiles), int(self.settings.seed)
+        frame = pd.DataFrame(
+            {
+                "index": range(n),
+                "seed": [seed] * n,
+                "smiles": [s or "" for s in smiles],
+                "valid": [s is not None for s in smiles],
+            },
+            columns=COLUMNS,
+        )
+        if self.out.name.lower().endswith(".sdf"):  # the record title; invalid rows are left out
+            frame["name"] = [f"sample_{i:06d}" for i in range(n)]
+        with MoleculeWriter(self.out) as writer:
+            for lo in range(0, max(n, 1), _CHUNK):
+                writer.write(frame.iloc[lo : lo + _CHUNK])
+
+    # ------------------------------------------------------------------------------ helpers
+    def _complete(self) -> bool:
+        """Whether ``out`` holds exactly this run (its sidecar, written last, matches)."""
+        if self._fresh or not self.out.is_file() or not self.sidecar.is_file():
+            return False
+        try:
+            previous = read_record(self.sidecar)
+        except UserError:
+            return False
+        return all(previous.get(k) == v for k, v in self.identity().items())
+
+    def _plan_matches(self) -> bool:
+        try:
+            plan = read_record(self.parts / PLAN)
+        except UserError:
+            return False
+        return plan == self.identity()
+
+    def _part_files(self) -> list[Path]:
+        return sorted(self.parts.glob("part-r*.json")) if self.parts.is_dir() else []
+
+    def _read_parts(self) -> dict[int, str | None]:
+        """``index -> SMILES`` of the parts written with these settings (none if the plan differs);
+        an unreadable part is skipped (its molecules are drawn again)."""
+        if not self._plan_matches():
+            return {}
+        found: dict[int, str | None] = {}
+        for path in self._part_files():
+            try:
+                part = json.loads(path.read_text())
+                pairs = zip(part["indices"], part["smiles"], strict=True)
+                found.update({int(i): s for i, s in pairs})
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                log.warning("unreadable part %s (its molecules are drawn again): %s", path, err)
+        return found
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A JSON object written by a cohort ({} when absent); a corrupt one is a ``UserError``."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is corrupt ({err}); delete it or set overwrite=true") from err
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is corrupt (not a JSON object); delete it or set overwrite=true")
+    return data
+
+
+def _refuse_other(previous: dict[str, Any], want: dict[str, Any], what: str) -> None:
+    changed = {k: previous.get(k) for k, v in want.items() if previous.get(k) != v}
+    if changed:
+        wanted = ", ".join(f"{k}={want[k]!r} (was {v!r})" for k, v in changed.items())
+        raise OutputExistsError(
+            f"{what} made with other sampling settings: {wanted}; "
+            "choose another out or set overwrite=true"
+        )
+
+
+def molecule_grid(smiles: list[str], limit: int = PREVIEW_SIZE):
+    """A PIL image of the first ``limit`` molecules of ``smiles`` (6 per row), or None if none
+    parses."""
+    from rdkit.Chem import Draw
+
+    from medgen.chem.mol import parse_smiles
+
+    mols = [m for m in (parse_smiles(s) for s in smiles[:limit]) if m is not None]
+    if not mols:
+        return None
+    return Draw.MolsToGridImage(mols, molsPerRow=6, subImgSize=(220, 180))
+
+
+def save_png(image, path: Path) -> Path:
+    """Save a PIL image as PNG, atomically."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path
