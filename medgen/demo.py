@@ -59,6 +59,9 @@ def main(root: str | None = None) -> Path:
         "trainer.limit_train_batches=20",
         f"hydra.run.dir={demo}/molecule_train",
     )
+    (demo / "molecules").mkdir(
+        parents=True, exist_ok=True
+    )  # `out` files go into a folder that exists
     _medgen(
         "sample",
         f"ckpt={demo}/molecule_train",
