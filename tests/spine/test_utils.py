@@ -8,19 +8,15 @@ import pytest
 import torch
 
 from medgen.errors import InputFileError
-from medgen.utils import (
+from medgen.utils.atomic import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
-    config_hash,
-    file_sha256,
-    load_checkpoint,
-    provenance,
-    resolve_checkpoint,
-    sample_generator,
-    sample_seed,
+    remove_stale_temporaries,
 )
-from medgen.utils.atomic import remove_stale_temporaries
+from medgen.utils.checkpoint import load_checkpoint, resolve_checkpoint
+from medgen.utils.provenance import config_hash, file_sha256, provenance
+from medgen.utils.seeding import sample_generator, sample_seed
 
 
 def test_atomic_write_replaces_and_leaves_no_temporaries(tmp_path):
