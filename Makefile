@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,distributed,sweep]"
 	@touch $(STAMP)
 
 # The quickstart: train the 3D diffusion model on procedural phantoms (32^3, ~160 steps), sample a few

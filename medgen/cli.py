@@ -189,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         # still checked one by one by their task
         if not any(arg.startswith("-") for arg in overrides):
             check_task(task, overrides)
+            # every process of one job (torchrun, srun, a resume) agrees on one run folder
+            from medgen.utils.launch import run_dir_overrides
+
+            overrides = [*overrides, *run_dir_overrides(task, overrides)]
         run_task(task, overrides)
     except UserError as err:
         report(task, err, verbose)

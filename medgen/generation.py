@@ -36,9 +36,10 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from medgen.errors import ConfigError, InputFileError
+from medgen.errors import ConfigError, InputFileError, UserError
 from medgen.records import SampleSettings
 from medgen.utils.distributed import end_distributed
+from medgen.utils.locks import ArrayLock, spans
 from medgen.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -203,23 +204,26 @@ class PendingSamples(pl.LightningDataModule):
 
     allow_zero_length_dataloader_with_multiple_devices = True
 
-    def __init__(self, cohort: Cohort, n: int, batch_size: int) -> None:
+    def __init__(
+        self, cohort: Cohort, n: int, batch_size: int, indices: range | None = None
+    ) -> None:
         super().__init__()
         self.cohort, self.n, self.batch_size = cohort, int(n), int(batch_size)
+        self.indices = range(self.n) if indices is None else indices  # this job's share
         self.pending: list[int] = []
         self.local_count = 0  # samples this rank draws
 
     def predict_dataloader(self) -> DataLoader:
         done = self.cohort.done()
-        self.pending = [i for i in range(self.n) if i not in done]
+        self.pending = [i for i in self.indices if i not in done]
         dataset = IndexDataset(self.pending)
         assert self.trainer is not None  # the predict loop attaches it before asking
         rank, world = self.trainer.global_rank, self.trainer.world_size
         sampler = ShardSampler(dataset, rank=rank, world_size=world)
         self.local_count = len(sampler)
         if rank == 0:
-            have = len(done & set(range(self.n)))
-            log.info("%d of %d samples already in %s; drawing %d", have, self.n,
+            have = len(done & set(self.indices))
+            log.info("%d of %d samples already in %s; drawing %d", have, len(self.indices),
                      self.cohort.out, len(self.pending))  # fmt: skip
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
 
@@ -241,14 +245,21 @@ class GeneratorStep(pl.LightningModule):
 class CohortWriter(BasePredictionWriter):
     """Hands each predicted batch to the cohort as it arrives; every rank writes its own."""
 
-    def __init__(self, cohort: Cohort, *, overwrite: bool = False) -> None:
+    def __init__(self, cohort: Cohort, *, overwrite: bool = False, array: bool = False) -> None:
         super().__init__(write_interval="batch")
-        self.cohort, self.overwrite = cohort, overwrite
+        self.cohort, self.overwrite, self.array = cohort, overwrite, array
+        self.lock: ArrayLock | None = None
         self.written: list[int] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.is_global_zero:
-            self.cohort.prepare(overwrite=self.overwrite)
+            # one of several array jobs prepares the output only when no other job is writing
+            # into it (preparing removes temporaries: another job's files in flight)
+            self.lock = ArrayLock(self.cohort.out) if self.array else None
+            if self.lock is None or self.lock.alone():
+                self.cohort.prepare(overwrite=self.overwrite)
+            if self.lock is not None:
+                self.lock.share()
         trainer.strategy.barrier("medgen-sample-prepare")
 
     def write_on_batch_end(
@@ -297,6 +308,7 @@ def sample_to(
     overwrite: bool = False,
     preview: bool = True,
     trainer_kwargs: dict[str, Any] | None = None,
+    indices: range | None = None,
 ) -> dict[str, Any]:
     """Draw samples ``0..n-1`` of ``settings`` into ``out`` with ``Trainer.predict``.
 
@@ -304,6 +316,10 @@ def sample_to(
     ``batch_size`` (None: the generator's ``default_batch_size``) never changes the result. A
     rerun into the same ``out`` draws only the missing samples. Returns a summary on every rank;
     rank 0's includes what the cohort's ``finalize`` wrote.
+
+    ``indices`` (a range inside ``0..n-1``): draw only those, as one of several independent jobs
+    filling the same ``out`` (array jobs on a shared file system); nothing is finalized — run
+    :func:`finalize_cohort` once after every job has finished.
     """
     if n < 1:
         raise ConfigError("n", n, "an integer >= 1")
@@ -313,7 +329,11 @@ def sample_to(
     settings = generator.resolve_settings(settings)
     cohort = generator.cohort(out, settings, checkpoint)
     cohort.check(n, overwrite=overwrite)  # every rank, before any work
-    writer = CohortWriter(cohort, overwrite=overwrite)
+    if indices is not None and (indices.start < 0 or indices.stop > n or indices.step != 1):
+        raise ConfigError("indices", f"{indices.start}:{indices.stop}", f"a:b within 0:{n}")
+    if indices is not None and overwrite:
+        raise ConfigError("overwrite", True, "false with indices= (clear out once, first)")
+    writer = CohortWriter(cohort, overwrite=overwrite, array=indices is not None)
     unit = "vol" if generator.output == Output.VOLUMES else "mol"
     kwargs = {"accelerator": "cpu", "devices": 1, **(trainer_kwargs or {})}
     kwargs.update(
@@ -331,7 +351,7 @@ def sample_to(
             warnings.filterwarnings("ignore", message=".*across ranks is zero.*")
             trainer.predict(
                 GeneratorStep(generator, settings),
-                datamodule=PendingSamples(cohort, n, batch_size),
+                datamodule=PendingSamples(cohort, n, batch_size, indices),
                 return_predictions=False,
             )
         seconds = time.perf_counter() - start
@@ -343,13 +363,48 @@ def sample_to(
         summary["written_total"] = written_total
         summary["seconds"] = round(seconds, 3)
         summary["seconds_per_sample"] = round(seconds / max(1, len(writer.written)), 3)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and indices is None:
             summary.update(cohort.finalize(n, preview=preview))
     except BaseException:
         end_distributed(barrier=False)  # another rank may be gone: do not wait for it
         raise
+    finally:
+        if writer.lock is not None:
+            writer.lock.close()
     end_distributed(barrier=True)
     return summary
+
+
+def finalize_cohort(
+    generator: Generator,
+    settings: SampleSettings,
+    *,
+    out: str | os.PathLike,
+    checkpoint: Path,
+    n: int,
+    preview: bool = True,
+) -> dict[str, Any]:
+    """Finalize ``out`` (manifest, datalist, merged file) once array jobs drew all ``n`` samples.
+
+    Refused (:class:`~medgen.errors.UserError`) while another job still writes into ``out``, or
+    when samples are missing (it names them).
+    """
+    settings = generator.resolve_settings(settings)
+    cohort = generator.cohort(out, settings, checkpoint)
+    cohort.check(n, overwrite=False)
+    lock = ArrayLock(cohort.out)
+    try:
+        if not lock.alone():
+            raise UserError(f"out={out}: sampling jobs are still writing into it; finalize after "
+                            "they have finished")  # fmt: skip
+        missing = sorted(set(range(n)) - cohort.done())
+        if missing:
+            raise UserError(f"out={out} lacks {len(missing)} of n={n} samples "
+                            f"({spans(missing)}): run the jobs that draw them "
+                            "(indices=a:b) again, then finalize")  # fmt: skip
+        return cohort.finalize(n, preview=preview)
+    finally:
+        lock.close()
 
 
 def generate(

@@ -44,15 +44,23 @@ class MoleculeWriter:
     """Write DataFrame chunks to ``.csv``/``.tsv``/``.smi`` (gz or not), ``.parquet`` or ``.sdf``.
 
     The file appears at ``path`` only when the writer closes without error (temp file + rename).
-    For SDF, each row's molecule comes from ``smiles_column`` and every other column becomes an SD
-    tag (missing values are left out); rows without a parsable SMILES are skipped with a warning.
-    Use as a context manager.
+    For SDF, each row's molecule comes from ``smiles_column``, its title (``_Name``) from
+    ``name_column`` and every other column becomes an SD tag (missing values are left out; a
+    ``name`` column read back from an SDF's titles is the title only); rows without a parsable
+    SMILES are skipped with a warning. Use as a context manager.
     """
 
-    def __init__(self, path: str | os.PathLike, *, smiles_column: str = "smiles") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        smiles_column: str = "smiles",
+        name_column: str | None = "name",
+    ) -> None:
         self.path = Path(path)
         self.format = file_format(self.path)
         self.smiles_column = smiles_column
+        self.name_column = name_column
         self.rows = 0  # rows written (for SDF: records, without the skipped rows)
         self.skipped = 0  # SDF rows left out because their SMILES does not parse
         self._stack = contextlib.ExitStack()
@@ -149,7 +157,9 @@ class MoleculeWriter:
             for key, value in row.items():
                 if key not in (self.smiles_column, "name") and not _missing(value):
                     mol.SetProp(str(key), str(value))
-            name = row.get("name")
+                elif key == "name" and self.name_column != "name" and not _missing(value):
+                    mol.SetProp("name", str(value))
+            name = row.get(self.name_column) if self.name_column else None
             mol.SetProp("_Name", "" if _missing(name) else str(name))
             self._handle.write(mol)
         if skipped:

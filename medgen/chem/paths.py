@@ -1,15 +1,21 @@
-"""Where ``medgen screen`` writes, checked before any work, and the leftovers of killed runs.
+"""Where ``medgen screen`` reads and writes, checked before any work, and the leftovers of
+killed runs.
 
-A screen writes ``out``, the rejects file and ``<out stem>.summary.json``, each through a temporary
-sibling ``.<stem>.tmp-<8 hex><suffixes>`` renamed into place at the end
-(:mod:`medgen.utils.atomic`); an external sort spills to a folder ``.<out name>.sort-<random>``
-beside ``out``. A run that is killed leaves those behind: the next run of the same outputs removes
-exactly these names (nothing else) while no other ``medgen screen`` uses the folder.
+The input is a file, a folder (every molecule file below it, in name order) or a glob pattern.
+A screen writes ``out``, the rejects file and ``<out stem>.summary.json``, each through a
+temporary sibling ``.<stem>.tmp-<8 hex><suffixes>`` renamed into place at the end
+(:mod:`medgen.utils.atomic`); DuckDB's sort and dedup spill to a folder
+``.<out name>.sort-<random>`` beside ``out``. A run that is killed leaves those behind: the next
+run of the same outputs removes exactly these names (nothing else) while no other
+``medgen screen`` uses the folder. The scored partitions live in ``.<out name>.parts/``
+(:func:`work_folder`) until ``out`` is written: that folder is what a rerun resumes from, so it
+is never treated as a leftover.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import re
@@ -31,10 +37,63 @@ def _stem(out: Path) -> str:
     return out.name.split(".")[0] or "screen"
 
 
+def is_dataset(path: str | os.PathLike) -> bool:
+    """An output named without a suffix is a parquet dataset: a folder of parquet files."""
+    return Path(path).suffix == ""
+
+
 def default_rejects_path(out: str | os.PathLike) -> Path:
-    """``<out without suffixes>.rejects.csv`` beside ``out``."""
+    """``<out without suffixes>.rejects.csv`` beside ``out``; for a dataset ``out``, the dataset
+    ``<out>_rejects`` beside it."""
     out = Path(out)
+    if is_dataset(out):
+        return out.with_name(f"{out.name}_rejects")
     return out.with_name(f"{_stem(out)}.rejects.csv")
+
+
+def work_folder(out: str | os.PathLike) -> Path:
+    """``.<out name>.parts`` beside ``out``: the partitions of a screen until ``out`` is written."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.parts")
+
+
+def input_files(spec: str | os.PathLike) -> tuple[list[Path], Path | None]:
+    """``(files, root)`` of an input: one file (root None), every molecule file below a folder
+    (hidden ones skipped), or the files a glob pattern matches (``**`` spans folders), sorted by
+    name; ``root`` is the folder names are given relative to. Raises ``MissingFileError``."""
+    from medgen.chem.readers import file_format
+    from medgen.errors import MissingFileError
+
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if glob.has_magic(text):
+        matches = [Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True)]
+        root = Path(text.split("*")[0].split("?")[0].split("[")[0] or ".")
+        root = root if str(root).endswith(os.sep) or root.is_dir() else root.parent
+    elif path.is_dir():
+        matches = [
+            p for p in path.rglob("*")
+            if not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]  # fmt: skip
+        root = path
+    elif path.is_file():
+        return [path], None
+    else:
+        raise MissingFileError(f"input={spec}: no such file")
+
+    def readable(p: Path) -> bool:
+        try:
+            file_format(p)
+        except UserError:
+            return False
+        return p.is_file()
+
+    files = sorted((p for p in matches if readable(p)), key=lambda p: str(p))
+    if not files:
+        kind = "folder" if path.is_dir() else "pattern"
+        raise MissingFileError(f"input={spec}: the {kind} holds no molecule files "
+                               "(.smi, .cxsmiles, .csv, .tsv, .sdf, .parquet)")  # fmt: skip
+    return files, root
 
 
 def summary_path(out: str | os.PathLike) -> Path:
@@ -60,26 +119,56 @@ def output_paths(
     }
 
 
-def check_outputs(inputs: Sequence[str | os.PathLike], outputs: Mapping[str, Path]) -> None:
+def check_not_input(
+    spec: str | os.PathLike, root: Path | None, outputs: Mapping[str, Path]
+) -> None:
+    """Refuse outputs that a rerun would read as input: inside an input folder, or matched by an
+    input glob pattern."""
+    import fnmatch
+
+    text = os.fspath(spec)
+    for key, path in outputs.items():
+        target = path.resolve()
+        pattern = str(Path(os.path.expanduser(text)).resolve()) if glob.has_magic(text) else None
+        inside = root is not None and pattern is None and target.is_relative_to(root.resolve())
+        if inside or (pattern is not None and fnmatch.fnmatch(str(target), pattern)):
+            raise UserError(
+                f"{key}={path} is {'matched by' if pattern else 'inside'} input={spec}: a rerun "
+                "would read it as input; write it elsewhere"
+            )
+
+
+def check_outputs(
+    inputs: Sequence[str | os.PathLike],
+    outputs: Mapping[str, Path],
+) -> None:
     """Refuse, before anything is written, outputs that would destroy data or cannot be written.
 
     Raises :class:`UserError` naming both paths when an output is an input or another output (same
     resolved path, or the same file through a symlink or hard link), when an input has the name
     of a temporary that the stale-file cleanup would delete, and when an output's folder is
-    missing, is not a folder or is not writable, or an output is an existing folder.
+    missing, is not a folder or is not writable, or an output file is an existing folder.
     """
     from medgen.chem.readers import file_format
 
     items = list(outputs.items())
     for key, path in items:
-        if key in ("out", "rejects"):
-            file_format(path)  # a molecule file name we can write, before any work
-        if key == "rejects" and file_format(path) not in REJECTS_FORMATS:
+        dataset = key in ("out", "rejects") and is_dataset(path)
+        if key in ("out", "rejects") and not dataset:
+            try:
+                file_format(path)  # a molecule file name we can write, before any work
+            except UserError as err:
+                raise UserError(f"{key}={path}: {err}; or no suffix for a parquet dataset "
+                                "(a folder)") from None  # fmt: skip
+            if path.name.lower().endswith((".bz2", ".zst")):
+                raise UserError(f"{key}={path}: outputs are compressed with .gz only")
+        if key == "rejects" and not dataset and file_format(path) not in REJECTS_FORMATS:
             raise UserError(
-                f"rejects={path}: a rejects file must be .csv, .tsv (optionally .gz) or .parquet, "
-                "so that every rejected row keeps its SMILES, columns and reason"
+                f"rejects={path}: a rejects file must be .csv, .tsv (optionally .gz), .parquet "
+                "or a dataset (no suffix), so that every rejected row keeps its SMILES, columns "
+                "and reason"
             )
-        _check_folder(key, path)
+        _check_folder(key, path, dataset)
     for i, (key, path) in enumerate(items):
         for other_key, other in items[i + 1 :]:
             if _same_file(path, other):
@@ -104,7 +193,7 @@ def check_outputs(inputs: Sequence[str | os.PathLike], outputs: Mapping[str, Pat
             )
 
 
-def _check_folder(key: str, path: Path) -> None:
+def _check_folder(key: str, path: Path, dataset: bool = False) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.exists():
         raise UserError(f"{key}={path}: the folder {folder} does not exist; create it first")
@@ -112,8 +201,10 @@ def _check_folder(key: str, path: Path) -> None:
         raise UserError(f"{key}={path}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{key}={path}: the folder {folder} is not writable")
-    if path.is_dir():
+    if path.is_dir() and not dataset:
         raise UserError(f"{key}={path} is a folder; name a file")
+    if dataset and path.exists() and not path.is_dir():
+        raise UserError(f"{key}={path} is a file; a dataset (no suffix) is a folder")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -1,18 +1,21 @@
-"""Streaming readers of molecule files: ``.smi``/``.csv``/``.tsv``/``.sdf`` (gzipped or not) and
-``.parquet``, in chunks of bounded size.
+"""Streaming readers of molecule files: ``.smi``/``.cxsmiles``/``.csv``/``.tsv``/``.sdf``
+(compressed with gzip, bzip2 or zstd, or not) and ``.parquet``, in chunks of bounded size.
 
 Every chunk is a DataFrame with ``line`` (the physical 1-based line where the row starts, as an
 editor shows it, also for CSV fields that span lines; for SDF the record number; for parquet the
 row number), ``smiles`` (None where there is none) and the file's other columns carried through as
 text. A carried column named like one of these (``line``, ``smiles``, SDF's ``name``) is renamed
-``input_<name>``, never dropped.
+``input_<name>``, never dropped. A ``.smi``/``.smiles``/``.cxsmiles`` file whose first line is a
+tab-separated header naming a SMILES column (Enamine's REAL files: ``smiles<TAB>idnumber<TAB>...``)
+is read as a tab-separated table.
 
 Bad input is never skipped silently. A row whose bytes are not UTF-8 keeps its place: with
 ``with_errors=True`` its reason is in a ``read_error`` column (``""`` for good rows), otherwise its
 ``smiles`` is None; its text is kept with the bad bytes written as ``\\xNN``. A file that is not
-what its name says (binary, UTF-16, corrupt or truncated gzip, a bad parquet) or is malformed
-(a CSV row with more fields than the header) raises :class:`~medgen.errors.InputFileError` naming
-the file and line. A zero-byte file of any format holds no molecules: it yields no chunks.
+what its name says (binary, UTF-16, corrupt or truncated compressed data, a bad parquet) or is
+malformed (a CSV row with more fields than the header) raises
+:class:`~medgen.errors.InputFileError` naming the file and line. A zero-byte file of any format
+holds no molecules: it yields no chunks.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import pandas as pd
 
 from medgen.chem.mol import parse_smiles
 from medgen.chem.textfiles import (
+    CODECS,
     Lines,
     StopOnGzipError,
     check_text,
@@ -50,18 +54,24 @@ READ_ERROR = "read_error"
 _CSV_FIELD_LIMIT = 64 * 2**20  # characters; the csv module's default (128 Ki) is too small
 
 
+_EXTENSIONS = (
+    (".cxsmiles", "cxsmiles"), (".cxsmi", "cxsmiles"), (".smi", "smi"), (".smiles", "smi"),
+    (".txt", "smi"), (".csv", "csv"), (".tsv", "tsv"), (".sdf", "sdf"), (".sd", "sdf"),
+    (".parquet", "parquet"),
+)  # fmt: skip
+
+
 def file_format(path: str | os.PathLike) -> str:
-    """``smi``, ``csv``, ``tsv``, ``sdf`` or ``parquet`` from the name (``.gz`` ignored)."""
-    name = Path(path).name.lower().removesuffix(".gz")
-    for ext, fmt in ((".smi", "smi"), (".smiles", "smi"), (".txt", "smi"), (".csv", "csv")):
-        if name.endswith(ext):
-            return fmt
-    for ext, fmt in ((".tsv", "tsv"), (".sdf", "sdf"), (".sd", "sdf"), (".parquet", "parquet")):
+    """``smi``, ``cxsmiles``, ``csv``, ``tsv``, ``sdf`` or ``parquet`` from the name (a ``.gz``,
+    ``.bz2`` or ``.zst`` suffix ignored)."""
+    name = Path(path).name.lower()
+    name = next((name.removesuffix(c) for c in CODECS if name.endswith(c)), name)
+    for ext, fmt in _EXTENSIONS:
         if name.endswith(ext):
             return fmt
     raise UserError(
-        f"{path}: unknown molecule file type; "
-        "use .smi, .csv, .tsv, .sdf (optionally .gz) or .parquet"
+        f"{path}: unknown molecule file type; use .smi, .cxsmiles, .csv, .tsv, .sdf (optionally "
+        ".gz, .bz2 or .zst) or .parquet"
     )
 
 
@@ -101,8 +111,10 @@ def read_molecules(
         return
     if fmt != "parquet":
         check_text(path, fmt)
-    readers = {"smi": _read_smi, "csv": _read_table, "tsv": _read_table, "sdf": _read_sdf}
-    readers["parquet"] = _read_parquet
+    if fmt in ("smi", "cxsmiles") and _tab_header(path):
+        fmt = "tsv"  # Enamine-style: a header line, tab-separated columns
+    readers: dict[str, Any] = {"smi": _read_smi, "csv": _read_table, "tsv": _read_table}
+    readers.update(sdf=_read_sdf, parquet=_read_parquet, cxsmiles=_read_smi)
     chunks = readers[fmt](path, fmt=fmt, smiles_column=smiles_column, chunk_size=chunk_size)
     seen, warned = 0, False
     for chunk in chunks:
@@ -123,14 +135,39 @@ def read_molecules(
             return
 
 
-def _read_smi(path: Path, *, chunk_size: int, **_: Any) -> Iterator[pd.DataFrame]:
+def _tab_header(path: Path) -> bool:
+    """Whether the first non-blank line of a SMILES file is a tab-separated header naming a SMILES
+    column (then the file is a table, as Enamine writes its ``.cxsmiles`` and ``.smiles`` files)."""
+    with open_bytes(path) as fh:
+        for raw in guarded_lines(fh, path):
+            text = raw.decode("utf-8", "replace").lstrip("\ufeff").strip("\r\n")
+            if text.strip():
+                fields = [f.strip().lower() for f in text.split("\t")]
+                return len(fields) > 1 and any(f in SMILES_COLUMN_NAMES for f in fields)
+    return False
+
+
+def _split_cxsmiles(text: str) -> list[str]:
+    """``[smiles, name]`` of a CXSMILES line: the ``|...|`` extension after the SMILES belongs to
+    it (``C[C@H](N)C(=O)O |&1:1| alanine``)."""
+    parts = text.split(maxsplit=1)
+    if len(parts) == 2 and parts[1].startswith("|"):
+        end = parts[1].find("|", 1)
+        if end > 0:
+            rest = parts[1][end + 1 :].strip()
+            return [f"{parts[0]} {parts[1][: end + 1]}", *([rest] if rest else [])]
+    return parts
+
+
+def _read_smi(path: Path, *, fmt: str, chunk_size: int, **_: Any) -> Iterator[pd.DataFrame]:
     rows: list[tuple[int, str | None, str, str]] = []
+    split = _split_cxsmiles if fmt == "cxsmiles" else (lambda t: t.split(maxsplit=1))
     with open_bytes(path) as fh:
         lines = Lines(path, fh)
         for raw in lines:
             error = lines.take_bad()
             text = escaped(raw).strip() if error else raw.strip()
-            parts = text.split(maxsplit=1)
+            parts = split(text)
             if lines.number == 1 and parts and parts[0].lower() == "smiles":
                 continue  # header line
             if not text or text.startswith("#"):

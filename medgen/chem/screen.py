@@ -1,18 +1,29 @@
-"""Streaming, parallel screening of molecule files of any size.
+"""Screening molecule files of any size, on this machine or a Dask cluster, resumable.
 
-``read chunk -> score in worker processes -> filter -> dedup -> write / keep top-k``, with at most
-a few chunks in memory at a time. Every input row ends up either in the output or in the rejects
-file with the reason (unreadable bytes, invalid or over-long SMILES, the first filter it failed,
-duplicate, outside top-k); ``line`` is the physical line where the row starts in the input.
-Outputs are checked before any work (:mod:`medgen.chem.paths`) and renamed into place only when
-the whole run succeeded, so a failed run leaves the previous outputs as they were.
+``read -> partitions -> score and filter (engine) -> partition files -> DuckDB -> out``:
+
+1. The input (a file, a folder or a glob) is read once, in order, and cut into partitions of
+   ``partition_size`` rows (:mod:`medgen.chem.partitions`).
+2. An engine scores the partitions that are not done yet (:mod:`medgen.chem.engines`: ``local``
+   processes or ``dask``); each partition's passing rows and rejects are written atomically into
+   the work folder ``.<out name>.parts/``, so a killed run resumes where it stopped and
+   ``shard=i/N`` runs split the partitions between independent processes.
+3. DuckDB dedups, sorts and cuts ``top_k`` over all partitions in bounded memory and writes
+   ``out`` and the rejects (:mod:`medgen.chem.merge`); the work folder is removed.
+
+Every input row ends up either in the output or in the rejects with the reason (unreadable bytes,
+invalid or over-long SMILES, the first filter it failed, duplicate, outside top-k); ``line`` is the
+physical line where the row starts in its file. Outputs are checked before any work
+(:mod:`medgen.chem.paths`) and renamed into place only when the whole run succeeded, so a failed
+run leaves the previous outputs as they were; an existing ``out`` is replaced only with
+``overwrite=True``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,28 +32,46 @@ from typing import Any
 
 import pandas as pd
 
-from medgen.chem.extsort import ExternalSorter, sort_frame
-from medgen.chem.filters import Filter, build_filters
-from medgen.chem.guards import MAX_SMILES_LENGTH, check_args, misread, names, precheck
-from medgen.chem.io import READ_ERROR, MoleculeWriter, read_molecules
-from medgen.chem.parallel import map_chunks
+from medgen.chem.engines import ENGINES, Progress, Task, count_rows_later, run_dask, run_local
+from medgen.chem.filters import build_filters
+from medgen.chem.guards import MAX_SMILES_LENGTH, check_args, names
+from medgen.chem.io import read_molecules
+from medgen.chem.merge import MergeSettings, merge
+from medgen.chem.partitions import (
+    ORDER,
+    PLAN,
+    READER_COLUMNS,
+    ChunkSpec,
+    check_plan,
+    partition_name,
+    read_done,
+)
 from medgen.chem.paths import (
+    _FolderLock,
+    check_not_input,
     check_outputs,
     claim_outputs,
     default_rejects_path,
+    input_files,
+    is_dataset,
     output_paths,
     sort_prefix,
+    work_folder,
 )
-from medgen.chem.properties import GROUPS, columns_for, default_n_jobs, score_rows, to_frame
-from medgen.errors import UserError
+from medgen.chem.properties import GROUPS, columns_for, default_n_jobs
+from medgen.errors import ConfigError, OutputExistsError, UserError
+from medgen.utils.atomic import TMP_MARKER, atomic_write_json
 
 __all__ = ["MAX_SMILES_LENGTH", "ScreenSummary", "default_rejects_path", "output_paths"]
-__all__ += ["screen_file"]
+__all__ += ["parse_shard", "screen_file"]
 
 log = logging.getLogger(__name__)
 
-REJECT_COLUMNS = ("line", "input", "reason")
-_READER_COLUMNS = ("line", "smiles", READ_ERROR)
+#: carried columns with these names are renamed ``input_<name>`` (the output's own columns)
+RESERVED = frozenset({"line", "smiles", "source", ORDER})
+#: column names that hold an input's id, in order of preference (the SDF title, ``_Name``)
+ID_COLUMNS = ("name", "id", "idnumber", "compound_id", "catalog_id", "mol_id", "molecule_id",
+              "zinc_id", "chembl_id", "title")  # fmt: skip
 
 
 @dataclass
@@ -62,6 +91,10 @@ class ScreenSummary:
     written: int = 0
     rejected: int = 0
     seconds: float = 0.0
+    engine: str = "local"
+    partitions: int = 0
+    resumed_partitions: int = 0
+    shard: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -75,12 +108,26 @@ class ScreenSummary:
         lines += [f"{'duplicates (InChIKey)':<28}{self.duplicates:>12,}"]
         lines += [f"{'outside top_k':<28}{self.outside_top_k:>12,}"]
         lines += [f"{'written':<28}{self.written:>12,}", f"{'rejected':<28}{self.rejected:>12,}"]
+        lines += [f"{'partitions (resumed)':<28}{self.partitions:>12,} ({self.resumed_partitions})"]
         return "\n".join(lines)
 
+    def add(self, counts: dict[str, Any]) -> None:
+        for key in ("rows", "valid", "invalid", "passed_all", "rejected"):
+            setattr(self, key, getattr(self, key) + int(counts.get(key, 0)))
+        for name, n in counts.get("passed_filter", {}).items():
+            self.passed_filter[name] = self.passed_filter.get(name, 0) + int(n)
 
-def _dedup_key(inchikey: str) -> int:
-    # 8-byte digest instead of the 27-character key: ~3x less memory per distinct molecule
-    return int.from_bytes(hashlib.blake2b(inchikey.encode(), digest_size=8).digest(), "little")
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N`` (None stays None)."""
+    if shard is None:
+        return None
+    parts = str(shard).split("/")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        i, n = int(parts[0]), int(parts[1])
+        if n >= 1 and 0 <= i < n:
+            return i, n
+    raise ConfigError("shard", shard, "'i/N' with 0 <= i < N, e.g. shard=0/4 (or null)")
 
 
 def screen_file(
@@ -101,37 +148,52 @@ def screen_file(
     limit: int | None = None,
     max_smiles_length: int | None = MAX_SMILES_LENGTH,
     progress: bool = True,
+    engine: str = "local",
+    scheduler: str | None = None,
+    cluster: dict[str, Any] | None = None,
+    partition_size: int = 50_000,
+    shard: str | None = None,
+    overwrite: bool = False,
+    keep_rejects: bool = True,
+    memory_limit: str = "2GB",
 ) -> ScreenSummary:
     """Score and filter ``input`` into ``out``; see the module docstring.
 
     Args:
-        input: ``.smi``/``.csv``/``.tsv``/``.sdf`` (gz or not) or ``.parquet``; other columns of the
-            input are carried through to the output (renamed ``input_<name>`` where a score column
-            has the name). A zero-byte or header-only input gives empty outputs (0 rows).
-        out: ``.csv``/``.csv.gz``/``.parquet``/``.sdf`` (properties become SD tags); its folder must
-            exist. Outputs appear only when the run succeeds (atomic rename); a rerun removes the
-            temporaries a killed run of the same outputs left (see :mod:`medgen.chem.paths`).
-        rejects: ``.csv``/``.tsv`` (gz or not) or ``.parquet`` of rejected rows (``line``,
-            ``input``, ``reason`` and the carried columns); default ``<out>.rejects.csv``. No
-            output may be the input or another output.
+        input: a molecule file — ``.smi``/``.cxsmiles``/``.csv``/``.tsv``/``.sdf`` (compressed
+            with ``.gz``, ``.bz2``, ``.zst`` or not) or ``.parquet`` —, a folder of them or a
+            glob pattern (``"lib/*.cxsmiles.bz2"``). Other columns of the input are carried
+            through (renamed ``input_<name>`` where an output column has the name); with several
+            files a ``source`` column names each row's file. An empty input gives empty outputs.
+        out: ``.csv``/``.csv.gz``/``.parquet``/``.sdf`` (properties become SD tags, the input's id
+            the title), or a name without suffix for a parquet dataset (a folder). Its folder
+            must exist; an existing ``out`` is replaced only with ``overwrite=True``.
+        rejects: ``.csv``/``.tsv`` (gz or not), ``.parquet`` or a dataset of rejected rows
+            (``line``, ``input``, ``reason`` and the carried columns); default
+            ``<out>.rejects.csv`` (``<out>_rejects`` for a dataset). ``keep_rejects=False``
+            counts them in the summary without writing them.
         rules: names from :data:`medgen.chem.filters.RULES` (lipinski, veber, pains, brenk, nih,
             moses). ranges: expressions like ``"qed>=0.5"``, ``"sa<=4"``.
-        dedup: keep only the first row of each InChIKey. Memory grows with the number of distinct
-            passing molecules (about 100 bytes each), not with the file size.
-        sort_by: sort the output by this column (``descending`` by default). Without ``top_k``
-            an external merge sort spills sorted runs to a temporary folder beside ``out``; with
-            ``top_k`` only the best ``top_k`` rows are kept in memory.
+        dedup: keep only the first row (in input order) of each InChIKey.
+        sort_by: sort the output by this column (``descending`` by default); ``top_k`` keeps the
+            best ``top_k`` rows (the first ones without ``sort_by``). Dedup, sort and top-k run
+            in DuckDB within ``memory_limit``, spilling to disk beside ``out``.
         groups: property groups to compute (None: all); groups the filters need are added.
-        n_jobs: worker processes (None: all cores). chunk_size: rows per worker task.
+        n_jobs: local worker processes, or the LocalCluster's workers (None: all cores).
+        chunk_size: rows per local worker task. partition_size: rows per partition (the unit of
+            resume and of a Dask task).
         limit: read only the first ``limit`` rows.
-        max_smiles_length: longer SMILES are rejected unscored (None: no limit). Some steps grow
-            faster than the molecule (the Murcko scaffold of an n-atom chain takes ~n³ time:
-            1 s at 1,000 atoms, 9 s at 2,000); each atom takes at least one character, so the
-            default bounds every row to about a second. Drug-like SMILES have < 200 characters.
+        max_smiles_length: longer SMILES are rejected unscored (None: no limit); some RDKit steps
+            grow as the cube of the chain length, so this bounds every row to about a second.
+        engine: ``local`` or ``dask``; ``scheduler``: a Dask scheduler address; ``cluster``: a
+            ``_target_`` mapping of a Dask cluster class (plus ``jobs``: how many to start).
+        shard: ``"i/N"``: score only partitions ``k`` with ``k % N == i`` into the work folder of
+            ``out`` and stop; a run without ``shard`` over the same input then merges them.
 
     Raises:
-        UserError: a bad argument (named), an unusable output path, or an input file that is not
-            what its name says (:class:`~medgen.errors.InputFileError`, naming file and line).
+        UserError: a bad argument (named), an unusable or existing output path, or an input file
+            that is not what its name says (:class:`~medgen.errors.InputFileError`, naming file
+            and line).
     """
     t0 = time.perf_counter()
     rules, ranges = names("rules", rules), names("ranges", ranges)
@@ -141,89 +203,96 @@ def screen_file(
         chunk_size=chunk_size, n_jobs=n_jobs, max_smiles_length=max_smiles_length,
         sort_by=sort_by, smiles_column=smiles_column, groups=groups,
     )  # fmt: skip
+    check_engine_args(engine, partition_size, overwrite, keep_rejects, shard, memory_limit)
+    sharding = parse_shard(shard)
+    files, root = input_files(input)
     paths = output_paths(out, rejects)
-    check_outputs([input], paths)
+    check_outputs(files, paths)
+    check_not_input(input, root, paths)
     out, rejects = paths["out"], paths["rejects"]
-    summary = ScreenSummary(input=str(input), out=str(out), rejects=str(rejects))
+    if out.exists() and not overwrite:
+        raise OutputExistsError(
+            f"out={out} exists; pass overwrite=true to replace it, or choose another out"
+        )
     chosen = list(GROUPS) if groups is None else list(groups)
     if dedup and "identity" not in chosen:
         chosen.append("identity")
     # validate rule names and ranges on score columns before any work (carried columns later)
-    build_filters(rules, [r for r in ranges if _is_score_range(r)])
+    build_filters(rules, [r for r in ranges if is_score_range(r)])
     chosen += [f.group for f in build_filters(rules, []) if f.group and f.group not in chosen]
+    chosen += [
+        f.group for f in build_filters([], [r for r in ranges if is_score_range(r)])
+        if f.group and f.group not in chosen
+    ]  # fmt: skip
+    groups_t = tuple(g for g in GROUPS if g in chosen)
+    sdf = not is_dataset(out) and out.name.lower().endswith((".sdf", ".sd", ".sdf.gz"))
+    # SDF records hold the scored molecule (the largest fragment of a salt); the input is a tag
+    mol_column = "canonical_smiles" if "identity" in groups_t else "smiles"
     n_jobs = default_n_jobs() if n_jobs is None else n_jobs
 
-    chunks = read_molecules(
-        input, smiles_column=smiles_column, chunk_size=chunk_size, limit=limit, with_errors=True
-    )
-    peeked = _Peek(chunks)
-    first = peeked.first()
-    carried = [c for c in first.columns if c not in _READER_COLUMNS] if first is not None else []
-    renames = _score_name_clashes(carried)
-    extra = [renames.get(c, c) for c in carried]
-    filters = build_filters(rules, ranges, extra)
-    chosen += [f.group for f in filters if f.group and f.group not in chosen]
-    groups_t = tuple(g for g in GROUPS if g in chosen)
-    if sort_by is not None:
-        _check_sort_column(sort_by, columns_for(groups_t) + extra)
-    summary.passed_filter = {f.name: 0 for f in filters}
+    work = work_folder(out)
+    plan = {
+        "inputs": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+        "smiles_column": smiles_column, "groups": list(groups_t), "rules": rules,
+        "ranges": ranges, "max_smiles_length": max_smiles_length, "limit": limit,
+        "partition_size": partition_size, "sdf_column": mol_column if sdf else None,
+        "keep_rejects": keep_rejects,
+    }  # fmt: skip
+    if not check_plan(work, plan, overwrite=overwrite and sharding is None):
+        log.warning("overwrite=true: discarding the partitions in %s", work)
+        shutil.rmtree(work)
+    summary = ScreenSummary(input=str(input), out=str(out), rejects=str(rejects), engine=engine)
+    summary.shard = shard
+    summary.passed_filter = {r.strip().lower(): 0 for r in rules}
+    summary.passed_filter |= {r.replace(" ", ""): 0 for r in ranges}
+    label = Path(str(input)).name + (f" (shard {shard})" if shard else "")
+    bar = Progress(label, bar=progress)
+    count_rows_later(files, limit, bar)
+    reader = _Reader(files, root, work, plan, summary, bar, sharding)
+    sdf_column = mol_column if sdf else None
+    reader.configure(groups_t, rules, ranges, smiles_column, partition_size, limit,
+                     max_smiles_length, sdf_column, keep_rejects, sort_by)  # fmt: skip
+    try:
+        with _WorkLock(work, exclusive_cleanup=sharding is None):
+            if engine == "dask":
+                done = run_dask(reader.tasks(), work, scheduler=scheduler, cluster=cluster,
+                                n_workers=n_jobs, progress=bar)  # fmt: skip
+            else:
+                done = run_local(reader.tasks(), work, n_jobs=n_jobs, chunk_size=chunk_size,
+                                 progress=bar)  # fmt: skip
+            for _, part in done:
+                summary.add(part)
+    except BaseException:
+        reader.forget_if_empty()  # a run refused at its first rows leaves nothing behind
+        raise
+    finally:
+        bar.close()
+    log.info("%s", bar.line())
+    summary.partitions = len(reader.names)
+    if sharding is not None:
+        summary.seconds = round(time.perf_counter() - t0, 3)
+        log.info("shard %s: %d partitions in %s; run again without shard= to merge them into %s",
+                 shard, summary.partitions, work, out)  # fmt: skip
+        return summary
 
-    pending: list[tuple[pd.DataFrame, pd.Series]] = []  # chunks whose scores are in flight
-    smiles_chunks = _prechecked(iter(peeked), pending, max_smiles_length)
-    seen: dict[int, int] = {}
-    best: pd.DataFrame | None = None
-    template = pd.DataFrame(columns=["line", *columns_for(groups_t), *extra])
-    reject_template = pd.DataFrame(columns=[*REJECT_COLUMNS, *extra])
-    # SDF records hold the scored molecule (the largest fragment of a salt); "input" stays a tag
-    mol_column = "canonical_smiles" if "identity" in groups_t else "input"
+    if not reader.names and sort_by is not None:  # no rows: sort_by named no column yet
+        available = ["line", *(_output_column(c) for c in columns_for(groups_t))]
+        if _output_column(sort_by) not in available:
+            raise UserError(f"sort_by={sort_by!r} is not a column; choose from {available}")
+    merged_rejected = summary.rejected
+    settings = MergeSettings(
+        dedup=dedup, sort_by=_output_column(sort_by), descending=descending, top_k=top_k,
+        keep_rejects=keep_rejects, memory_limit=memory_limit, threads=n_jobs,
+        mol_column=mol_column, name_column=reader.name_column,
+    )  # fmt: skip
+    template = ["line", *("smiles" if c == "input" else c for c in columns_for(groups_t))]
     with claim_outputs(paths):
-        scored = map_chunks(score_rows, smiles_chunks, n_jobs=n_jobs, args=(groups_t,))
-        writer_out = MoleculeWriter(out, smiles_column=mol_column)
-        sorter = ExternalSorter(
-            sort_by or "line", descending=descending, tmp_dir=out.resolve().parent,
-            tmp_prefix=sort_prefix(out),
-        )  # fmt: skip
-        bar = _progress(progress, input)
-        with writer_out as writer, MoleculeWriter(rejects) as reject_writer, sorter:
-            for columns in scored:
-                source, pre = pending.pop(0)
-                frame = _merge(source, to_frame(columns), renames, pre)
-                template = frame.iloc[:0]
-                ok, reasons = _apply_filters(frame, filters, summary, pre)
-                if dedup:
-                    ok, reasons = _dedup(frame, ok, reasons, seen, summary)
-                if writer_out.format == "sdf":  # an SDF record needs a molecule RDKit can read
-                    ok, reasons = _sdf_writable(frame, ok, reasons, mol_column)
-                _write_rejects(reject_writer, frame, ~ok, reasons, extra)
-                passed = frame[ok]
-                summary.rows += len(frame)
-                bar.update(len(frame))
-                if top_k is not None:
-                    best, evicted = _keep_top(best, passed, sort_by, descending, top_k)
-                    summary.outside_top_k += len(evicted)
-                    reason = f"outside top_k={top_k}" + (f" by {sort_by}" if sort_by else "")
-                    _write_rejects(reject_writer, evicted, None, reason, extra)
-                elif sort_by is not None:
-                    sorter.add(passed)
-                else:
-                    writer.write(passed)
-            if top_k is not None:
-                final = best if best is not None else template
-                final = sort_frame(final, sort_by, descending) if sort_by is not None else final
-                writer.write(final)
-            elif sort_by is not None:
-                for chunk in sorter.sorted_chunks():
-                    writer.write(chunk)
-            if writer.rows == 0:  # no rows (or an empty input): the columns still
-                writer.write(template)
-            if reject_writer.rows == 0:
-                reject_writer.write(reject_template)
-            # both files complete before either is renamed into place
-            writer.finish()
-            reject_writer.finish()
-            summary.written = writer.rows
-            summary.rejected = reject_writer.rows
-            bar.close()
+        counts = merge(work, reader.names, out=out, rejects=rejects, settings=settings,
+                       template=template, spill_prefix=sort_prefix(out),
+                       partition_rejected=merged_rejected)  # fmt: skip
+    summary.written, summary.rejected = counts.written, counts.rejected
+    summary.duplicates, summary.outside_top_k = counts.duplicates, counts.outside_top_k
+    shutil.rmtree(work, ignore_errors=True)
     summary.seconds = round(time.perf_counter() - t0, 3)
     if summary.rows == 0:
         log.warning("%s holds no molecules: %s and %s have no rows", input, out, rejects)
@@ -232,37 +301,156 @@ def screen_file(
     return summary
 
 
-class _Peek:
-    """Look at the first chunk of a stream without losing it."""
+def check_engine_args(engine, partition_size, overwrite, keep_rejects, shard, memory) -> None:
+    import re
 
-    def __init__(self, chunks: Iterator[pd.DataFrame]) -> None:
-        self._chunks = chunks
-        self._first = next(chunks, None)
+    if not isinstance(memory, str) or not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", memory.strip()):
+        raise ConfigError("memory_limit", memory, "a size such as 2GB, 512MB or 1.5GiB")
+    if engine not in ENGINES:
+        raise ConfigError("engine", engine, f"one of {', '.join(ENGINES)}")
+    if (
+        isinstance(partition_size, bool)
+        or not isinstance(partition_size, int)
+        or partition_size < 1
+    ):
+        raise ConfigError("partition_size", partition_size, "a whole number >= 1")
+    for key, value in (("overwrite", overwrite), ("keep_rejects", keep_rejects)):
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "True or False")
+    if shard is not None and overwrite:
+        raise ConfigError(
+            "overwrite",
+            True,
+            "false with shard= (each shard would clear the "
+            "others' partitions): clear the output once, before the shards start",
+        )
 
-    def first(self) -> pd.DataFrame | None:
-        return self._first
 
-    def __iter__(self) -> Iterator[pd.DataFrame]:
-        if self._first is not None:
-            yield self._first
-        yield from self._chunks
+class _Reader:
+    """Reads the input in order and makes the partitions this run must score (the others: done
+    before, or another shard's)."""
+
+    def __init__(self, files, root, work: Path, plan, summary: ScreenSummary, bar: Progress,
+                 sharding: tuple[int, int] | None) -> None:  # fmt: skip
+        self.files, self.root, self.work, self.plan = files, root, work, plan
+        self.summary, self.bar, self.sharding = summary, bar, sharding
+        self.names: list[str] = []  # partitions of this run, in input order
+        self.name_column: str | None = None
+        self._made_work = False
+
+    def configure(self, groups, rules, ranges, smiles_column, partition_size, limit,
+                  max_length, sdf_column, keep_rejects, sort_by) -> None:  # fmt: skip
+        self.groups, self.rules, self.ranges = groups, rules, ranges
+        self.smiles_column, self.partition_size, self.limit = smiles_column, partition_size, limit
+        self.max_length, self.sdf_column, self.keep_rejects = max_length, sdf_column, keep_rejects
+        self.sort_by = sort_by
+
+    def tasks(self) -> Iterator[Task]:
+        seen, number = 0, 0
+        multi = len(self.files) > 1
+        for index, path in enumerate(self.files):
+            left = None if self.limit is None else self.limit - seen
+            if left is not None and left <= 0 and index > 0:
+                break
+            chunks = read_molecules(path, smiles_column=self.smiles_column, limit=left,
+                                    chunk_size=self.partition_size, with_errors=True)  # fmt: skip
+            spec = None
+            for k, frame in enumerate(chunks):
+                seen += len(frame)
+                if spec is None:
+                    spec = self._spec(index, path, frame, multi)
+                name = partition_name(index, k)
+                mine = self.sharding is None or number % self.sharding[1] == self.sharding[0]
+                number += 1
+                if not mine:
+                    continue
+                self.names.append(name)
+                done = read_done(self.work, name)
+                if done is not None:
+                    self.summary.add(done)
+                    self.summary.resumed_partitions += 1
+                    self.bar.update(len(frame), skipped=True)
+                    continue
+                self._make_work()
+                yield Task(name, frame, spec)
+
+    def _spec(self, index: int, path: Path, frame: pd.DataFrame, multi: bool) -> ChunkSpec:
+        carried = [c for c in frame.columns if c not in READER_COLUMNS]
+        renames = _score_name_clashes(carried)
+        extra = [renames.get(c, c) for c in carried]
+        try:
+            filters = build_filters(self.rules, self.ranges, extra)
+        except UserError as err:
+            raise UserError(f"{path}: {err}") from None
+        if self.sort_by is not None:
+            available = ["line", *(_output_column(c) for c in columns_for(self.groups)), *extra]
+            if _output_column(self.sort_by) not in available:
+                raise UserError(f"sort_by={self.sort_by!r} is not a column; choose from "
+                                f"{available}")  # fmt: skip
+        if self.name_column is None:
+            lowered = {e.strip().lower().replace(" ", "_"): e for e in reversed(extra)}
+            self.name_column = next((lowered[c] for c in ID_COLUMNS if c in lowered), None)
+        groups = [*self.groups, *(f.group for f in filters if f.group)]
+        source = None
+        if multi:
+            source = str(path.relative_to(self.root)) if self.root else str(path)
+        return ChunkSpec(
+            groups=tuple(g for g in GROUPS if g in groups), rules=tuple(self.rules),
+            ranges=tuple(self.ranges), extra=tuple(extra), renames=tuple(renames.items()),
+            max_smiles_length=self.max_length, sdf_column=self.sdf_column,
+            keep_rejects=self.keep_rejects, file_index=index, source=source,
+        )  # fmt: skip
+
+    def _make_work(self) -> None:
+        if self._made_work:
+            return
+        self.work.mkdir(exist_ok=True)
+        if not (self.work / PLAN).is_file():
+            atomic_write_json(self.work / PLAN, self.plan)
+        self._made_work = True
+
+    def forget_if_empty(self) -> None:
+        """Remove a work folder this run made that holds no complete partition."""
+        done = self.work / "done"
+        if self._made_work and not (done.is_dir() and any(done.iterdir())):
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
-def _prechecked(
-    frames: Iterator[pd.DataFrame], pending: list, max_length: int | None
-) -> Iterator[list[str | None]]:
-    """The SMILES to score per chunk (None for rows refused by :func:`precheck`), queueing each
-    chunk and its refusals for the consumer of the scored results (same order)."""
-    for frame in frames:
-        pre = precheck(frame, READ_ERROR, max_length)
-        pending.append((frame, pre))
-        yield [None if r else s for s, r in zip(frame["smiles"].tolist(), pre, strict=True)]
+class _WorkLock:
+    """A shared ``flock`` on the work folder's parent for the whole run; a run that is not a shard
+    first removes the temporaries of killed writers inside the work folder, but only while no
+    other run (a shard) holds the lock."""
+
+    def __init__(self, work: Path, *, exclusive_cleanup: bool) -> None:
+        self.work, self.cleanup = work, exclusive_cleanup
+        self._lock: _FolderLock | None = None
+
+    def __enter__(self) -> _WorkLock:
+        lock_dir = self.work.parent
+        self._lock = _FolderLock(lock_dir)
+        if self.cleanup and self._lock.exclusive and self.work.is_dir():
+            stale = [p for p in self.work.rglob(f".*{TMP_MARKER}*") if p.is_file()]
+            for path in stale:
+                path.unlink(missing_ok=True)
+            if stale:
+                log.info("removed %d temporaries of killed writers in %s", len(stale), self.work)
+        self._lock.share()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.close()
+
+
+def _output_column(name: str | None) -> str | None:
+    """A score column's name in the output (the input SMILES is ``smiles`` there)."""
+    return "smiles" if name == "input" else name
 
 
 def _score_name_clashes(carried: list[str]) -> dict[str, str]:
-    """``{name: input_<name>}`` for carried columns named like a score column (kept, renamed)."""
-    scores = set(columns_for(GROUPS))
-    taken, renames = scores | set(carried) | {"line"}, {}
+    """``{name: input_<name>}`` for carried columns named like an output column (kept, renamed)."""
+    scores = set(columns_for(GROUPS)) | RESERVED
+    taken, renames = scores | set(carried), {}
     for column in carried:
         if column in scores:
             new = f"input_{column}"
@@ -271,127 +459,13 @@ def _score_name_clashes(carried: list[str]) -> dict[str, str]:
             taken.add(new)
             renames[column] = new
     if renames:
-        log.warning("input columns renamed (score columns have their names): %s", renames)
+        log.warning("input columns renamed (output columns have their names): %s", renames)
     return renames
 
 
-def _is_score_range(expression: str) -> bool:
+def is_score_range(expression: str) -> bool:
+    """Whether a range expression names a score column (else it names a carried column)."""
     from medgen.chem.filters import ALIASES, _column_groups
 
     name = str(expression).split("<")[0].split(">")[0].split("=")[0].split("!")[0].strip()
     return ALIASES.get(name.lower(), name) in _column_groups()
-
-
-def _check_sort_column(sort_by: str, available: list[str]) -> None:
-    if sort_by not in available:
-        raise UserError(f"sort_by={sort_by!r} is not a column; choose from {available}")
-
-
-def _merge(
-    source: pd.DataFrame, scored: pd.DataFrame, renames: dict[str, str], pre: pd.Series
-) -> pd.DataFrame:
-    """Scored columns with the input's ``line`` first and its carried columns last; rows refused
-    before scoring are invalid with their reason, and keep their input text."""
-    carried = source.drop(columns=list(_READER_COLUMNS)).reset_index(drop=True)
-    line = source["line"].reset_index(drop=True)
-    frame = pd.concat([line, scored, carried.rename(columns=renames)], axis=1)
-    refused = (pre != "").to_numpy()
-    frame["input"] = source["smiles"].to_numpy()
-    frame.loc[refused, "valid"] = False
-    frame.loc[refused, "error"] = pre.to_numpy()[refused]
-    rows = zip(frame["input"].tolist(), frame["valid"].tolist(), strict=True)
-    for i, reason in enumerate(misread(text) if ok else "" for text, ok in rows):
-        if reason:  # RDKit read only part of the text
-            frame.loc[frame.index[i], ["valid", "error"]] = [False, reason]
-    return frame
-
-
-def _apply_filters(
-    frame: pd.DataFrame, filters: list[Filter], summary: ScreenSummary, pre: pd.Series
-) -> tuple[pd.Series, pd.Series]:
-    """Pass mask and the reason for each failing row (invalid: RDKit's message; refused before
-    scoring: that reason as it is; else the first failing filter)."""
-    valid = frame["valid"].astype(bool)
-    summary.valid += int(valid.sum())
-    summary.invalid += int((~valid).sum())
-    reasons = pd.Series("", index=frame.index, dtype=object)
-    reasons[~valid] = "invalid: " + frame.loc[~valid, "error"].astype(str)
-    refused = (pre != "").to_numpy()
-    reasons[refused] = pre.to_numpy()[refused]
-    ok = valid.copy()
-    for flt in filters:
-        passed = flt.mask(frame)
-        summary.passed_filter[flt.name] += int(passed.sum())
-        newly = ok & ~passed
-        reasons[newly] = f"failed {flt.name}"
-        ok &= passed
-    summary.passed_all += int(ok.sum())
-    return ok, reasons
-
-
-def _dedup(frame, ok, reasons, seen: dict[int, int], summary: ScreenSummary):
-    ok = ok.copy()
-    for idx in frame.index[ok]:
-        key = frame.at[idx, "inchikey"]
-        if not isinstance(key, str) or not key:
-            continue
-        digest = _dedup_key(key)
-        first_line = seen.setdefault(digest, int(frame.at[idx, "line"]))
-        if first_line != int(frame.at[idx, "line"]):
-            ok[idx] = False
-            reasons[idx] = f"duplicate InChIKey {key} (first at line {first_line})"
-            summary.duplicates += 1
-    return ok, reasons
-
-
-def _sdf_writable(frame, ok, reasons, mol_column: str):
-    """Move passing rows whose ``mol_column`` does not parse (no SDF record possible) to the
-    rejects instead of letting the SDF writer drop them."""
-    from medgen.chem.mol import parse_smiles
-
-    ok = ok.copy()
-    for idx in frame.index[ok]:
-        if parse_smiles(frame.at[idx, mol_column]) is None:
-            ok[idx] = False
-            reasons[idx] = f"not writable to SDF: {mol_column} does not parse"
-    return ok, reasons
-
-
-def _write_rejects(writer: MoleculeWriter, frame, mask, reasons, extra: list[str]) -> None:
-    rows = frame if mask is None else frame[mask]
-    out = pd.DataFrame(
-        {
-            "line": rows["line"].to_numpy(),
-            "input": rows["input"].to_numpy(),
-            "reason": reasons if isinstance(reasons, str) else reasons[mask].to_numpy(),
-        }
-    )
-    for column in extra:
-        if column in rows.columns:
-            out[column] = rows[column].to_numpy()
-    if len(out) or writer.rows == 0:
-        writer.write(out)
-
-
-def _keep_top(best, passed, sort_by, descending, top_k):
-    """Merge ``passed`` into the running top-k; return the new top-k and the rows pushed out."""
-    both = passed if best is None else pd.concat([best, passed], ignore_index=True)
-    if sort_by is not None:
-        both = sort_frame(both, sort_by, descending)
-    return both.iloc[:top_k].reset_index(drop=True), both.iloc[top_k:]
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(enabled: bool, input: Any):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(desc=f"screening {Path(str(input)).name}", unit=" mol")

@@ -1,10 +1,12 @@
-"""Molecule text files as bytes: gzip checked by its magic number, gzip errors named with the
-position, binary and UTF-16 files refused up front, and lines counted with undecodable bytes kept
-(``surrogateescape``) so that the row they belong to can be rejected rather than lost.
+"""Molecule text files as bytes: compressed files (``.gz``, ``.bz2``, ``.zst``) checked by their
+magic number, decompression errors named with the position, binary and UTF-16 files refused up
+front, and lines counted with undecodable bytes kept (``surrogateescape``) so that the row they
+belong to can be rejected rather than lost.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import zlib
@@ -13,35 +15,105 @@ from pathlib import Path
 
 from medgen.errors import InputFileError
 
-GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+#: compressed-file suffix -> (codec name in messages, magic bytes)
+CODECS: dict[str, tuple[str, bytes]] = {
+    ".gz": ("gzip", b"\x1f\x8b"),
+    ".bz2": ("bz2", b"BZh"),
+    ".zst": ("zstd", b"\x28\xb5\x2f\xfd"),
+}
+# what a truncated or corrupt stream raises while it is read (bz2: OSError "Invalid data stream")
+GZIP_ERRORS: tuple[type[BaseException], ...] = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
+
+
+def codec(path: Path) -> str | None:
+    """The compressed-file suffix of ``path`` (``.gz``, ``.bz2``, ``.zst``), or None."""
+    name = path.name.lower()
+    return next((suffix for suffix in CODECS if name.endswith(suffix)), None)
+
+
 _SNIFF_BYTES = 8192
 # bytes that do not occur in text (tab, newlines and form feed do)
 _CONTROL_BYTES = bytes([*range(9), 11, *range(14, 32), 127])
 
 
 def open_bytes(path: Path) -> io.BufferedIOBase:
-    """``path`` opened for reading bytes, decompressed when its name ends in ``.gz`` (which its
-    first bytes must then confirm)."""
-    if not path.name.lower().endswith(".gz"):
+    """``path`` opened for reading bytes, decompressed when its name ends in ``.gz``, ``.bz2`` or
+    ``.zst`` (which its first bytes must then confirm). ``.zst`` needs the ``zstandard`` package."""
+    suffix = codec(path)
+    if suffix is None:
         return open(path, "rb")  # noqa: SIM115
+    name, magic = CODECS[suffix]
     with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic != b"\x1f\x8b":
+        head = fh.read(len(magic))
+    if head != magic:
         raise InputFileError(
-            f"{path}: the name ends in .gz but the file is not gzip-compressed "
-            f"(it starts with {magic!r}); remove .gz from the name or compress it"
+            f"{path}: the name ends in {suffix} but the file is not {name}-compressed "
+            f"(it starts with {head!r}); remove {suffix} from the name or compress it"
         )
-    return gzip.open(path, "rb")
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        return bz2.open(path, "rb")
+    try:
+        import zstandard
+    except ImportError as err:
+        raise InputFileError(f"{path}: reading .zst files needs `pip install zstandard`") from err
+    return io.BufferedReader(_ZstdReader(zstandard, path))
+
+
+class _ZstdReader(io.RawIOBase):
+    """A zstd file (one or more frames) as a raw stream; a truncated frame is an ``EOFError``,
+    corrupt data a ``zlib.error`` (the errors the other codecs raise)."""
+
+    def __init__(self, zstandard, path: Path) -> None:
+        self._zstd = zstandard
+        self._raw = open(path, "rb")  # noqa: SIM115
+        self._obj = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = b""
+        self._started = False  # bytes of the current frame were fed
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            raw = self._raw.read(1 << 20)
+            if not raw:
+                if self._started and not self._obj.eof:
+                    raise EOFError("the last zstd frame is incomplete")
+                return 0
+            self._feed(raw)
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def _feed(self, raw: bytes) -> None:
+        while raw:
+            if self._obj.eof:  # the next frame of a multi-frame file
+                self._obj = self._zstd.ZstdDecompressor().decompressobj()
+            self._started = True
+            try:
+                self._pending += self._obj.decompress(raw)
+            except self._zstd.ZstdError as err:
+                raise zlib.error(f"zstd: {err}") from err
+            raw = self._obj.unused_data if self._obj.eof else b""
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
 
 def gzip_error(path: Path, err: BaseException, where: str) -> InputFileError:
-    """The user's error for a gzip failure ``err`` (truncated or corrupt) at ``where``."""
+    """The user's error for a decompression failure ``err`` (truncated or corrupt) at ``where``."""
+    name = CODECS.get(codec(path) or ".gz", ("gzip", b""))[0]
     if isinstance(err, EOFError):
         return InputFileError(
-            f"{path}: the gzip stream ended early ({where}): the file is truncated, e.g. by an "
+            f"{path}: the {name} stream ended early ({where}): the file is truncated, e.g. by an "
             "interrupted download or copy; fetch it again"
         )
-    return InputFileError(f"{path}: corrupt gzip data ({where}): {err}")
+    return InputFileError(f"{path}: corrupt {name} data ({where}): {err}")
 
 
 def check_text(path: Path, fmt: str) -> None:
@@ -58,7 +130,7 @@ def check_text(path: Path, fmt: str) -> None:
         )
     controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
     if controls > max(8, 0.05 * len(head)):
-        unpacked = " (after gunzip)" if path.name.lower().endswith(".gz") else ""
+        unpacked = " (after decompression)" if codec(path) else ""
         raise InputFileError(
             f"{path}: binary data, not a text .{fmt} file: {controls} control bytes such as NUL "
             f"in its first {len(head)} bytes{unpacked}; a .{fmt} file must be UTF-8 text"

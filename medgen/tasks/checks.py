@@ -40,6 +40,19 @@ class SampleJob:
     condition: int | str | None = None
     use_ema: bool = True
     temperature: float = field(default=1.0, metadata={"ge": 0.0})
+    indices: str | None = None
+    finalize_only: bool = False
+
+    def index_range(self) -> range | None:
+        """``indices="a:b"`` as ``range(a, b)`` inside ``0..n-1`` (None: every index)."""
+        if self.indices is None:
+            return None
+        lo, sep, hi = str(self.indices).partition(":")
+        if sep and lo.strip().isdigit() and hi.strip().isdigit():
+            a, b = int(lo), int(hi)
+            if 0 <= a < b <= self.n:
+                return range(a, b)
+        raise ConfigError("indices", self.indices, f"'a:b' with 0 <= a < b <= n={self.n}")
 
     def settings(self) -> SampleSettings:
         """The sampling record every generator takes (checked by its ``resolve_settings``)."""
@@ -72,6 +85,10 @@ def check_sample(cfg: Any) -> SamplePlan:
     from medgen.generation import load_generator
 
     job = read_record(SampleJob, cfg)
+    if job.index_range() is not None and (job.overwrite or job.finalize_only):
+        key = "overwrite" if job.overwrite else "finalize_only"
+        raise ConfigError(key, True, "false with indices= (array jobs: clear out once before "
+                          "they start; finalize once after they end)")  # fmt: skip
     generator, ckpt_file = load_generator(job.ckpt)
     out = job.out.resolve()
     if out == ckpt_file.resolve() or ckpt_file.resolve().is_relative_to(out):
@@ -88,8 +105,8 @@ def check_sample(cfg: Any) -> SamplePlan:
 class ScreenJob:
     """``conf/screen.yaml``."""
 
-    input: Path = field(metadata={"help": "a .smi/.csv/.sdf/.parquet file"})
-    out: Path = field(metadata={"help": "a .csv/.parquet/.sdf file"})
+    input: Path = field(metadata={"help": "a molecule file, a folder of them or a glob"})
+    out: Path = field(metadata={"help": "a .csv/.parquet/.sdf file, or a dataset folder"})
     rejects: Path | None = None
     smiles_column: str | None = None
     rules: list[str] = field(default_factory=list)
@@ -104,26 +121,59 @@ class ScreenJob:
     limit: int | None = field(default=None, metadata=POSITIVE)
     max_smiles_length: int | None = field(default=1000, metadata=POSITIVE)
     progress: bool = True
+    engine: Literal["local", "dask"] = "local"
+    scheduler: str | None = None
+    cluster: dict[str, Any] | None = None
+    partition_size: int = field(default=50_000, metadata=POSITIVE)
+    shard: str | None = None
+    overwrite: bool = False
+    keep_rejects: bool = True
+    memory_limit: str = "2GB"
 
 
 def check_screen(cfg: Any) -> ScreenJob:
-    """Check ``medgen screen``'s keys, the input file, every output path against the input and
-    each other, and the rule, range and property names."""
-    from medgen.chem.filters import build_filters
-    from medgen.chem.paths import check_outputs, output_paths
+    """Check ``medgen screen``'s keys, the input, every output path against the input and each
+    other, an existing ``out`` (refused unless ``overwrite``), and the rule, range and property
+    names."""
+    from medgen.chem.filters import build_filters, range_filter
+    from medgen.chem.paths import (
+        check_not_input,
+        check_outputs,
+        input_files,
+        is_dataset,
+        output_paths,
+    )
     from medgen.chem.properties import columns_for
+    from medgen.chem.screen import check_engine_args, is_score_range, parse_shard
+    from medgen.errors import OutputExistsError
 
     job = read_record(ScreenJob, _ScreenView(cfg))
-    if not job.input.is_file():
-        raise MissingFileError(f"input={job.input}: no such file")
-    if job.out.is_dir():
+    files, root = input_files(job.input)
+    if job.out.is_dir() and not is_dataset(job.out):
         raise ConfigError("out", str(job.out), "a file (.csv, .csv.gz, .parquet, .sdf)")
     if not job.out.parent.is_dir():
         raise MissingFileError(f"out={job.out}: the folder {job.out.parent} does not exist")
-    check_outputs([job.input], output_paths(job.out, job.rejects))
+    paths = output_paths(job.out, job.rejects)
+    check_outputs(files, paths)
+    check_not_input(job.input, root, paths)
+    if job.out.exists() and not job.overwrite:
+        raise OutputExistsError(
+            f"out={job.out} exists; pass overwrite=true to replace it, or choose another out"
+        )
+    parse_shard(job.shard)  # "i/N"
+    check_engine_args(job.engine, job.partition_size, job.overwrite, job.keep_rejects,
+                      job.shard, job.memory_limit)  # fmt: skip
+    if job.cluster is not None and "_target_" not in job.cluster:
+        raise ConfigError("cluster", job.cluster, "a mapping with _target_ (e.g. cluster=slurm)")
+    if job.engine != "dask" and (job.scheduler or job.cluster):
+        raise ConfigError("engine", job.engine, "dask when scheduler= or cluster= is set")
     if job.properties is not None:
         columns_for(job.properties)  # unknown property groups
-    build_filters(job.rules, job.ranges)  # unknown rules, malformed ranges
+    # unknown rules, malformed ranges, unknown score columns (carried ones are known only later)
+    build_filters(job.rules, [r for r in job.ranges if is_score_range(r)])
+    for expression in job.ranges:
+        if not is_score_range(expression):
+            range_filter(expression, [expression.split("<")[0].split(">")[0].split("=")[0]])
     return job
 
 
@@ -143,9 +193,12 @@ class _ScreenView(dict):
 
 @dataclass(frozen=True)
 class EvaluateJob:
-    """``conf/evaluate.yaml``."""
+    """``conf/evaluate.yaml``: molecules when ``samples`` is a SMILES file, volumes when it is a
+    folder or a ``.json`` datalist (:attr:`volumes`)."""
 
-    samples: Path = field(metadata={"help": "a .smi/.csv/.sdf file of generated SMILES"})
+    samples: Path = field(
+        metadata={"help": "a .smi/.csv/.sdf file of SMILES, or a folder / dataset.json of NIfTI"}
+    )
     smiles_column: str | None = None
     reference: str | None = "moses"
     reference_name: str = "Ref"
@@ -158,11 +211,38 @@ class EvaluateJob:
     guacamol: bool = True
     kl_size: int = field(default=10000, metadata=POSITIVE)
     out: Path | None = None
+    # volumes only
+    extractor: Literal["encoder", "resnet3d", "slices2d"] = "encoder"
+    weights: Path | None = None
+    resnet_depth: Literal[10, 18, 34, 50, 101, 152, 200] | None = None
+    slices_per_plane: int = field(default=16, metadata=POSITIVE)
+    encoder_steps: int = field(default=300, metadata=POSITIVE)
+    volume_batch_size: int = field(default=4, metadata=POSITIVE)
+    max_pairs: int | None = field(default=1000, metadata=POSITIVE)
+    memorization_percentile: float = field(default=1.0, metadata={"gt": 0.0, "le": 100.0})
+    tstr: bool = False
+    tstr_steps: int = field(default=150, metadata=POSITIVE)
+    intensity: Literal["ct_window", "percentile", "minmax"] = "ct_window"
+    intensity_lo: float = -1000.0
+    intensity_hi: float = 1000.0
+    data_args: dict[str, Any] | None = None
+    seed: int = field(default=0, metadata=SEED)
+    progress: bool = True
+
+    @property
+    def volumes(self) -> bool:
+        """True when ``samples`` is a folder or a ``.json`` datalist of NIfTI volumes."""
+        from medgen.imaging.evaluation.loading import is_volume_source
+
+        return is_volume_source(self.samples)
 
 
 def check_evaluate(cfg: Any) -> EvaluateJob:
     """Check ``medgen evaluate``'s keys and that the files it names exist."""
     job = read_record(EvaluateJob, cfg)
+    if job.volumes:
+        check_volume_evaluation(job, cfg)
+        return job
     if not job.samples.is_file():
         raise MissingFileError(f"samples={job.samples}: no such file")
     for key in ("reference", "train"):
@@ -172,6 +252,60 @@ def check_evaluate(cfg: Any) -> EvaluateJob:
     if job.out is not None and job.out.resolve() == job.samples.resolve():
         raise UserError(f"out={job.out} would overwrite samples={job.samples}")
     return job
+
+
+VOLUME_SOURCES = "a folder of NIfTI volumes, a dataset.json or a data config such as phantom"
+
+
+def check_volume_evaluation(job: EvaluateJob, cfg: Any) -> None:
+    """The volume branch of :func:`check_evaluate`: every source exists and reads (a data config
+    builds with ``data_args``), the extractor has its weights, ``out`` is a folder."""
+    from medgen.imaging.evaluation.loading import SourceKind, check_source
+
+    if job.data_args is not None and not isinstance(job.data_args, dict):
+        raise ConfigError("data_args", job.data_args, "a mapping of data config settings")
+    paths = plain_paths(cfg)
+    kind = check_source("samples", str(job.samples))
+    if kind == SourceKind.RUN:
+        raise ConfigError("samples", str(job.samples), "a folder of NIfTI volumes, not a run")
+    for key in ("reference", "train"):
+        value = getattr(job, key)
+        if value is None and key == "train":
+            continue
+        if value in (None, "moses"):
+            raise ConfigError(key, value, f"{VOLUME_SOURCES} (samples are volumes)")
+        check_source(key, value, job.data_args, paths)
+    if job.extractor != "encoder":
+        if job.weights is None:
+            raise ConfigError(
+                "weights", None, f"a weights file: extractor={job.extractor} needs one"
+            )
+        if not job.weights.is_file():
+            raise MissingFileError(f"weights={job.weights}: no such file")
+    if job.extractor == "slices2d" and job.resnet_depth in (10, 200):
+        raise ConfigError("resnet_depth", job.resnet_depth, "18, 34, 50, 101 or 152 for slices2d")
+    if not job.intensity_hi > job.intensity_lo:
+        raise ConfigError("intensity_hi", job.intensity_hi, f"> intensity_lo={job.intensity_lo}")
+    if job.intensity == "percentile" and not 0 <= job.intensity_lo < job.intensity_hi <= 100:
+        raise ConfigError("intensity_lo", job.intensity_lo, "percentiles in 0..100")
+    if job.out is not None:
+        if job.out.is_file() or job.out.suffix == ".json":
+            raise ConfigError("out", str(job.out), "a folder for evaluation.json and .png")
+        if job.out.resolve() == job.samples.resolve():
+            raise UserError(f"out={job.out} is the samples folder: write the evaluation elsewhere")
+
+
+def plain_paths(cfg: Any) -> dict[str, str]:
+    """The ``paths`` a data config may refer to (``${paths.data_dir}``) that resolve here."""
+    paths = cfg.get("paths") if hasattr(cfg, "get") else None
+    found: dict[str, str] = {}
+    for key in ("root_dir", "data_dir", "log_dir"):
+        try:
+            if paths is not None and paths.get(key) is not None:
+                found[key] = str(paths.get(key))
+        except Exception:  # an interpolation that resolves only inside a Hydra run
+            continue
+    return found
 
 
 # ------------------------------------------------------------------------------------- data
@@ -204,6 +338,7 @@ class TrainJob:
     train: bool = True
     test: bool = False
     ckpt_path: str | None = None
+    optimized_metric: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""``medgen evaluate``: MOSES and GuacaMol distribution metrics for a file of generated SMILES."""
+"""``medgen evaluate``: judge generated samples; the task decides by what they are.
+
+- a SMILES file: MOSES and GuacaMol distribution metrics (:func:`medgen.chem.evaluation`);
+- a folder or ``.json`` datalist of NIfTI volumes: fidelity, diversity, memorization and
+  usefulness (:mod:`medgen.imaging.evaluation`), a table, ``evaluation.json`` and ``.png``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from medgen.errors import MissingFileError
+from medgen.tasks.checks import EvaluateJob
 from medgen.tasks.checks import check_evaluate as check
 from medgen.utils.atomic import atomic_write_json
 from medgen.utils.logging import get_logger
@@ -20,12 +26,15 @@ log = get_logger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Score ``cfg.samples`` against ``cfg.reference`` (``moses`` or a SMILES file) and
-    ``cfg.train``; log a table and write ``metrics.json`` (to ``cfg.out`` or the run dir)."""
+    ``cfg.train``; log a table and write ``metrics.json`` (to ``cfg.out`` or the run dir).
+    Volumes (a folder or datalist): see :func:`evaluate_volumes`."""
     from medgen.chem.evaluation import evaluate_smiles
     from medgen.chem.properties import default_n_jobs
     from medgen.chem.reference import _read_smiles
 
-    check(cfg)
+    job = check(cfg)
+    if job.volumes:
+        return evaluate_volumes(cfg, job)
     samples = Path(cfg.samples)
     if not samples.is_file():
         raise MissingFileError(f"samples file not found: {samples}")
@@ -61,6 +70,63 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     atomic_write_json(out, record)
     log.info("wrote %s", out)
     return metrics
+
+
+def evaluate_volumes(cfg: DictConfig, job: EvaluateJob) -> dict[str, float]:
+    """Judge the volumes ``job.samples`` against ``job.reference`` (and ``job.train``); log a
+    table and write ``evaluation.json`` and ``evaluation.png`` into ``job.out`` (or the run dir).
+    Returns the metrics that have a value."""
+    from medgen.imaging.cohort import read_json
+    from medgen.imaging.evaluation.evaluate import VolumeEvalSettings
+    from medgen.imaging.evaluation.evaluate import evaluate_volumes as judge
+    from medgen.imaging.evaluation.features import ExtractorKind
+    from medgen.imaging.evaluation.loading import load_volumes
+    from medgen.imaging.evaluation.report import format_table as volume_table
+    from medgen.imaging.evaluation.report import headline, write_json, write_png
+    from medgen.imaging.intensity import IntensityKind, IntensityMapping
+    from medgen.tasks.checks import plain_paths
+
+    kind = IntensityKind(job.intensity)
+    intensity = IntensityMapping(kind, job.intensity_lo, job.intensity_hi)
+    common: dict[str, Any] = dict(
+        intensity=intensity, data_args=job.data_args, paths=plain_paths(cfg),
+        progress=job.progress,
+    )  # fmt: skip
+    samples = load_volumes(job.samples, name="samples", limit=job.limit, **common)
+    assert job.reference is not None  # checked
+    reference = load_volumes(job.reference, name="reference", like=samples, **common)
+    train = None
+    if job.train is not None:
+        train = load_volumes(job.train, name="train", like=samples, **common)
+    settings = VolumeEvalSettings(
+        extractor=ExtractorKind(job.extractor),
+        weights=job.weights,
+        resnet_depth=job.resnet_depth,
+        slices_per_plane=job.slices_per_plane,
+        encoder_steps=job.encoder_steps,
+        batch_size=job.volume_batch_size,
+        max_pairs=job.max_pairs,
+        memorization_percentile=job.memorization_percentile,
+        tstr=job.tstr,
+        tstr_steps=job.tstr_steps,
+        seed=job.seed,
+        device=job.device,
+        progress=job.progress,
+    )
+    cache_dir = Path(cfg.paths.data_dir) / "cache" / "evaluation"
+    result = judge(samples, reference, train, settings, cache_dir=cache_dir)
+    log.info("evaluation of %s:\n%s", job.samples, volume_table(result))
+    out = job.out if job.out is not None else Path(cfg.paths.output_dir)
+    config = job_config(cfg)
+    # what made the samples (checkpoint sha256, sampler, seed), when they are a medgen cohort
+    samples_run = read_json(job.samples / "run.json") if job.samples.is_dir() else None
+    json_file = write_json(
+        out, result, samples_run=samples_run, provenance=provenance(config, seed=job.seed),
+        config=OmegaConf.to_container(config, resolve=True),
+    )  # fmt: skip
+    png_file = write_png(out, result, samples, reference, train)
+    log.info("wrote %s and %s", json_file, png_file)
+    return headline(result)
 
 
 def format_table(metrics: dict[str, float]) -> str:

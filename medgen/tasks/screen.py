@@ -18,34 +18,37 @@ log = get_logger(__name__)
 
 def screen(cfg: DictConfig) -> dict:
     """Screen ``cfg.input`` into ``cfg.out``; returns the summary (also written as JSON to the run
-    dir and beside ``out`` as ``<name>.summary.json``)."""
+    dir and, unless this is one ``shard`` of a screen, beside ``out`` as
+    ``<name>.summary.json``)."""
     from medgen.chem.paths import summary_path
     from medgen.chem.screen import screen_file
 
-    check(cfg)
-
-    def plain(value):  # a list from YAML, or one bare name from the command line (rules=pains)
-        if value is None or isinstance(value, str):
-            return value if value is None else [value]
-        return list(OmegaConf.to_container(value, resolve=True))
-
+    job = check(cfg)
     summary = screen_file(
-        cfg.input,
-        cfg.out,
-        rejects=cfg.get("rejects"),
-        smiles_column=cfg.get("smiles_column"),
-        rules=plain(cfg.rules) or [],
-        ranges=plain(cfg.ranges) or [],
-        dedup=bool(cfg.dedup),
-        sort_by=cfg.get("sort_by"),
-        descending=bool(cfg.descending),
-        top_k=cfg.get("top_k"),
-        groups=plain(cfg.get("properties")),
-        n_jobs=cfg.get("n_jobs"),
-        chunk_size=int(cfg.chunk_size),
-        limit=cfg.get("limit"),
-        max_smiles_length=cfg.get("max_smiles_length"),
-        progress=bool(cfg.progress),
+        job.input,
+        job.out,
+        rejects=job.rejects,
+        smiles_column=job.smiles_column,
+        rules=job.rules,
+        ranges=job.ranges,
+        dedup=job.dedup,
+        sort_by=job.sort_by,
+        descending=job.descending,
+        top_k=job.top_k,
+        groups=job.properties,
+        n_jobs=job.n_jobs,
+        chunk_size=job.chunk_size,
+        limit=job.limit,
+        max_smiles_length=job.max_smiles_length,
+        progress=job.progress,
+        engine=job.engine,
+        scheduler=job.scheduler,
+        cluster=job.cluster,
+        partition_size=job.partition_size,
+        shard=job.shard,
+        overwrite=job.overwrite,
+        keep_rejects=job.keep_rejects,
+        memory_limit=job.memory_limit,
     )
     log.info("screening summary:\n%s", summary.table())
     record: dict[str, Any] = {
@@ -53,7 +56,8 @@ def screen(cfg: DictConfig) -> dict:
         "provenance": provenance(job_config(cfg)),
     }
     record["config"] = OmegaConf.to_container(job_config(cfg), resolve=True)
-    atomic_write_json(summary_path(cfg.out), record)
+    if job.shard is None:  # a shard's counts are its own: the merging run writes this file
+        atomic_write_json(summary_path(job.out), record)
     atomic_write_json(Path(cfg.paths.output_dir) / "summary.json", record)
     return summary.as_dict()
 

@@ -10,7 +10,9 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback
 
+from medgen.errors import UserError
 from medgen.tasks.checks import check_train as check
 from medgen.tasks.instantiate import instantiate_group
 from medgen.utils.atomic import atomic_write_json, atomic_write_text
@@ -28,16 +30,32 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+class Metrics(dict):
+    """What :func:`train` returns: the metrics, and as a number (``float(metrics)``) the one named
+    by ``optimized_metric`` — what a Hydra sweeper such as Optuna minimizes or maximizes."""
+
+    objective: str | None = None
+
+    def __float__(self) -> float:
+        if self.objective is None:
+            raise TypeError("no optimized_metric was set: set optimized_metric=<metric name>")
+        return float(self[self.objective])
+
+
+def train(cfg: DictConfig) -> Metrics:
     """Fit ``cfg.model`` on ``cfg.data`` with ``cfg.trainer``, optionally test; return metrics.
 
     Writes into the run dir: ``config.yaml`` (composed, resolved), ``provenance.json``,
     ``checkpoints/`` (from the checkpoint callback, with ``last.ckpt``) and ``metrics.json``
     (see :func:`metrics_record`: a NaN/inf metric is written as null and named in ``non_finite``).
+    A resume into the same run dir keeps the first run's files and adds
+    ``config.resume-<k>.yaml`` and ``provenance.resume-<k>.json``. With ``optimized_metric``,
+    ``float()`` of the result is that metric (a :class:`UserError` names the metrics there are
+    when it is missing).
     """
     import pytorch_lightning as pl
 
-    check(cfg)
+    job = check(cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:  # fail before any data is read or model is built
         ckpt_path = str(resolve_checkpoint(ckpt_path))
@@ -48,19 +66,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("run dir: %s", run_dir)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
-    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
-    loggers = instantiate_group(cfg.get("logger"), "logger")
+    callbacks = [*instantiate_group(cfg.get("callbacks"), "callbacks"), FitSteps()]
+    suffix = _resume_suffix(run_dir)  # a resume into this run dir keeps the earlier run's files
+    loggers = instantiate_group(_resumed_loggers(cfg.get("logger"), suffix), "logger")
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    _refuse_sweep_relaunch(trainer)
 
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        atomic_write_json(run_dir / "provenance.json", provenance(cfg, seed=cfg.get("seed")))
+        if suffix:
+            log.info("resuming %s in its own run dir %s", ckpt_path, run_dir)
+        yaml_text = OmegaConf.to_yaml(cfg, resolve=True)
+        atomic_write_text(run_dir / f"config{suffix}.yaml", yaml_text)
+        record = provenance(cfg, seed=cfg.get("seed"))
+        atomic_write_json(run_dir / f"provenance{suffix}.json", record)
         for lg in loggers:
             if hasattr(lg, "log_hyperparams"):
                 lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    metrics: dict[str, float] = {}
+    metrics = Metrics()
+    metrics.objective = job.optimized_metric
     try:
         if cfg.get("train", True):
             trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -70,7 +95,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             results = trainer.test(model=model, datamodule=datamodule, ckpt_path=best)
             for row in results:
                 metrics.update(_plain_metrics(row))
-        metrics["global_step"] = float(trainer.global_step)
+        # with ddp_spawn the fit ran in other processes: FitSteps brought their step count back
+        metrics["global_step"] = max(float(trainer.global_step), metrics.get("global_step", 0.0))
         if trainer.is_global_zero:
             record = metrics_record(metrics)
             if record.get("non_finite"):
@@ -85,7 +111,61 @@ def train(cfg: DictConfig) -> dict[str, float]:
         end_distributed(barrier=False)  # another rank may be gone: do not wait for it
         raise
     end_distributed(barrier=True)
+    if job.optimized_metric is not None and job.optimized_metric not in metrics:
+        raise UserError(
+            f"optimized_metric={job.optimized_metric!r} was not logged; the run logged "
+            f"{sorted(metrics)}"
+        )
     return metrics
+
+
+class FitSteps(Callback):
+    """Puts the fit's step count among the callback metrics, which Lightning's ``ddp_spawn``
+    sends back to the main process (its own trainer never stepped)."""
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        import torch
+
+        trainer.callback_metrics["global_step"] = torch.tensor(float(trainer.global_step))
+
+
+def _refuse_sweep_relaunch(trainer) -> None:
+    """Lightning's ``ddp`` launcher re-executes the command line for the other ranks: inside a
+    Hydra multirun (``-m``) that is the whole sweep again, into a second folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    launcher = type(getattr(trainer.strategy, "launcher", None)).__name__
+    if launcher != "_SubprocessScriptLauncher" or trainer.world_size < 2:
+        return
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise UserError(
+            "trainer.strategy=ddp under a Hydra multirun (-m) would relaunch the whole sweep for "
+            "each rank: use trainer.strategy=ddp_spawn for sweeps, or launch with torchrun/srun"
+        )
+
+
+def _resumed_loggers(node: Any, suffix: str) -> Any:
+    """CSV loggers of a resumed run write ``<name>/resume-<k>/metrics.csv``: Lightning's CSV
+    logger deletes an existing ``metrics.csv`` in its folder (TensorBoard appends by itself)."""
+    if not suffix or not node:
+        return node
+    node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    for key in list(node):
+        entry = node[key]
+        if entry is not None and str(entry.get("_target_", "")).endswith("CSVLogger"):
+            entry.version = suffix.lstrip(".")
+    return node
+
+
+def _resume_suffix(run_dir: Path) -> str:
+    """``""`` for a new run dir, ``".resume-<k>"`` when an earlier run's config is already there."""
+    if not (run_dir / "config.yaml").is_file():
+        return ""
+    k = 1
+    while (run_dir / f"config.resume-{k}.yaml").is_file():
+        k += 1
+    return f".resume-{k}"
 
 
 def _plain_metrics(values: Mapping[str, Any]) -> dict[str, float]:

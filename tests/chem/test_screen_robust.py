@@ -177,7 +177,7 @@ def test_ambiguous_columns_are_resolved_by_smiles_column(tmp_path):
     source = _write(tmp_path / "two.csv", b"id,a,b\n1,CCO,CCN\n2,c1ccccc1,CC\n")
     summary = _screen(source, tmp_path / "o.csv", smiles_column="b")
     kept = pd.read_csv(tmp_path / "o.csv")
-    assert summary.written == 2 and kept["input"].tolist() == ["CCN", "CC"]
+    assert summary.written == 2 and kept["smiles"].tolist() == ["CCN", "CC"]
     assert kept["a"].tolist() == ["CCO", "c1ccccc1"]  # the other column is carried
 
 
@@ -188,7 +188,7 @@ def test_gzip_truncated_mid_file_fails_and_keeps_the_previous_outputs(tmp_path):
     rejects.write_text("old rejects\n")
     with pytest.raises(InputFileError, match=r"lib\.csv\.gz: the gzip stream ended early \(after "
                                              r"line \d+\): the file is truncated"):  # fmt: skip
-        _screen(source, out, groups=[], chunk_size=50)
+        _screen(source, out, groups=[], chunk_size=50, overwrite=True)
     assert out.read_text() == "old out\n" and rejects.read_text() == "old rejects\n"
     assert _entries(tmp_path) == ["lib.csv.gz", "o.csv", "o.rejects.csv"]
 
@@ -298,17 +298,23 @@ def test_cleanup_waits_while_another_screen_uses_the_folder(tmp_path):
     assert summary.written == 2 and all(p.exists() for p in strays)
 
 
-def test_sort_runs_spill_to_a_folder_named_after_the_output(tmp_path):
-    from medgen.chem.extsort import ExternalSorter
+def test_sort_spills_to_a_folder_named_after_the_output(tmp_path, monkeypatch):
+    import tempfile
 
-    frame = pd.DataFrame({"line": range(10), "x": range(10, 0, -1)})
-    with ExternalSorter("x", descending=False, run_rows=4, tmp_dir=tmp_path,
-                        tmp_prefix=sort_prefix(tmp_path / "o.csv")) as sorter:  # fmt: skip
-        assert _entries(tmp_path) == []  # nothing until a run is spilled
-        sorter.add(frame)
-        assert [p.name[:-8] for p in tmp_path.iterdir()] == [".o.csv.sort-"]
-        assert pd.concat(sorter.sorted_chunks())["x"].tolist() == list(range(1, 11))
-    assert _entries(tmp_path) == []
+    from medgen.chem import merge
+
+    made: list[Path] = []
+    real = tempfile.mkdtemp
+
+    def recording(**kwargs):
+        made.append(Path(real(**kwargs)))
+        return str(made[-1])
+
+    monkeypatch.setattr(merge.tempfile, "mkdtemp", recording)
+    source = _write(tmp_path / "lib.csv", GOOD)
+    _screen(source, tmp_path / "o.csv", sort_by="mw")
+    assert [p.parent for p in made] == [tmp_path] and made[0].name.startswith(".o.csv.sort-")
+    assert _entries(tmp_path) == ["lib.csv", "o.csv", "o.rejects.csv"]  # spill and parts gone
 
 
 # 5. CSV line numbers are the physical lines -----------------------------------------------------

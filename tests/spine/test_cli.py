@@ -94,9 +94,9 @@ def test_fast_run_writes_outputs_and_resumes(tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    resumed = [r for r in _run_dirs(tmp_path / "outputs" / "train") if r != run]
-    assert len(resumed) == 1
-    metrics = json.loads((resumed[0] / "metrics.json").read_text())
+    # resuming from a run's last.ckpt continues in that run's folder (issue 13)
+    assert _run_dirs(tmp_path / "outputs" / "train") == [run]
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 8  # the step count continues from the checkpoint
     assert "test/loss" in metrics  # test=true ran the test loop on the best checkpoint
 
