@@ -17,7 +17,7 @@ from medgen.errors import UserError
 TASKS: dict[str, str] = {
     "train": "train a model (3D diffusion on scans, graph VAE on molecules) with Lightning",
     "sample": "draw samples from a checkpoint: NIfTI volumes or molecules, with provenance",
-    "evaluate": "score generated molecules with MOSES / GuacaMol distribution metrics",
+    "evaluate": "judge generated molecules (MOSES, GuacaMol) or scan cohorts (fidelity, ...)",
     "screen": "score and filter a SMILES/CSV/SDF file of any size (properties, rules, alerts)",
     "data": "unpack packaged data sets (medgen data moses | qm9) into the data folder",
 }
