@@ -136,7 +136,7 @@ class MoleculeWriter:
         import pyarrow.parquet as pq
 
         if self._handle is None:
-            self._schema = pa.schema([(c, _arrow_type(frame[c].dtype)) for c in frame.columns])
+            self._schema = pa.schema([(c, arrow_type(frame[c].dtype)) for c in frame.columns])
             self._handle = pq.ParquetWriter(self._tmp, self._schema)
         table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
         self._handle.write_table(table)
@@ -187,7 +187,8 @@ def _missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
-def _arrow_type(dtype: Any):
+def arrow_type(dtype: Any):
+    """The Arrow type a pandas column of ``dtype`` is written as (text for anything else)."""
     import pyarrow as pa
 
     if pd.api.types.is_bool_dtype(dtype):
@@ -196,4 +197,6 @@ def _arrow_type(dtype: Any):
         return pa.int64()
     if pd.api.types.is_float_dtype(dtype):
         return pa.float64()
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return pa.from_numpy_dtype(dtype)
     return pa.string()

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from medgen.chem.guards import misread, precheck
+from medgen.chem.io import arrow_type
 from medgen.chem.readers import READ_ERROR
 from medgen.errors import OutputExistsError
 from medgen.utils.atomic import atomic_path, atomic_write_json
@@ -208,25 +209,10 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fields = [pa.field(str(c), arrow_type(frame[c])) for c in frame.columns]
+    fields = [pa.field(str(c), arrow_type(frame[c].dtype)) for c in frame.columns]
     table = pa.Table.from_pandas(frame, schema=pa.schema(fields), preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-
-
-def arrow_type(values: pd.Series):
-    import pyarrow as pa
-
-    dtype = values.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        return pa.bool_()
-    if pd.api.types.is_integer_dtype(dtype):
-        return pa.int64()
-    if pd.api.types.is_float_dtype(dtype):
-        return pa.float64()
-    if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
-        return pa.string()
-    return pa.from_numpy_dtype(dtype) if hasattr(dtype, "kind") else pa.string()
 
 
 def read_done(work: Path, name: str) -> dict[str, Any] | None:
