@@ -21,7 +21,7 @@ _LIMITS = {
 
 class ScanPreview(pl.Callback):
     """After validation, a PNG of a few samples of the model's EMA weights, from fixed noise (so
-    epochs are comparable): ``<run>/previews/epoch_XXX.png``, and ``val/preview`` in TensorBoard
+    epochs are comparable): ``<run>/previews/epoch_<NNN>.png``, and ``val/preview`` in TensorBoard
     when that logger is on. Rank 0 only; not during the sanity check.
 
     Args:

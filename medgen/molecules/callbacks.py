@@ -31,7 +31,7 @@ class MoleculeSampling(Callback):
     molecules of the fixed validation split: molecules never trained on), and ``val/validity``,
     ``val/uniqueness``, ``val/novelty`` (against the training split) and ``val/heavy_atoms`` of
     ``n_samples`` molecules drawn from the prior with ``seed`` (fixed, so epochs are compared on the
-    same latents; the same values on every rank). Rank 0 writes ``molecules/epoch_XXX.smi`` and a
+    same latents; the same values on every rank). Rank 0 writes ``molecules/epoch_<NNN>.smi`` and a
     PNG grid of the first ``grid_size`` valid ones into the run dir, and sends the grid to loggers
     that take images (TensorBoard).
 
@@ -92,7 +92,7 @@ class MoleculeSampling(Callback):
             self._write_grid(trainer, valid)
 
     def _write_grid(self, trainer: pl.Trainer, smiles: list[str]) -> None:
-        """Save ``molecules/epoch_XXX.smi`` and ``.png`` in the run dir; send the PNG to TB."""
+        """Save ``molecules/epoch_<NNN>.smi`` and ``.png`` in the run dir; send the PNG to TB."""
         import numpy as np
 
         from medgen.molecules.cohort import molecule_grid, save_png
