@@ -54,6 +54,70 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+#: the property groups of the comparison with a bare RDKit loop (the columns it computes)
+BARE_GROUPS = ("identity", "descriptors", "qed", "sa", "rules", "scaffold", "alerts", "moses")
+
+
+def bare_rdkit(smiles: list[str], screen: bool = True) -> list[tuple]:
+    """The columns of ``score(groups=BARE_GROUPS)`` in a plain RDKit loop: no error capture, no
+    salt stripping, no table. The MOSES filters match every SMARTS on the molecule with explicit
+    H (as MOSES does), after a pattern-fingerprint screen with ``screen`` (as medgen does)."""
+    import csv
+    from importlib import resources
+
+    from rdkit import Chem, DataStructs, rdBase
+    from rdkit.Chem import QED, Crippen, Descriptors, rdMolDescriptors
+    from rdkit.Chem.FilterCatalog import FilterCatalog, FilterCatalogParams
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+    from rdkit.Contrib.SA_Score import sascorer
+
+    catalogs = []
+    for which in ("PAINS", "BRENK", "NIH"):
+        params = FilterCatalogParams()
+        params.AddCatalog(getattr(FilterCatalogParams.FilterCatalogs, which))
+        catalogs.append(FilterCatalog(params))
+    text = resources.files("medgen.chem").joinpath("data/moses_filters.csv").read_text()
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    patterns = [Chem.MolFromSmarts(r["smarts"]) for r in rows]
+    screens = [Chem.PatternFingerprint(p) for p in patterns]
+    allowed = {"C", "N", "S", "O", "F", "Cl", "Br", "H"}
+    out = []
+    with rdBase.BlockLogs():
+        for text in smiles:
+            mol = Chem.MolFromSmiles(text)
+            if mol is None:
+                out.append((text, False))
+                continue
+            mw, logp = Descriptors.MolWt(mol), Crippen.MolLogP(mol)
+            tpsa = rdMolDescriptors.CalcTPSA(mol)
+            hbd, hba = rdMolDescriptors.CalcNumHBD(mol), rdMolDescriptors.CalcNumHBA(mol)
+            rotb = rdMolDescriptors.CalcNumRotatableBonds(mol)
+            passes = not any(len(r) >= 8 for r in mol.GetRingInfo().AtomRings()) and all(
+                a.GetFormalCharge() == 0 and a.GetSymbol() in allowed for a in mol.GetAtoms()
+            )
+            if passes:
+                with_h = Chem.AddHs(mol)
+                fp = Chem.PatternFingerprint(with_h) if screen else None
+                passes = not any(
+                    (fp is None or DataStructs.AllProbeBitsMatch(q, fp))
+                    and with_h.HasSubstructMatch(p)
+                    for p, q in zip(patterns, screens, strict=True)
+                )
+            out.append((
+                text, True, Chem.MolToSmiles(mol), Chem.MolToInchiKey(mol), mw, logp, tpsa,
+                hbd, hba, rotb, rdMolDescriptors.CalcNumRings(mol),
+                rdMolDescriptors.CalcNumAromaticRings(mol), mol.GetNumHeavyAtoms(),
+                rdMolDescriptors.CalcFractionCSP3(mol), Chem.GetFormalCharge(mol), QED.qed(mol),
+                sascorer.calculateScore(mol), (mw > 500) + (logp > 5) + (hbd > 5) + (hba > 10),
+                rotb <= 10 and tpsa <= 140,
+                Chem.MolToSmiles(MurckoScaffold.GetScaffoldForMol(mol)),
+                *(";".join(sorted({m.GetDescription() for m in c.GetMatches(mol)}))
+                  for c in catalogs),
+                passes,
+            ))  # fmt: skip
+    return out
+
+
 def bench_score(n: int, n_jobs: int) -> list[tuple[str, float, float, float]]:
     """Throughput of ``score`` on 1 core and on ``n_jobs`` warm workers (steady state), plus a
     cold start (pool started inside the timed call). Also the CPU seconds each case used (this

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from medgen.errors import UserError
 
@@ -20,6 +23,7 @@ TASKS: dict[str, str] = {
     "evaluate": "judge generated molecules (MOSES, GuacaMol) or scan cohorts (fidelity, ...)",
     "screen": "score and filter a SMILES/CSV/SDF file of any size (properties, rules, alerts)",
     "data": "unpack packaged data sets (medgen data moses | qm9) into the data folder",
+    "inspect": "say whether medgen made a file (NIfTI, CSV, SDF, ...), from which checkpoint",
 }
 
 # set for child processes, so that DDP ranks relaunched through `python -m medgen` know their task
@@ -27,7 +31,9 @@ RELAUNCH_ENV = "MEDGEN_TASK"
 
 # `medgen data moses` reads better than `medgen data dataset=moses`: a bare first word after these
 # tasks becomes this config key.
-POSITIONAL_KEY: dict[str, str] = {"data": "dataset"}
+POSITIONAL_KEY: dict[str, str] = {"data": "dataset", "inspect": "path"}
+# read-only tasks: run on the composed config without a Hydra run folder
+NO_RUN_DIR = ("inspect",)
 
 
 def config_dir() -> Path:
@@ -125,7 +131,7 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
 _EXISTED_BEFORE: set[Path] = set()
 
 
-def check_task(task: str, overrides: list[str]) -> None:
+def check_task(task: str, overrides: list[str]) -> Any:
     """Compose ``task``'s config with ``overrides`` and run the task's own ``check(cfg)``, before
     Hydra makes a run folder. Composition problems (unknown key or group, bad override syntax)
     become a :class:`~medgen.errors.UserError` of one line."""
@@ -145,6 +151,142 @@ def check_task(task: str, overrides: list[str]) -> None:
     check = getattr(module, "check", None)
     if check is not None:
         check(cfg)
+    return cfg
+
+
+# ---- `medgen <task> --help`: the groups this task composes and each key's comment from its YAML
+
+HELP_FLAGS = ("-h", "--help")
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w@.-]*|'[^']*'|\"[^\"]*\"):(?:\s|$)")
+
+
+def yaml_comments(text: str) -> tuple[str, dict[str, str]]:
+    """The leading comment block of a YAML config (its description) and the comment lines
+    right above each key, by dotted key path (``{"n": "how many samples", "a.b": ...}``).
+    A leading block directly above ``defaults:`` or ``_target_:`` describes the file, not the key.
+    """
+    header: list[str] = []
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing mappings
+    in_header = True
+    owner: str | None = None  # a commented key the next uncommented line may share it with
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            body = stripped.lstrip("#").strip()
+            if not body.startswith("@package"):
+                pending.append(body)
+            continue
+        if in_header:
+            in_header = False
+            match = _KEY_LINE.match(line)
+            if not stripped or (match and match["key"] in ("defaults", "_target_")):
+                header, pending = pending, []
+        match = _KEY_LINE.match(line)
+        if not stripped or stripped.startswith("-") or match is None:
+            if not stripped:
+                pending, owner = [], None
+            continue
+        indent, key = len(match["indent"]), match["key"].strip("'\"")
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([*(k for _, k in stack), key])
+        stack.append((indent, key))
+        if pending:
+            comments[path], owner = " ".join(pending), path
+        elif owner is not None and re.search(rf"\b{re.escape(key)}\b", comments[owner]):
+            comments[path] = f"(see {owner.rpartition('.')[2]})"  # one comment over two keys
+        pending = []
+    return "\n".join(header), comments
+
+
+def task_help(task: str, overrides: list[str]) -> str:
+    """``medgen <task> --help``: what the task does, the config groups it composes (its options,
+    the chosen one marked ``*``) and every setting with its value and its comment from the YAML
+    files the task's config is made of. ``overrides`` (e.g. ``model=graph_vae``) are applied."""
+    import textwrap
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    root = config_dir()
+    try:
+        with initialize_config_dir(str(root), version_base="1.3", job_name=task):
+            cfg = compose(config_name=task, overrides=overrides, return_hydra_config=True)
+            loader = GlobalHydra.instance().config_loader()
+            defaults = loader.compute_defaults_list(task, overrides, RunMode.RUN).defaults
+            choices = {
+                str(group): choice
+                for group, choice in cfg.hydra.runtime.choices.items()
+                if not str(group).startswith("hydra") and "@" not in str(group)
+            }
+            options = {group: loader.get_group_options(group) for group in choices}
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(f"bad override: {' '.join(str(err).split())}") from err
+
+    description, comments = "", {}
+    for entry in defaults:  # later files override earlier ones, as in the composed config
+        file = root / f"{entry.config_path}.yaml"
+        if str(entry.config_path).startswith("hydra") or not file.is_file():
+            continue
+        text = file.read_text(encoding="utf-8")
+        if text.lstrip().startswith("# @package _global_"):
+            continue  # an experiment or debug file overrides keys; it does not define them
+        header, found = yaml_comments(text)
+        prefix = f"{entry.package}." if entry.package else ""
+        comments.update({prefix + key: note for key, note in found.items()})
+        if entry.primary:
+            description = header
+
+    def wrap(text: str, indent: str) -> list[str]:
+        return textwrap.wrap(text, 100, initial_indent=indent, subsequent_indent=indent) or [indent]
+
+    lines = [f"medgen {task}: {TASKS[task]}"]
+    lines.append(f"usage: medgen {task} [key=value ...] [group=option ...]")
+    if description:
+        lines += ["", *(f"  {line}" for line in description.splitlines())]
+    if choices:
+        lines += ["", "config groups (group=option; * = chosen):"]
+        width = max(map(len, choices))
+        for group, choice in choices.items():
+            names = [f"*{o}" if o == choice else o for o in options[group]]
+            chosen = "" if choice is not None else "  (none chosen)"
+            text = f"{group + ':':<{width + 1}} {', '.join(names)}{chosen}"
+            lines += textwrap.wrap(
+                text, 100, initial_indent="  ", subsequent_indent=" " * (width + 4)
+            )
+    lines += ["", "settings (key=value; ??? = required):"]
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    for key, value in _leaves(plain):
+        shown = "???" if value == "???" else OmegaConf.to_yaml({"v": value}).strip()[3:]
+        lines.append(f"  {key}={shown}")
+        note = comments.get(key)
+        if note:
+            lines += wrap(note, "      ")
+    lines += [
+        "",
+        f"medgen {task} --cfg job   prints the composed config; --hydra-help: Hydra's own flags",
+    ]
+    return "\n".join(lines)
+
+
+def _leaves(node: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in node.items():
+        if key == "task_name":
+            continue
+        if isinstance(value, dict) and value:
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 def report(task: str, err: BaseException, verbose: bool) -> None:
@@ -167,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"medgen {__version__}")
         return 0
+    from medgen.utils.warnings import quiet_third_party
+
+    quiet_third_party()  # known notices of other libraries, not on every run
     task, overrides = args[0], args[1:]
     relaunched = os.environ.get(RELAUNCH_ENV)
     if task not in TASKS and relaunched in TASKS and "LOCAL_RANK" in os.environ:
@@ -184,11 +329,23 @@ def main(argv: list[str] | None = None) -> int:
         while flag in overrides:  # not a config key: how errors are shown
             overrides.remove(flag)
             verbose = flag == "verbose=true"
+    scratch: Path | None = None
     try:
-        # Hydra's own flags (--help, --cfg, -m sweeps) go straight to Hydra; a sweep's jobs are
-        # still checked one by one by their task
+        if any(flag in overrides for flag in HELP_FLAGS):
+            print(task_help(task, [o for o in overrides if o not in HELP_FLAGS]))
+            return 0
+        # Hydra's own flags (--cfg, --hydra-help, -m sweeps) go straight to Hydra; a sweep's jobs
+        # are still checked one by one by their task
         if not any(arg.startswith("-") for arg in overrides):
-            check_task(task, overrides)
+            cfg = check_task(task, overrides)
+            if task in NO_RUN_DIR:
+                getattr(importlib.import_module(f"medgen.tasks.{task}"), task)(cfg)
+                return 0
+            scratch = None if keeps_run_folder(task, cfg, overrides) else scratch_run_dir(task)
+            if scratch is not None:  # Hydra needs a run dir: a temporary one, removed below
+                from medgen.utils.launch import _quoted
+
+                overrides = [*overrides, f"hydra.run.dir={_quoted(str(scratch))}"]
             # every process of one job (torchrun, srun, a resume) agrees on one run folder
             from medgen.utils.launch import run_dir_overrides
 
@@ -197,7 +354,33 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         report(task, err, verbose)
         return 2
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def keeps_run_folder(task: str, cfg: Any, overrides: list[str]) -> bool:
+    """Whether this job leaves its run folder under ``paths.log_dir``: always when asked for
+    (``hydra.run.dir=...`` or ``$MEDGEN_RUN_DIR``), else as the task's ``keeps_run_folder(cfg)``
+    says (``screen`` and ``evaluate`` only with ``keep_run=true``); tasks without one keep it."""
+    from medgen.utils.launch import RUN_DIR_ENV
+
+    if os.environ.get(RUN_DIR_ENV) or any(
+        o.lstrip("+").startswith("hydra.run.dir=") for o in overrides
+    ):
+        return True
+    decide = getattr(importlib.import_module(f"medgen.tasks.{task}"), "keeps_run_folder", None)
+    return True if decide is None else bool(decide(cfg))
+
+
+def scratch_run_dir(task: str) -> Path:
+    """A fresh temporary folder to be Hydra's run dir of a job that keeps none."""
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"medgen-{task}-"))
+    _EXISTED_BEFORE.add(scratch.parent)  # never removed by a refused run's cleanup
+    return scratch
 
 
 if __name__ == "__main__":  # python -m medgen.cli (also how Lightning's DDP relaunches rank > 0)

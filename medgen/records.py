@@ -6,8 +6,9 @@ so a record written by another version fails with a message instead of being hal
 
 - :class:`DataMeta`: what the training volumes were (geometry, intensity mapping, channels,
   classes). A datamodule makes it, the model stores it, export writes volumes back with it.
-- :class:`SampleSettings`: how to draw (sampler, steps, eta, guidance, condition, temperature,
-  seed, EMA weights). One record instead of eight keyword arguments through four layers.
+- :class:`SampleSettings`: how to draw (sampler, steps, eta, timestep shift, guidance, condition,
+  temperature, seed, EMA weights). One record instead of nine keyword arguments through four
+  layers.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Sampler(StrEnum):
     DDPM = "ddpm"
     DDIM = "ddim"
     RFLOW = "rflow"
+    DPMPP = "dpmpp"
+    HEUN = "heun"
 
 
 def _from_dict(cls: type, values: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -61,6 +64,12 @@ class DataMeta:
         channel_names: one name per channel (``["ct"]``; label maps: ``["ct", "labels"]``).
         num_classes: class-condition classes (0 or None: unconditional data).
         class_names: one name per class, when the data has them.
+        label_names: for a model that generates the label map with the image (extra code
+            channels after the image channels, :mod:`medgen.imaging.labels`): one name per
+            label value (0: background); None: image channels only.
+        label_encoding: how those channels encode the label map (``onehot`` | ``bits``).
+        geometry: where ``affine`` came from and how the training items' geometry varies
+            (:func:`medgen.imaging.sources.geometry_record`): written into every sidecar.
     """
 
     source: str
@@ -73,6 +82,9 @@ class DataMeta:
     channel_names: tuple[str, ...] = ("image",)
     num_classes: int | None = None
     class_names: tuple[str, ...] | None = None
+    label_names: tuple[str, ...] | None = None
+    label_encoding: str | None = None
+    geometry: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if len(self.spatial_size) != 3 or any(int(s) < 1 for s in self.spatial_size):
@@ -96,7 +108,7 @@ class DataMeta:
         """Plain lists, strings and numbers (for checkpoints and JSON)."""
         d = dataclasses.asdict(self)
         d["modality"] = str(self.modality)
-        for key in ("spatial_size", "spacing", "channel_names", "class_names"):
+        for key in ("spatial_size", "spacing", "channel_names", "class_names", "label_names"):
             if d[key] is not None:
                 d[key] = list(d[key])
         d["affine"] = [list(row) for row in self.affine]
@@ -117,6 +129,9 @@ class DataMeta:
             channel_names=tuple(d.get("channel_names") or ("image",) * channels),
             num_classes=None if d.get("num_classes") is None else int(d["num_classes"]),
             class_names=None if d.get("class_names") is None else tuple(d["class_names"]),
+            label_names=None if d.get("label_names") is None else tuple(d["label_names"]),
+            label_encoding=None if d.get("label_encoding") is None else str(d["label_encoding"]),
+            geometry=None if d.get("geometry") is None else dict(d["geometry"]),
         )
 
 
@@ -126,13 +141,15 @@ class SampleSettings:
 
     Attributes:
         seed: the run's seed; sample ``i`` draws all its noise from ``sample_generator(seed, i)``.
-        sampler: ``ddpm`` | ``ddim`` | ``rflow``; None: the model's default.
+        sampler: ``ddpm`` | ``ddim`` | ``dpmpp`` | ``heun`` | ``rflow``; None: the model's default.
         steps: reverse steps; None: the sampler's default.
         eta: DDIM stochasticity (0 deterministic, 1 the DDPM posterior); None: the sampler's own.
         guidance_scale: classifier-free guidance w (1.0: none).
         condition: class condition, an index or a class name (None: unconditional).
         temperature: softmax temperature of a molecule decoder (1.0: as trained).
         use_ema: draw with the EMA weights when the model has them.
+        shift: RFlow timestep shift s, ``t' = s t / (1 + (s - 1) t)`` (1.0: none); records
+            written before it existed read as 1.0.
     """
 
     seed: int = 0
@@ -143,6 +160,7 @@ class SampleSettings:
     condition: int | str | None = None
     temperature: float = 1.0
     use_ema: bool = True
+    shift: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> SampleSettings:

@@ -41,10 +41,11 @@ def chemnet(device: str = "cpu"):
 
 
 def chemnet_activations(
-    smiles: Sequence[str], *, batch_size: int = 512, device: str = "cpu"
+    smiles: Sequence[str], *, batch_size: int = 512, device: str = "cpu", canonical: bool = False
 ) -> np.ndarray:
-    """ChemNet activations, shape ``(N, 512)``, for valid SMILES (canonicalized first, as in
-    fcd-torch). Raises ``ValueError`` naming an invalid SMILES."""
+    """ChemNet activations, shape ``(N, 512)`` float32, for valid SMILES (canonicalized first, as
+    in fcd-torch; ``canonical=True``: they are RDKit canonical already). Raises ``ValueError``
+    naming an invalid SMILES."""
     import torch
     from fcd_torch.utils import get_one_hot
 
@@ -55,7 +56,7 @@ def chemnet_activations(
     for start in range(0, len(smiles), batch_size):
         batch = []
         for s in smiles[start : start + batch_size]:
-            canon = canonical_smiles(s)
+            canon = s if canonical else canonical_smiles(s)
             if canon is None:
                 raise ValueError(f"FCD needs valid SMILES; got {s!r}")
             one_hot = get_one_hot(canon, PAD_LENGTH)  # (L, vocab)
@@ -63,7 +64,7 @@ def chemnet_activations(
         x = torch.from_numpy(np.stack(batch)).float().transpose(1, 2).to(device)  # (B, vocab, L)
         with torch.no_grad():
             out.append(model(x).cpu().numpy())
-    return np.vstack(out) if out else np.zeros((0, 512))
+    return np.vstack(out) if out else np.zeros((0, 512), dtype=np.float32)
 
 
 def fcd_statistics(
@@ -72,8 +73,12 @@ def fcd_statistics(
     """Mean ``(512,)`` and covariance ``(512, 512)`` of the ChemNet activations of ``smiles``."""
     if len(smiles) < 2:
         raise ValueError(f"FCD needs at least 2 molecules, got {len(smiles)}")
-    acts = chemnet_activations(smiles, batch_size=batch_size, device=device)
-    return acts.mean(0), np.cov(acts.T)
+    return activation_statistics(chemnet_activations(smiles, batch_size=batch_size, device=device))
+
+
+def activation_statistics(activations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(512,)`` and covariance ``(512, 512)`` of ChemNet ``activations (N, 512)``."""
+    return activations.mean(0), np.cov(activations.T)
 
 
 def frechet_distance(

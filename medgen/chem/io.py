@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,11 @@ class MoleculeWriter:
     ``name_column`` and every other column becomes an SD tag (missing values are left out; a
     ``name`` column read back from an SDF's titles is the title only); rows without a parsable
     SMILES are skipped with a warning. Use as a context manager.
+
+    ``mark``: a :func:`medgen.marking.provenance` record the file carries (synthetic outputs):
+    leading ``# `` comment lines in CSV/TSV/SMI, the ``medgen_synthetic`` property on every SDF
+    record (the full record on the first), the ``medgen.synthetic`` key of the parquet schema
+    metadata. medgen's readers skip the comment lines.
     """
 
     def __init__(
@@ -56,8 +62,10 @@ class MoleculeWriter:
         *,
         smiles_column: str = "smiles",
         name_column: str | None = "name",
+        mark: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.mark = None if mark is None else dict(mark)
         self.format = file_format(self.path)
         self.smiles_column = smiles_column
         self.name_column = name_column
@@ -68,6 +76,7 @@ class MoleculeWriter:
         self._handle: Any = None
         self._columns: list[str] | None = None
         self._finished = False
+        self._marked = False  # SDF: the full record went on the first record written
 
     def __enter__(self) -> MoleculeWriter:
         self._tmp = self._stack.enter_context(atomic_path(self.path))
@@ -125,6 +134,10 @@ class MoleculeWriter:
                 self._handle = gzip.open(self._tmp, "wt", encoding="utf-8", newline="")
             else:
                 self._handle = open(self._tmp, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            if self.mark is not None:
+                from medgen.marking import header_lines
+
+                self._handle.write("".join(f"{line}\n" for line in header_lines(self.mark)))
         sep = {"tsv": "\t", "smi": " "}.get(self.format, ",")
         if self.format == "smi":  # SMILES and name only: a .smi line has no room for more
             keep = [self.smiles_column, *(["name"] if "name" in frame.columns else [])]
@@ -136,7 +149,9 @@ class MoleculeWriter:
         import pyarrow.parquet as pq
 
         if self._handle is None:
-            self._schema = pa.schema([(c, arrow_type(frame[c].dtype)) for c in frame.columns])
+            self._schema = pa.schema(
+                [(c, arrow_type(frame[c].dtype)) for c in frame.columns], metadata=self._metadata()
+            )
             self._handle = pq.ParquetWriter(self._tmp, self._schema)
         table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
         self._handle.write_table(table)
@@ -161,12 +176,25 @@ class MoleculeWriter:
                     mol.SetProp("name", str(value))
             name = row.get(self.name_column) if self.name_column else None
             mol.SetProp("_Name", "" if _missing(name) else str(name))
+            if self.mark is not None:
+                from medgen.marking import SDF_TAG, sdf_value
+
+                mol.SetProp(SDF_TAG, sdf_value(self.mark, first=not self._marked))
+                self._marked = True
             self._handle.write(mol)
         if skipped:
             log.warning(
                 "%s: %d rows without a valid SMILES left out of the SDF", self.path, skipped
             )
         return skipped
+
+    def _metadata(self) -> dict[bytes, bytes] | None:
+        """Parquet schema metadata holding the mark (None without one)."""
+        if self.mark is None:
+            return None
+        from medgen.marking import parquet_metadata
+
+        return parquet_metadata(self.mark)
 
     def _write_empty(self) -> None:
         assert self._tmp is not None  # set by __enter__
@@ -176,9 +204,8 @@ class MoleculeWriter:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(
-                pa.table({c: pa.array([], pa.string()) for c in self._columns or []}), self._tmp
-            )
+            table = pa.table({c: pa.array([], pa.string()) for c in self._columns or []})
+            pq.write_table(table.replace_schema_metadata(self._metadata()), self._tmp)
         else:
             self._write_csv(pd.DataFrame(columns=self._columns or []))
 
@@ -200,3 +227,57 @@ def arrow_type(dtype: Any):
     if pd.api.types.is_datetime64_any_dtype(dtype):
         return pa.from_numpy_dtype(dtype)
     return pa.string()
+
+
+def mark_file(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Give an existing molecule file the mark ``record`` (as :class:`MoleculeWriter` writes it),
+    rewriting it atomically in one streaming pass: ``# `` lines on top of CSV/TSV/SMI (gz or
+    not), the property on every SDF record, parquet schema metadata (each file of a dataset
+    folder). An earlier mark of the file is replaced."""
+    from medgen.marking import MARK, SDF_TAG, header_lines, parquet_metadata, sdf_value
+
+    path = Path(path)
+    if path.is_dir():  # a parquet dataset
+        for part in sorted(path.glob("*.parquet")):
+            mark_file(part, record)
+        return path
+    fmt = file_format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(path) as source:
+            metadata = {**(source.schema_arrow.metadata or {}), **parquet_metadata(record)}
+            schema = source.schema_arrow.with_metadata(metadata)
+            with atomic_path(path) as tmp:
+                with pq.ParquetWriter(tmp, schema, compression="zstd") as sink:
+                    for batch in source.iter_batches():
+                        sink.write_batch(batch)
+        return path
+    opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
+    with (
+        atomic_path(path) as tmp,
+        opener(path, "rt", encoding="utf-8", newline="") as src,
+        opener(tmp, "wt", encoding="utf-8", newline="") as dst,
+    ):
+        if fmt == "sdf":
+            first, skip = True, 0
+            for line in src:
+                if skip:  # the value line of an earlier mark, then its blank line
+                    skip -= 1
+                    continue
+                if line.startswith(">") and f"<{SDF_TAG}>" in line:
+                    skip = 2
+                    continue
+                if line.startswith("$$$$"):
+                    dst.write(f">  <{SDF_TAG}>\n{sdf_value(record, first=first)}\n\n")
+                    first = False
+                dst.write(line)
+        else:
+            dst.write("".join(f"{line}\n" for line in header_lines(record)))
+            at_top = True
+            for line in src:
+                if at_top and line.startswith("# ") and (MARK in line or "medgen" in line):
+                    continue  # the file's earlier mark
+                at_top = False
+                dst.write(line)
+    return path

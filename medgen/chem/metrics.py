@@ -12,12 +12,20 @@ that needs the canonical forms anyway parses each SMILES once).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from medgen.chem.mol import canonical_smiles, parse_smiles
 from medgen.chem.reference import KL_CONTINUOUS, KL_DESCRIPTORS
-from medgen.chem.similarity import aggregated_tanimoto
+from medgen.chem.similarity import (
+    ROW_BLOCK,
+    FingerprintIndex,
+    aggregated_tanimoto,
+    internal_max_rows,
+    max_tanimoto,
+    tanimoto_row_sums,
+)
 
 __all__ = [
     "canonical_smiles",
@@ -25,8 +33,11 @@ __all__ = [
     "fraction_unique",
     "fraction_valid",
     "internal_diversity",
+    "internal_diversities",
+    "internal_similarity",
     "kl_divergence_score",
     "novelty",
+    "nearest_similarities",
     "snn",
     "valid_canonical",
 ]
@@ -100,6 +111,77 @@ def snn(fps: np.ndarray, reference_fps: np.ndarray) -> float:
     if len(fps) == 0:
         return float("nan")
     return float(aggregated_tanimoto(reference_fps, fps, agg="max").mean())
+
+
+# the same metrics on packed fingerprints ((N, D // 8) uint8), over a pool of worker processes
+
+
+def nearest_similarities(
+    packed: np.ndarray,
+    index: FingerprintIndex,
+    *,
+    n_jobs: int = 1,
+    executor: ProcessPoolExecutor | None = None,
+    chunk_size: int = 2048,
+) -> np.ndarray:
+    """Each molecule's max Tanimoto similarity to the reference ``index``, ``(N,)``; their mean
+    is MOSES SNN. Chunks of molecules run in ``n_jobs`` workers (or ``executor``)."""
+    from medgen.chem.parallel import map_chunks
+
+    chunks = [packed[i : i + chunk_size] for i in range(0, len(packed), chunk_size)]
+    parts = map_chunks(max_tanimoto, chunks, n_jobs=n_jobs, args=(index,), executor=executor)
+    return np.concatenate([np.zeros(0), *parts])
+
+
+def internal_diversities(
+    packed: np.ndarray,
+    *,
+    n_bits: int = 1024,
+    n_jobs: int = 1,
+    executor: ProcessPoolExecutor | None = None,
+    block: int = ROW_BLOCK,
+) -> tuple[float, float]:
+    """MOSES ``(IntDiv, IntDiv2)`` from one pass over the pairs (each pair computed once)."""
+    from medgen.chem.parallel import map_chunks
+
+    n = len(packed)
+    if n == 0:
+        return float("nan"), float("nan")
+    spans = [(i, min(i + block, n)) for i in range(0, n, block)]
+    sums = np.zeros((n, 2), dtype=np.float64)
+    for part in map_chunks(_row_sums, spans, n_jobs=n_jobs, args=(packed, n_bits, block),
+                           executor=executor):  # fmt: skip
+        sums += part
+    means = sums / n
+    return float(1 - means[:, 0].mean()), float(1 - np.sqrt(means[:, 1]).mean())
+
+
+def _row_sums(span: tuple[int, int], packed: np.ndarray, n_bits: int, block: int) -> np.ndarray:
+    return tanimoto_row_sums(packed, span[0], span[1], n_bits=n_bits, block=block)
+
+
+def internal_similarity(
+    packed: np.ndarray,
+    *,
+    n_bits: int,
+    n_jobs: int = 1,
+    executor: ProcessPoolExecutor | None = None,
+    block: int = ROW_BLOCK,
+) -> np.ndarray:
+    """GuacaMol's internal similarity: each molecule's max Tanimoto similarity to the others."""
+    from medgen.chem.parallel import map_chunks
+
+    n = len(packed)
+    best = np.zeros(n, dtype=np.float64)
+    spans = [(i, min(i + block, n)) for i in range(0, n, block)]
+    for part in map_chunks(_max_rows, spans, n_jobs=n_jobs, args=(packed, n_bits, block),
+                           executor=executor):  # fmt: skip
+        np.maximum(best, part, out=best)
+    return best
+
+
+def _max_rows(span: tuple[int, int], packed: np.ndarray, n_bits: int, block: int) -> np.ndarray:
+    return internal_max_rows(packed, span[0], span[1], n_bits=n_bits, block=block)
 
 
 def fraction_passes_filters(flags: Sequence[bool]) -> float:

@@ -47,7 +47,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "scaffold": ("scaffold",),
     "alerts": ALERT_CATALOGS,
     "moses": ("moses_filters",),
+    # dual-use alerts (medgen.chem.dualuse), on the whole input (a salt's metal counts)
+    "dualuse": ("dualuse_alerts",),
 }
+#: groups ``medgen screen`` computes only when asked (``dualuse=true``, or a marked input)
+OPT_IN_GROUPS: tuple[str, ...] = ("dualuse",)
+#: :func:`score` runs inputs of at most this many molecules in-process (no pool start-up)
+IN_PROCESS = 100
 #: columns every table has, whatever the groups
 BASE_COLUMNS: tuple[str, ...] = ("input", "valid", "error", "fragment_stripped")
 _INT_COLUMNS = frozenset(
@@ -116,7 +122,8 @@ def score_molecule(mol: Chem.Mol, groups: Iterable[str] = tuple(GROUPS)) -> dict
     Units: ``mw`` in g/mol (average masses), ``tpsa`` in Å², ``clogp`` log10 units.
     ``lipinski_violations`` counts MW > 500, cLogP > 5, HBD > 5, HBA > 10 (Lipinski 1997);
     ``veber`` is rotatable bonds <= 10 and TPSA <= 140 Å² (Veber 2002). Alert columns hold the
-    matched alert names joined by ``";"`` ("" when none).
+    matched alert names joined by ``";"`` ("" when none); ``dualuse_alerts`` the dual-use class
+    names (:mod:`medgen.chem.dualuse`) the same way.
     """
     groups = set(groups)
     row: dict[str, Any] = {}
@@ -159,6 +166,10 @@ def score_molecule(mol: Chem.Mol, groups: Iterable[str] = tuple(GROUPS)) -> dict
             row[catalog] = ";".join(alerts(mol, catalog))
     if "moses" in groups:
         row["moses_filters"] = moses_filters_pass(mol)
+    if "dualuse" in groups:
+        from medgen.chem.dualuse import dualuse_alerts
+
+        row["dualuse_alerts"] = ";".join(dualuse_alerts(mol))
     return row
 
 
@@ -172,8 +183,11 @@ def score_rows(smiles: Sequence[str | None], groups: Sequence[str]) -> dict[str,
         row["fragment_stripped"] = False
         if mol is not None:
             try:
+                whole = mol
                 mol, row["fragment_stripped"] = largest_organic_fragment(mol)
                 row.update(score_molecule(mol, groups))
+                if "dualuse" in groups and row["fragment_stripped"]:  # the counterions count too
+                    row.update(score_molecule(whole, ["dualuse"]))
             except Exception as err:  # a descriptor failing on an odd molecule must not stop a run
                 row = {"input": text, "valid": False, "fragment_stripped": False}
                 row["error"] = f"scoring failed: {type(err).__name__}: {err}"
@@ -220,10 +234,11 @@ def score(
     Args:
         smiles: SMILES strings (None, empty and unparsable entries give ``valid=False`` rows with
             the reason in ``error``; they never raise).
-        n_jobs: worker processes (None: all cores). Inputs that fit in one chunk run in-process.
-            Workers are spawned, so a script calling this with ``n_jobs > 1`` needs the usual
-            ``if __name__ == "__main__":`` guard.
-        chunk_size: molecules per task sent to a worker.
+        n_jobs: worker processes (None: all cores). Up to :data:`IN_PROCESS` inputs run
+            in-process (a pool costs ~2 s to start). Workers are spawned, so a script calling
+            this with ``n_jobs > 1`` needs the usual ``if __name__ == "__main__":`` guard.
+        chunk_size: at most this many molecules per task sent to a worker (fewer when that
+            gives each worker under 4 tasks, so that no worker idles while the last one ends).
         groups: property groups (keys of :data:`GROUPS`); None computes all.
         executor: a running pool (:func:`medgen.chem.parallel.worker_pool`) to reuse across calls.
 
@@ -237,8 +252,13 @@ def score(
     groups = tuple(GROUPS) if groups is None else tuple(groups)
     columns_for(groups)  # validate before any work
     items = list(smiles)
-    chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     n_jobs = default_n_jobs() if n_jobs is None else max(1, int(n_jobs))
+    if executor is None and len(items) <= IN_PROCESS:
+        n_jobs = 1
+    if n_jobs > 1 or executor is not None:  # balanced tasks: ~4 per worker at least
+        workers = n_jobs if executor is None else getattr(executor, "_max_workers", n_jobs)
+        chunk_size = max(1, min(chunk_size, -(-len(items) // (4 * workers))))
+    chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     parts = list(map_chunks(score_rows, chunks, n_jobs=n_jobs, args=(groups,), executor=executor))
     merged: dict[str, list[Any]] = {c: [] for c in columns_for(groups)}
     for part in parts:

@@ -141,7 +141,7 @@ def _tab_header(path: Path) -> bool:
     with open_bytes(path) as fh:
         for raw in guarded_lines(fh, path):
             text = raw.decode("utf-8", "replace").lstrip("\ufeff").strip("\r\n")
-            if text.strip():
+            if text.strip() and not text.startswith("#"):  # a comment (a medgen mark) first
                 fields = [f.strip().lower() for f in text.split("\t")]
                 return len(fields) > 1 and any(f in SMILES_COLUMN_NAMES for f in fields)
     return False
@@ -214,7 +214,7 @@ def _read_table(
         csv.field_size_limit(_CSV_FIELD_LIMIT)
     sep = "\t" if fmt == "tsv" else ","
     with open_bytes(path) as fh:
-        lines = Lines(path, fh)
+        lines = Lines(path, fh, leading_comments=True)  # a medgen mark: "# " lines on top
         records = _records(csv.reader(lines, delimiter=sep), lines)
         header = next((r for r in records if r[1]), None)  # leading blank lines are no header
         if header is None:
@@ -363,7 +363,9 @@ def _read_sdf(path: Path, *, chunk_size: int, **_: Any) -> Iterator[pd.DataFrame
     """SDF records, streamed; a record RDKit cannot read gets ``smiles=None``."""
     from rdkit import Chem, rdBase
 
-    tags = _sdf_tags(path)
+    from medgen.marking import SDF_TAG
+
+    tags = [t for t in _sdf_tags(path) if t != SDF_TAG]  # a medgen mark is the file's, not a row's
     renames = _renamed(tags, "", ("line", "smiles", "name", READ_ERROR))
     columns = ["line", "smiles", READ_ERROR, "name", *(renames.get(t, t) for t in tags)]
     rows: list[dict[str, Any]] = []
@@ -376,7 +378,8 @@ def _read_sdf(path: Path, *, chunk_size: int, **_: Any) -> Iterator[pd.DataFrame
                 row["smiles"] = Chem.MolToSmiles(mol)
                 try:  # text, as written (GetPropsAsDict would turn "1.50" into 1.5)
                     row["name"] = mol.GetProp("_Name") if mol.HasProp("_Name") else ""
-                    props = {renames.get(t, t): mol.GetProp(t) for t in mol.GetPropNames()}
+                    names = (t for t in mol.GetPropNames() if t != SDF_TAG)
+                    props = {renames.get(t, t): mol.GetProp(t) for t in names}
                     if not props.keys() <= set(columns):  # the fast tag scan missed one
                         log.warning("%s: record %d: tags %s not carried", path, record,
                                     sorted(props.keys() - set(columns)))  # fmt: skip

@@ -20,15 +20,19 @@ import os
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medgen.chem.mol import canonical_smiles, parse_smiles
+from medgen.chem.similarity import FingerprintIndex
 from medgen.errors import InputFileError, MissingFileError
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,9 @@ class ReferenceStats:
     properties: dict[str, np.ndarray] = field(default_factory=dict)
     kl_descriptors: np.ndarray | None = None
     kl_internal_similarity: np.ndarray | None = None
+    #: where :func:`reference_index` caches the prepared fingerprints (None: memory only)
+    cache_dir: Path | None = None
+    _index: Any = field(default=None, repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,19 +103,27 @@ def brics_fragments(mol) -> list[str]:
 def molecule_features(smiles: Sequence[str], with_kl: bool = False) -> dict[str, Any]:
     """Everything the metrics need from valid SMILES: packed fingerprints, fragments, scaffolds,
     MOSES filter flags, property values and (``with_kl``) GuacaMol descriptors/fingerprints."""
-    from rdkit.Chem import Descriptors, QED, Crippen  # noqa: I001
-
-    from medgen.chem.alerts import moses_filters_pass
-    from medgen.chem.properties import sa_score
-    from medgen.chem.similarity import morgan_fingerprints
-
     parsed = [parse_smiles(s) for s in smiles]
     bad = [s for s, m in zip(smiles, parsed, strict=True) if m is None]
     if bad:
         raise ValueError(f"molecule_features needs valid SMILES; got {bad[0]!r}")
     mols = [m for m in parsed if m is not None]  # all of them (checked above)
-    out: dict[str, Any] = {
-        "fps": np.packbits(morgan_fingerprints(mols), axis=1),
+    out = mol_features(mols)
+    if with_kl:
+        out |= _kl_of_mols(mols)
+    return out
+
+
+def mol_features(mols: Sequence) -> dict[str, Any]:
+    """:func:`molecule_features` of sanitized RDKit molecules (without the GuacaMol part)."""
+    from rdkit.Chem import Descriptors, QED, Crippen  # noqa: I001
+
+    from medgen.chem.alerts import moses_filters_pass
+    from medgen.chem.properties import sa_score
+    from medgen.chem.similarity import packed_fingerprints
+
+    return {
+        "fps": packed_fingerprints(mols),
         "fragments": [brics_fragments(m) for m in mols],
         "scaffolds": [compute_scaffold(m) for m in mols],
         "filters": [moses_filters_pass(m) for m in mols],
@@ -118,14 +133,19 @@ def molecule_features(smiles: Sequence[str], with_kl: bool = False) -> dict[str,
         "QED": [QED.qed(m) for m in mols],
         "weight": [Descriptors.MolWt(m) for m in mols],  # type: ignore[attr-defined]
     }
-    if with_kl:
-        from rdkit.ML.Descriptors import MoleculeDescriptors
 
-        calc = MoleculeDescriptors.MolecularDescriptorCalculator(list(KL_DESCRIPTORS))
-        desc = np.array([calc.CalcDescriptors(m) for m in mols], dtype=np.float64)
-        out["kl_descriptors"] = np.nan_to_num(desc.reshape(len(mols), len(KL_DESCRIPTORS)))
-        out["kl_fps"] = np.packbits(morgan_fingerprints(mols, radius=2, n_bits=4096), axis=1)
-    return out
+
+def _kl_of_mols(mols: Sequence) -> dict[str, np.ndarray]:
+    from rdkit.ML.Descriptors import MoleculeDescriptors
+
+    from medgen.chem.similarity import packed_fingerprints
+
+    calc = MoleculeDescriptors.MolecularDescriptorCalculator(list(KL_DESCRIPTORS))
+    desc = np.array([calc.CalcDescriptors(m) for m in mols], dtype=np.float64)
+    return {
+        "kl_descriptors": np.nan_to_num(desc.reshape(len(mols), len(KL_DESCRIPTORS))),
+        "kl_fps": packed_fingerprints(mols, radius=2, n_bits=4096),
+    }
 
 
 def features(
@@ -135,21 +155,144 @@ def features(
     from medgen.chem.parallel import map_chunks
 
     chunks = [list(smiles[i : i + chunk_size]) for i in range(0, len(smiles), chunk_size)]
-    merged: dict[str, list] = {}
-    for part in map_chunks(molecule_features, chunks, n_jobs=n_jobs, args=(with_kl,)):
-        for key, value in part.items():
-            merged.setdefault(key, []).append(value)
-    out: dict[str, Any] = {}
-    for key, parts in merged.items():
-        if key in ("fps", "kl_fps", "kl_descriptors"):
-            out[key] = np.concatenate(parts)
-        else:
-            out[key] = [v for part in parts for v in part]
+    out = merge_chunks(map_chunks(molecule_features, chunks, n_jobs=n_jobs, args=(with_kl,)))
     if "fps" in out:
         out["fps"] = np.unpackbits(out["fps"], axis=1)[:, :1024]
     if "kl_fps" in out:
         out["kl_fps"] = np.unpackbits(out["kl_fps"], axis=1)[:, :4096]
     return out
+
+
+def sample_features(
+    smiles: Sequence[str | None], chemnet: bool = False, batch_size: int = 512
+) -> dict[str, Any]:
+    """What the metrics need from generated SMILES (any, invalid included), each parsed once.
+
+    ``canonical``: one entry per input (None when invalid). For the valid ones, in order: the
+    :func:`mol_features` values, ``flat`` (canonical SMILES without stereo, for GuacaMol),
+    ``fcd_smiles`` (what ChemNet reads) and, with ``chemnet``, its ``activations (n, 512)``.
+    The features are those of the molecule of the *canonical* SMILES (as when canonical SMILES
+    are given to :func:`molecule_features`), so they do not depend on how the input was written.
+    """
+    from rdkit import Chem
+
+    canonical = [canonical_smiles(s) for s in smiles]
+    mols = [m for m in (parse_smiles(c) for c in canonical if c is not None) if m is not None]
+    if len(mols) != sum(c is not None for c in canonical):  # RDKit writes what it can read
+        raise ValueError("a canonical SMILES does not parse again")
+    out = mol_features(mols)
+    out["canonical"] = canonical
+    out["flat"] = [Chem.MolToSmiles(m, isomericSmiles=False) for m in mols]
+    out["fcd_smiles"] = [Chem.MolToSmiles(m) for m in mols]
+    if chemnet:
+        from medgen.chem.fcd import chemnet_activations
+
+        acts = chemnet_activations(out["fcd_smiles"], batch_size=batch_size, canonical=True)
+        out["activations"] = acts.astype(np.float32)
+    return out
+
+
+def kl_features(smiles: Sequence[str]) -> dict[str, np.ndarray]:
+    """GuacaMol KL inputs of valid SMILES: ``kl_descriptors (n, 9)`` and packed 4096-bit
+    fingerprints ``kl_fps (n, 512)``."""
+    mols = [parse_smiles(s) for s in smiles]
+    bad = [s for s, m in zip(smiles, mols, strict=True) if m is None]
+    if bad:
+        raise ValueError(f"kl_features needs valid SMILES; got {bad[0]!r}")
+    return _kl_of_mols(mols)
+
+
+def evaluation_features(
+    smiles: Sequence[str | None],
+    *,
+    fcd: bool = True,
+    device: str = "cpu",
+    batch_size: int = 512,
+    n_jobs: int = 1,
+    executor: ProcessPoolExecutor | None = None,
+    chunk_size: int = 1000,
+) -> dict[str, Any]:
+    """:func:`sample_features` over chunks in worker processes, merged in input order; with
+    ``fcd``, ``fcd_mu`` and ``fcd_sigma`` too (ChemNet runs in the workers on the CPU, or here on
+    another ``device``)."""
+    from medgen.chem.fcd import activation_statistics, chemnet_activations
+    from medgen.chem.parallel import map_chunks
+
+    in_workers = fcd and device == "cpu"
+    chunks = [list(smiles[i : i + chunk_size]) for i in range(0, len(smiles), chunk_size)]
+    parts = map_chunks(sample_features, chunks, n_jobs=n_jobs, args=(in_workers, batch_size),
+                       executor=executor)  # fmt: skip
+    out = merge_chunks(parts)
+    out.setdefault("canonical", [])
+    if fcd and len(out.get("fcd_smiles", ())) >= 2:
+        acts = out.pop("activations", None)
+        if acts is None:
+            acts = chemnet_activations(
+                out["fcd_smiles"], batch_size=batch_size, device=device, canonical=True
+            )
+        out["fcd_mu"], out["fcd_sigma"] = activation_statistics(acts)
+    return out
+
+
+def kl_features_pooled(
+    smiles: Sequence[str],
+    *,
+    n_jobs: int = 1,
+    executor: ProcessPoolExecutor | None = None,
+    chunk_size: int = 1000,
+) -> dict[str, np.ndarray]:
+    """:func:`kl_features` over chunks in worker processes, merged in input order."""
+    from medgen.chem.parallel import map_chunks
+
+    chunks = [list(smiles[i : i + chunk_size]) for i in range(0, len(smiles), chunk_size)]
+    return merge_chunks(map_chunks(kl_features, chunks, n_jobs=n_jobs, executor=executor))
+
+
+def reference_index(stats: ReferenceStats) -> FingerprintIndex:
+    """``stats.fps`` prepared for nearest-neighbour search (distinct, sorted by popcount), kept on
+    ``stats`` and cached as a plain ``.npz`` in ``stats.cache_dir`` (keyed by the fingerprints'
+    sha256), so a later run skips the preparation."""
+    from medgen.chem.similarity import fingerprint_index
+
+    if stats._index is not None:
+        return stats._index
+    packed = np.packbits(stats.fps, axis=1)
+    key = hashlib.sha256(packed.tobytes()).hexdigest()[:16]
+    cache = None if stats.cache_dir is None else Path(stats.cache_dir) / f"fps-{key}.npz"
+    if cache is not None and cache.is_file():
+        data = read_npz(cache, ("bits", "counts", "size"), hint=_CACHE_HINT)
+        index = FingerprintIndex(
+            data["bits"], data["counts"], stats.fps.shape[1], int(data["size"])
+        )
+    else:
+        index = fingerprint_index(packed, stats.fps.shape[1])
+        if cache is not None:
+            _save_index(index, cache)
+    stats._index = index
+    return index
+
+
+def _save_index(index: FingerprintIndex, path: Path) -> None:
+    from medgen.utils.atomic import atomic_path
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, bits=index.bits, counts=index.counts, size=np.array(index.size))
+    except OSError as err:  # a read-only data folder: the index is only kept in memory
+        log.warning("cannot cache reference fingerprints in %s: %s", path, err)
+
+
+def merge_chunks(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Per-chunk feature dicts joined in order: arrays concatenated, lists chained."""
+    merged: dict[str, list] = {}
+    for part in parts:
+        for key, value in part.items():
+            merged.setdefault(key, []).append(value)
+    return {
+        key: np.concatenate(v) if isinstance(v[0], np.ndarray) else [x for p in v for x in p]
+        for key, v in merged.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,6 +489,7 @@ def load_moses_stats(path: str | os.PathLike, name: str | None = None) -> Refere
         )
     stats = load_stats(path, hint=hint)
     stats.name = name or path.name.removesuffix(PLAIN_SUFFIX).removesuffix("_stats")
+    stats.cache_dir = path.parent.parent / "cache" / "reference"  # <data_dir>/cache/reference
     return stats
 
 
@@ -366,10 +510,12 @@ def cached_reference_stats(
     cache = Path(cache_dir) / f"{path.name.split('.')[0]}-{key}.npz"
     if cache.is_file():
         log.info("reference statistics from cache %s", cache)
-        return load_stats(cache, hint=_CACHE_HINT)
-    smiles = _read_smiles(path, smiles_column, limit)
-    log.info("computing reference statistics of %s (%d SMILES)", path, len(smiles))
-    stats = compute_reference_stats(smiles, name=path.name.split(".")[0], **kwargs)
-    save_stats(stats, cache)
-    log.info("cached reference statistics in %s", cache)
+        stats = load_stats(cache, hint=_CACHE_HINT)
+    else:
+        smiles = _read_smiles(path, smiles_column, limit)
+        log.info("computing reference statistics of %s (%d SMILES)", path, len(smiles))
+        stats = compute_reference_stats(smiles, name=path.name.split(".")[0], **kwargs)
+        save_stats(stats, cache)
+        log.info("cached reference statistics in %s", cache)
+    stats.cache_dir = Path(cache_dir)
     return stats

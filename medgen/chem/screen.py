@@ -17,6 +17,11 @@ physical line where the row starts in its file. Outputs are checked before any w
 (:mod:`medgen.chem.paths`) and renamed into place only when the whole run succeeded, so a failed
 run leaves the previous outputs as they were; an existing ``out`` is replaced only with
 ``overwrite=True``.
+
+A screen of a user's file does not claim the output is synthetic; when the input carries medgen's
+synthetic mark (:mod:`medgen.marking`: a ``medgen sample`` output), the output and the rejects
+keep that mark, and the dual-use alerts (:mod:`medgen.chem.dualuse`, a ``dualuse_alerts``
+column) are on unless ``dualuse=False``.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from medgen.chem.paths import (
     sort_prefix,
     work_folder,
 )
-from medgen.chem.properties import GROUPS, columns_for, default_n_jobs
+from medgen.chem.properties import GROUPS, OPT_IN_GROUPS, columns_for, default_n_jobs
 from medgen.errors import ConfigError, OutputExistsError, UserError
 from medgen.utils.atomic import TMP_MARKER, atomic_write_json
 
@@ -156,6 +161,7 @@ def screen_file(
     overwrite: bool = False,
     keep_rejects: bool = True,
     memory_limit: str = "2GB",
+    dualuse: bool | None = None,
 ) -> ScreenSummary:
     """Score and filter ``input`` into ``out``; see the module docstring.
 
@@ -189,6 +195,8 @@ def screen_file(
             ``_target_`` mapping of a Dask cluster class (plus ``jobs``: how many to start).
         shard: ``"i/N"``: score only partitions ``k`` with ``k % N == i`` into the work folder of
             ``out`` and stop; a run without ``shard`` over the same input then merges them.
+        dualuse: add the ``dualuse_alerts`` column (dual-use class names); None: only when the
+            input carries medgen's synthetic mark (generated molecules).
 
     Raises:
         UserError: a bad argument (named), an unusable or existing output path, or an input file
@@ -214,7 +222,12 @@ def screen_file(
         raise OutputExistsError(
             f"out={out} exists; pass overwrite=true to replace it, or choose another out"
         )
-    chosen = list(GROUPS) if groups is None else list(groups)
+    chosen = [g for g in GROUPS if g not in OPT_IN_GROUPS] if groups is None else list(groups)
+    mark = input_mark(files)
+    if dualuse is None:
+        dualuse = mark is not None
+    if dualuse and "dualuse" not in chosen:
+        chosen.append("dualuse")
     if dedup and "identity" not in chosen:
         chosen.append("identity")
     # validate rule names and ranges on score columns before any work (carried columns later)
@@ -290,6 +303,12 @@ def screen_file(
         counts = merge(work, reader.names, out=out, rejects=rejects, settings=settings,
                        template=template, spill_prefix=sort_prefix(out),
                        partition_rejected=merged_rejected)  # fmt: skip
+    if mark is not None:  # the input was medgen's synthetic output: so is what is left of it
+        from medgen.chem.io import mark_file
+
+        for path in (out, rejects):
+            if path.exists():
+                mark_file(path, mark)
     summary.written, summary.rejected = counts.written, counts.rejected
     summary.duplicates, summary.outside_top_k = counts.duplicates, counts.outside_top_k
     shutil.rmtree(work, ignore_errors=True)
@@ -299,6 +318,25 @@ def screen_file(
     log.info("screened %s -> %s (%d written, %d rejected to %s) in %.1f s", input, out,
              summary.written, summary.rejected, rejects, summary.seconds)  # fmt: skip
     return summary
+
+
+def input_mark(files: Sequence[Path]) -> dict[str, Any] | None:
+    """The synthetic mark of the first input file that carries one (None: none does)."""
+    from medgen.chem.textfiles import GZIP_ERRORS
+    from medgen.marking import SUPPORTED, read_mark
+
+    for path in files:
+        name = path.name.lower()
+        if name.endswith((".csv.gz", ".smi.gz", ".sdf.gz")) or name.endswith(SUPPORTED):
+            try:
+                record = read_mark(path)
+            except (UserError, ValueError):  # the reader names a bad file later
+                continue
+            except GZIP_ERRORS:
+                continue
+            if record is not None and not record.get("partial"):
+                return {k: v for k, v in record.items() if k != "found_in"}
+    return None
 
 
 def check_engine_args(engine, partition_size, overwrite, keep_rejects, shard, memory) -> None:

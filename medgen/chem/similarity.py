@@ -1,16 +1,30 @@
 """Fingerprints and aggregated Tanimoto similarity (SNN, IntDiv), as in MOSES.
 
-Fingerprints are Morgan (ECFP-like) bit vectors from ``rdFingerprintGenerator``; similarity is
-computed blockwise as a matrix product in torch so that a 176k x 1024 reference fits in memory.
+Fingerprints are Morgan (ECFP-like) bit vectors from ``rdFingerprintGenerator``, stored packed
+(``np.packbits``: 8 bits a byte). Tanimoto ``T = c / (a + b - c)`` needs the popcounts ``a``, ``b``
+and the count ``c`` of bits set in both; ``c`` for a block of pairs is an int8 matrix product
+(exact, int32 accumulation) and ``T`` is divided in float32, as MOSES does, so every similarity is
+bit-identical to MOSES's float32 matrix-product version.
+
+Nearest-neighbour search (:func:`max_tanimoto`) sorts the reference by popcount: among reference
+fingerprints with the same popcount ``b``, ``T`` grows with ``c``, so only the largest ``c`` of each
+popcount group needs a division. That leaves one integer product and one max-reduction per pair.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from functools import cache
+from typing import NamedTuple
 
 import numpy as np
 from rdkit import Chem
+
+#: reference fingerprints per block of the products (int32 block: ``block x query`` values)
+BLOCK = 4096
+#: block of the all-pairs sums (float64 blocks: ``ROW_BLOCK**2`` values)
+ROW_BLOCK = 2048
 
 
 @cache
@@ -29,13 +43,131 @@ def morgan_fingerprints(
     return np.stack(rows) if rows else np.zeros((0, n_bits), dtype=np.uint8)
 
 
+def packed_fingerprints(
+    mols: Iterable[Chem.Mol], radius: int = 2, n_bits: int = 1024
+) -> np.ndarray:
+    """:func:`morgan_fingerprints` packed 8 bits a byte, shape ``(N, n_bits // 8)`` uint8."""
+    return np.packbits(morgan_fingerprints(mols, radius, n_bits), axis=1)
+
+
+def popcounts(packed: np.ndarray) -> np.ndarray:
+    """Bits set in each packed fingerprint, ``(N,)`` int32."""
+    return np.bitwise_count(packed).sum(1, dtype=np.int32)
+
+
+class FingerprintIndex(NamedTuple):
+    """A reference set prepared for :func:`max_tanimoto`: distinct packed fingerprints sorted by
+    popcount. ``bits (R, n_bits // 8)`` uint8, ``counts (R,)`` int32 ascending; ``size`` is the
+    number of fingerprints before duplicates were dropped (they cannot change a maximum)."""
+
+    bits: np.ndarray
+    counts: np.ndarray
+    n_bits: int
+    size: int
+
+
+def fingerprint_index(packed: np.ndarray, n_bits: int = 1024) -> FingerprintIndex:
+    """The :class:`FingerprintIndex` of packed fingerprints ``(R, n_bits // 8)``."""
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    distinct = np.unique(packed, axis=0) if len(packed) else packed
+    counts = popcounts(distinct)
+    order = np.argsort(counts, kind="stable")
+    return FingerprintIndex(distinct[order], counts[order], n_bits, len(packed))
+
+
+def _unpack(packed: np.ndarray, n_bits: int):
+    """Packed rows as a 0/1 int8 torch tensor ``(N, n_bits)``."""
+    import torch
+
+    return torch.from_numpy(np.unpackbits(packed, axis=1, count=n_bits).view(np.int8))
+
+
+def _common_bits(left, right_t) -> np.ndarray:
+    """``left (m, D) @ right_t (D, n)`` of 0/1 int8 tensors: bits set in both, ``(m, n)`` int32."""
+    import torch
+
+    try:
+        return torch._int_mm(left, right_t).numpy()
+    except (AttributeError, RuntimeError):  # no int8 product in this torch build
+        return (left.float() @ right_t.float()).to(torch.int32).numpy()
+
+
+def _tanimoto(common: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """float32 ``c / (a + b - c)`` for counts ``common (m, n)``, popcounts ``rows (m,)`` and
+    ``cols (n,)``; two empty fingerprints have similarity 1 (as in MOSES)."""
+    union = (rows[:, None] + cols[None, :] - common).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        sim = common.astype(np.float32) / union
+    sim[union == 0] = 1.0
+    return sim
+
+
+def max_tanimoto(packed: np.ndarray, index: FingerprintIndex, *, block: int = BLOCK) -> np.ndarray:
+    """Each query's max Tanimoto similarity to the reference ``index``, ``(G,)`` float64.
+
+    ``packed``: ``(G, n_bits // 8)`` query fingerprints. Equals the max over the full similarity
+    matrix (see the module docstring for why one division per popcount group is enough).
+    """
+    best = np.zeros(len(packed), dtype=np.float32)
+    if len(packed) == 0 or len(index.bits) == 0:
+        return best.astype(np.float64)
+    query_t = _unpack(packed, index.n_bits).T.contiguous()  # (D, G)
+    a = popcounts(packed)
+    for start in range(0, len(index.bits), block):
+        b = index.counts[start : start + block]
+        common = _common_bits(_unpack(index.bits[start : start + block], index.n_bits), query_t)
+        # rows with one popcount are contiguous: the largest c of each group, (groups, G)
+        # (slices, not np.maximum.reduceat: that is as slow as the product itself)
+        edges = [0, *np.flatnonzero(b[1:] != b[:-1]) + 1, len(b)]
+        top = np.stack([common[i:j].max(0) for i, j in itertools.pairwise(edges)])
+        np.maximum(best, _tanimoto(top, b[edges[:-1]], a).max(0), out=best)
+    return best.astype(np.float64)
+
+
+def tanimoto_row_sums(
+    packed: np.ndarray, start: int, stop: int, *, n_bits: int = 1024, block: int = ROW_BLOCK
+) -> np.ndarray:
+    """The rows ``start:stop`` of the symmetric Tanimoto matrix of ``packed`` against the columns
+    ``start:`` (the upper triangle and the diagonal block), summed both ways.
+
+    Returns ``sums (N, 2)`` float64: for each molecule, the sum of ``T`` and of ``T**2`` over the
+    pairs this call covers (each pair added to both its molecules, a diagonal-block pair once per
+    row). Summing over consecutive ``(start, stop)`` blocks that tile ``0:N`` gives full row sums.
+    """
+    n = len(packed)
+    sums = np.zeros((n, 2), dtype=np.float64)
+    rows = _unpack(packed[start:stop], n_bits).T.contiguous()  # (D, g)
+    a = popcounts(packed[start:stop])
+    for col in range(start, n, block):
+        cols = packed[col : col + block]
+        sim = _tanimoto(_common_bits(_unpack(cols, n_bits), rows), popcounts(cols), a)  # (c, g)
+        sim = sim.astype(np.float64)  # squares of float32 values are exact in float64
+        square = sim * sim
+        sums[start:stop, 0] += sim.sum(0)
+        sums[start:stop, 1] += square.sum(0)
+        first = max(stop - col, 0)  # columns inside the row block were summed as rows already
+        sums[col + first : col + len(cols), 0] += sim[first:].sum(1)
+        sums[col + first : col + len(cols), 1] += square[first:].sum(1)
+    return sums
+
+
+def mean_tanimoto(packed: np.ndarray, *, n_bits: int = 1024, block: int = ROW_BLOCK) -> np.ndarray:
+    """Each molecule's mean Tanimoto similarity (``[:, 0]``) and mean squared similarity
+    (``[:, 1]``) to the whole set, self pairs included; ``(N, 2)`` float64."""
+    n = len(packed)
+    sums = np.zeros((n, 2), dtype=np.float64)
+    for start in range(0, n, block):
+        sums += tanimoto_row_sums(packed, start, min(start + block, n), n_bits=n_bits, block=block)
+    return sums / max(n, 1)
+
+
 def aggregated_tanimoto(
     reference: np.ndarray,
     generated: np.ndarray,
     *,
     agg: str = "max",
     p: float = 1.0,
-    batch_size: int = 5000,
+    batch_size: int = BLOCK,
 ) -> np.ndarray:
     """For each generated fingerprint, the max (or power mean) Tanimoto similarity to ``reference``.
 
@@ -46,51 +178,60 @@ def aggregated_tanimoto(
     Returns:
         ``(G,)`` float64. Two all-zero fingerprints have similarity 1 (as in MOSES).
     """
-    import torch
-
     if agg not in ("max", "mean"):
         raise ValueError(f"agg must be 'max' or 'mean', got {agg!r}")
-    gen_all = torch.from_numpy(np.ascontiguousarray(generated)).float()  # (G, D)
-    out = torch.zeros(len(gen_all), dtype=torch.float64)
-    for j in range(0, reference.shape[0], batch_size):
-        ref = torch.from_numpy(np.ascontiguousarray(reference[j : j + batch_size])).float()
-        ref_bits = ref.sum(1, keepdim=True)  # (r, 1)
-        for i in range(0, len(gen_all), batch_size):
-            gen = gen_all[i : i + batch_size].T  # (D, g)
-            both = ref @ gen  # (r, g): bits set in both
-            sim = torch.nan_to_num(both / (ref_bits + gen.sum(0, keepdim=True) - both), nan=1.0)
-            if p != 1:
-                sim = sim.double() ** p
-            part = sim.max(0).values if agg == "max" else sim.double().sum(0)
-            if agg == "max":
-                out[i : i + batch_size] = torch.maximum(out[i : i + batch_size], part.double())
-            else:
-                out[i : i + batch_size] += part
-    if agg == "mean":
-        out /= max(reference.shape[0], 1)
-    if p != 1:
-        out = out ** (1 / p)
-    return out.numpy()
+    n_bits = reference.shape[1]
+    ref = np.packbits(np.asarray(reference, dtype=np.uint8), axis=1)
+    gen = np.packbits(np.asarray(generated, dtype=np.uint8), axis=1)
+    if agg == "max":
+        return max_tanimoto(gen, fingerprint_index(ref, n_bits), block=batch_size)
+    out = np.zeros(len(gen), dtype=np.float64)
+    if len(ref) == 0:
+        return out
+    gen_t = _unpack(gen, n_bits).T.contiguous()
+    a = popcounts(gen)
+    for start in range(0, len(ref), batch_size):
+        part = ref[start : start + batch_size]
+        sim = _tanimoto(_common_bits(_unpack(part, n_bits), gen_t), popcounts(part), a)
+        out += (sim.astype(np.float64) ** p).sum(0)
+    out /= len(ref)
+    return out ** (1 / p) if p != 1 else out
 
 
-def internal_max_similarity(fps: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def internal_max_similarity(fps: np.ndarray, batch_size: int = BLOCK) -> np.ndarray:
     """Each molecule's max Tanimoto similarity to the *other* molecules of the set, ``(N,)``.
 
-    GuacaMol's internal similarity (its pairwise matrix has a zero diagonal).
+    GuacaMol's internal similarity (its pairwise matrix has a zero diagonal). ``fps``: ``(N, D)``
+    0/1 fingerprints.
     """
-    import torch
+    n, n_bits = fps.shape
+    packed = np.packbits(np.asarray(fps, dtype=np.uint8), axis=1)
+    best = np.zeros(n, dtype=np.float64)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        rows = internal_max_rows(packed, start, stop, n_bits=n_bits, block=batch_size)
+        np.maximum(best, rows, out=best)
+    return best
 
-    x = torch.from_numpy(np.ascontiguousarray(fps)).float()  # (N, D)
-    bits = x.sum(1)
-    out = np.zeros(len(x))
-    for i in range(0, len(x), batch_size):
-        block = x[i : i + batch_size]
-        both = block @ x.T  # (b, N)
-        sim = torch.nan_to_num(both / (bits[i : i + batch_size, None] + bits[None, :] - both), 1.0)
-        rows = torch.arange(len(block))
-        sim[rows, rows + i] = 0.0
-        out[i : i + len(block)] = sim.max(1).values.numpy() if len(x) > 1 else 0.0
-    return out
+
+def internal_max_rows(
+    packed: np.ndarray, start: int, stop: int, *, n_bits: int, block: int = BLOCK
+) -> np.ndarray:
+    """The part of :func:`internal_max_similarity` that rows ``start:stop`` against columns
+    ``start:`` contribute: ``(N,)`` float64 maxima (0 where not covered); the maximum over blocks
+    that tile ``0:N`` is the full result."""
+    n = len(packed)
+    best = np.zeros(n, dtype=np.float32)
+    rows = _unpack(packed[start:stop], n_bits).T.contiguous()  # (D, g)
+    a = popcounts(packed[start:stop])
+    for col in range(start, n, block):
+        cols = packed[col : col + block]
+        sim = _tanimoto(_common_bits(_unpack(cols, n_bits), rows), popcounts(cols), a)  # (c, g)
+        diagonal = np.arange(max(start, col), min(stop, col + len(cols)))
+        sim[diagonal - col, diagonal - start] = 0.0  # a molecule is not its own neighbour
+        np.maximum(best[start:stop], sim.max(0), out=best[start:stop])
+        np.maximum(best[col : col + len(cols)], sim.max(1), out=best[col : col + len(cols)])
+    return best.astype(np.float64)
 
 
 def cosine_similarity_counts(reference: Mapping[str, int], generated: Mapping[str, int]) -> float:

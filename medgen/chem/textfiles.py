@@ -141,18 +141,32 @@ class Lines:
     """The physical lines of a binary stream as text, counted, with gzip errors named.
 
     A line that is not UTF-8 is decoded with ``surrogateescape`` and its number queued for
-    :meth:`take_bad`. The byte-order mark of line 1 is dropped.
+    :meth:`take_bad`. The byte-order mark of line 1 is dropped. With ``leading_comments``, the
+    ``# `` lines at the top of the file (a medgen mark, :mod:`medgen.marking`) are skipped,
+    still counted, and kept in ``comments``.
     """
 
-    def __init__(self, path: Path, fh: io.BufferedIOBase) -> None:
+    def __init__(self, path: Path, fh: io.BufferedIOBase, *, leading_comments: bool = False):
         self.path, self._fh = path, fh
         self.number = 0  # lines read so far
         self._bad: list[int] = []
+        self._leading = leading_comments
+        self.comments: list[str] = []
 
     def __iter__(self) -> Lines:
         return self
 
     def __next__(self) -> str:
+        while True:
+            text = self._next_line()
+            if not (self._leading and text.startswith("# ")):
+                self._leading = False
+                return text
+            self.comments.append(text.rstrip("\r\n"))
+            if self._bad and self._bad[-1] == self.number:  # a skipped line rejects no row
+                self._bad.pop()
+
+    def _next_line(self) -> str:
         try:
             raw = self._fh.readline()
         except GZIP_ERRORS as err:

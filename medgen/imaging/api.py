@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from medgen.errors import UserError
-from medgen.imaging.cohort import IMAGES, VolumeCohort, sample_name
+from medgen.imaging.cohort import VolumeCohort, sample_name
+from medgen.imaging.layouts import layout_of, sample_files
 from medgen.records import DataMeta, SampleSettings
 from medgen.utils.logging import get_logger
 
@@ -74,14 +75,18 @@ def export_volumes(
     name: str = "medgen-synthetic",
     overwrite: bool = False,
     preview: bool = True,
+    layout: str = "decathlon",
 ) -> list[Path]:
     """Write ``volumes`` (N, C, D, H, W) in [-1, 1] as a cohort in ``out``; return image paths.
 
     ``meta`` gives geometry, intensity mapping and channels (e.g. a checkpoint's
     ``DataMeta.from_dict(hparams["data_meta"])``), ``settings`` what drew the volumes (recorded
     as given). ``indices`` (default 0..N-1) name the samples; ``labels`` (N, 1, D, H, W) integer
-    maps go to ``out/labels``. Samples already in ``out`` and intact are not rewritten; samples of
-    the same cohort that ``out`` holds beyond ``indices`` stay and are listed (logged).
+    maps go to ``out/labels`` (a joint model's volumes carry their own label channels, decoded
+    when ``labels`` is None). ``layout``: ``decathlon`` or ``nnunet``
+    (:mod:`medgen.imaging.layouts`; nnU-Net needs label maps and ``label_names``). Samples
+    already in ``out`` and intact are not rewritten; samples of the same cohort that ``out``
+    holds beyond ``indices`` stay and are listed (logged).
     """
     n = len(volumes)
     indices = list(range(n)) if indices is None else [int(i) for i in indices]
@@ -89,10 +94,14 @@ def export_volumes(
         raise ValueError(f"indices must be {n} distinct integers, got {indices}")
     if labels is not None and len(labels) != n:
         raise ValueError(f"got {len(labels)} label maps for {n} volumes")
+    settings = settings or SampleSettings()
+    kind = layout_of(layout)
+    if kind != "decathlon":
+        settings = settings.replace(extra={**settings.extra, "layout": str(kind)})
     cohort = VolumeCohort(
         out,
         meta,
-        settings or SampleSettings(),
+        settings,
         checkpoint_sha256=checkpoint_sha256,
         config_hash=config_hash,
         name=name,
@@ -113,4 +122,4 @@ def export_volumes(
         written,
         n - written,
     )
-    return [Path(out) / IMAGES / f"{sample_name(i)}.nii.gz" for i in indices]
+    return [Path(out) / sample_files(kind, sample_name(i)).image for i in indices]

@@ -85,7 +85,9 @@ class ScanPreview(pl.Callback):
         if meta is None:
             raise ConfigError("callbacks.scan_preview", "on", "a model that knows its data_meta")
         gen = torch.Generator().manual_seed(int(self.seed))
-        shape = (self.num_samples, meta.channels, *meta.spatial_size)  # (B, C, D, H, W)
+        # the sampler's start: voxels, or a latent model's latents (its noise_shape)
+        start = getattr(module, "noise_shape", (meta.channels, *meta.spatial_size))
+        shape = (self.num_samples, *start)  # (B, C, D, H, W)
         x_T = torch.randn(shape, generator=gen).to(module.device)
         labels = titles = None
         if module.null_class is not None:
@@ -103,5 +105,61 @@ class ScanPreview(pl.Callback):
                     grid_to_uint8(x[:, 0]),
                     int(trainer.global_step),
                     dataformats="HWC",
+                )
+        return path
+
+
+class ReconPreview(pl.Callback):
+    """After validation, a PNG of the first validation volumes (rows ``input <i>``) each above
+    its reconstruction by an autoencoder's inference weights (``recon <i>``):
+    ``<run>/previews/recon_epoch_<NNN>.png``, and ``val/recon_preview`` in TensorBoard when that
+    logger is on. Rank 0 only; not during the sanity check.
+
+    Args:
+        every_n_epochs: every how many epochs (0: never).
+        num_samples: validation volumes shown.
+    """
+
+    def __init__(self, *, every_n_epochs: int = 1, num_samples: int = 2) -> None:
+        args = dict(every_n_epochs=every_n_epochs, num_samples=num_samples)
+        limits = {k: _LIMITS[k] for k in args}
+        check_arguments(
+            ReconPreview.__init__, args, prefix="callbacks.recon_preview.", limits=limits
+        )
+        self.every_n_epochs, self.num_samples = every_n_epochs, num_samples
+        self.written: list[Path] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        every = self.every_n_epochs
+        if every <= 0 or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if (pl_module.current_epoch + 1) % every:
+            return
+        dataset = getattr(getattr(trainer, "datamodule", None), "val_set", None)
+        if dataset is None or len(dataset) == 0:
+            return
+        name = f"recon_epoch_{pl_module.current_epoch:03d}.png"
+        path = Path(trainer.default_root_dir) / "previews" / name
+        self.written.append(self.preview(trainer, pl_module, dataset, path))
+
+    @torch.no_grad()
+    def preview(self, trainer: pl.Trainer, module, dataset, path: Path) -> Path:
+        """Reconstruct the first validation volumes with ``module`` (an autoencoder module with
+        ``reconstruct``) and write ``path``."""
+        from medgen.imaging.viz import grid_to_uint8, write_preview
+
+        count = min(self.num_samples, len(dataset))
+        x = torch.stack([dataset[i]["image"] for i in range(count)]).to(module.device)
+        recon = module.reconstruct(x).clamp(-1.0, 1.0)
+        rows = torch.stack([v for pair in zip(x, recon, strict=True) for v in pair])
+        titles = [f"{what} {i}" for i in range(count) for what in ("input", "recon")]
+        path = write_preview(rows, module.data_meta, path, titles=titles)
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        for lg in trainer.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                image = grid_to_uint8(rows[:, 0])
+                lg.experiment.add_image(
+                    "val/recon_preview", image, int(trainer.global_step), dataformats="HWC"
                 )
         return path

@@ -10,6 +10,12 @@ Layout of a cohort folder ``out``::
     out/manifest.csv                  one row per sample: file, sha256, seed, index, shape, spacing
     out/dataset.json                  Decathlon datalist (``data=nifti data.path=out/dataset.json``)
     out/preview.png                   orthogonal mid-slices of the first samples
+    out/CARD.md, out/card.json        the cohort card (:mod:`medgen.imaging.release`); audit.json
+
+With ``layout=nnunet`` (:mod:`medgen.imaging.layouts`) images and sidecars go to
+``imagesTr/sample_00042_0000.nii.gz`` / ``.json``, label maps to ``labelsTr/`` and
+``dataset.json`` is nnU-Net v2's. A model that generates the label map with the image (joint
+channels, :mod:`medgen.imaging.labels`) has its label channels decoded into the label file.
 
 Drawing into a folder is ``medgen sample`` (:func:`medgen.generation.sample_to`); writing volumes
 one already has is :func:`medgen.imaging.api.export_volumes`.
@@ -39,7 +45,10 @@ import numpy as np
 from medgen.errors import ConfigError, OutputExistsError, UserError
 from medgen.generation import Generated
 from medgen.imaging.intensity import IntensityMapping
+from medgen.imaging.labels import image_channels, label_table, split_joint
+from medgen.imaging.layouts import IMAGE_DIRS, LABEL_DIRS, Layout, layout_of, sample_files
 from medgen.imaging.nifti import label_array, nifti_image, read_volume, save_nifti, to_source_units
+from medgen.imaging.release import VolumeRelease
 from medgen.records import DataMeta, SampleSettings
 from medgen.utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from medgen.utils.logging import get_logger
@@ -72,6 +81,10 @@ MANIFEST_COLUMNS = (
     "shape",
     "spacing",
     "dtype",
+)
+# the sidecar's geometry note for checkpoints made before DataMeta.geometry existed
+UNRECORDED_GEOMETRY = (
+    "not recorded: the model predates geometry records; the affine is its first training item's"
 )
 _SAMPLE_RE = re.compile(r"^sample_(\d+)\.json$")
 # names that are files, not a folder for volumes (a likely mix-up with a molecule output)
@@ -108,8 +121,21 @@ class VolumeCohort:
         self.affine = np.asarray(meta.affine, dtype=np.float64)
         self.intensity = IntensityMapping.from_dict(dict(meta.intensity))
         self.checkpoint_sha256, self.config_hash = checkpoint_sha256, config_hash
-        self.name = name or f"medgen-{meta.source}"
+        # marking, privacy of provenance, audit and card (medgen.imaging.release)
+        self.release = VolumeRelease(meta, settings, self.identity(), config_hash)
+        self.name = name or self.release.cohort_name
+        if not label_names and meta.label_names:  # a joint image + label model's table
+            label_names = label_table(meta.label_names)
         self.label_names = dict(label_names) if label_names else None
+        # settings.extra["layout"]: decathlon (default) | nnunet, a folder-level choice
+        self.layout = layout_of(settings.extra.get("layout", Layout.DECATHLON))
+        if self.layout == Layout.NNUNET and not self.label_names:
+            raise ConfigError(
+                "layout",
+                "nnunet",
+                "decathlon: this model makes no label maps for nnU-Net to train on "
+                "(train it with data.labels=true)",
+            )
         cond, names = settings.condition, meta.class_names or ()
         # resolved settings hold the class index (a name only where nothing resolved it)
         self.condition_name: str | None = None
@@ -155,6 +181,7 @@ class VolumeCohort:
         A file, or a name with a file suffix, is never a cohort folder (``ConfigError``).
         """
         out = self.out
+        self.release.check()
         if out.is_file() or (not out.is_dir() and out.name.lower().endswith(FILE_SUFFIXES)):
             raise ConfigError("out", str(out), "a folder for the NIfTI volumes of a scan model")
         if not out.exists():
@@ -172,6 +199,8 @@ class VolumeCohort:
         diffs = {
             k: (existing.get(k), v) for k, v in self.identity().items() if existing.get(k) != v
         }
+        if existing.get("layout", Layout.DECATHLON) != self.layout:
+            diffs["layout"] = (existing.get("layout", str(Layout.DECATHLON)), str(self.layout))
         if overwrite:
             return True
         if diffs:
@@ -197,7 +226,7 @@ class VolumeCohort:
         out = self.out
         if self.check(overwrite=overwrite):
             log.warning("overwrite=true: removing the previous export in %s", out)
-            for sub in (IMAGES, LABELS):
+            for sub in (*IMAGE_DIRS.values(), *LABEL_DIRS.values()):
                 if (out / sub).is_dir():
                     shutil.rmtree(out / sub)
             for name in (RUN_FILE, MANIFEST, DATALIST, PREVIEW):
@@ -213,9 +242,11 @@ class VolumeCohort:
                 "condition_name": self.condition_name,
                 "training_config_hash": self.config_hash,
                 "source": self.meta.source,
+                "layout": str(self.layout),
             }
             prov = {k: v for k, v in provenance(None).items() if k not in ("config_hash", "seed")}
-            atomic_write_json(out / RUN_FILE, {**record, "provenance": prov})
+            run = self.release.run_record({**record, "provenance": prov})  # no paths with share
+            atomic_write_json(out / RUN_FILE, run)
 
     def done(self) -> set[int]:
         """Indices of samples in ``out`` made with these settings, complete and unmodified."""
@@ -233,16 +264,18 @@ class VolumeCohort:
         only samples made with these settings whose files exist are listed."""
         remove_stale_temporaries(self.out)
         records = self.records()
+        audit = self.release.audit(self.out, records)  # audit=true: refuses memorized samples
         summary: dict[str, Any] = {
             "out": str(self.out),
             "count": len(records),
             "manifest": str(write_manifest(self.out, records)),
-            "dataset": str(write_datalist(self.out, records, self.datalist_info())),
+            "dataset": str(self.write_index(records)),
             "preview": None,
         }
         if preview and records:
             path = write_cohort_preview(self.out, records, self.intensity)
             summary["preview"] = str(path) if path else None
+        summary.update(self.release.finalize(self.out, records, audit))  # card, share checks
         log.info(
             "%d samples in %s (manifest.csv, dataset.json%s)",
             summary["count"],
@@ -262,20 +295,41 @@ class VolumeCohort:
         return sorted(found, key=lambda r: r["index"])
 
     def to_source_units(self, volume: Any) -> np.ndarray:
-        """A volume (C, D, H, W) in [-1, 1] as written: ``(D, H, W)`` (``(D, H, W, C)``)."""
-        return to_source_units(volume, self.intensity, channels=self.meta.channels)
+        """A volume (C, D, H, W) in [-1, 1] as written: ``(D, H, W)`` (``(D, H, W, C)``); a joint
+        model's label channels are left out (:meth:`split`)."""
+        image, _ = self.split(volume)
+        return to_source_units(image, self.intensity, channels=image_channels(self.meta))
+
+    def split(self, volume: Any) -> tuple[Any, np.ndarray | None]:
+        """(image channels, decoded label map (D, H, W) or None) of a generated volume."""
+        return split_joint(volume, self.meta)
+
+    def write_index(self, records: Sequence[Mapping[str, Any]]) -> Path:
+        """Write the layout's ``dataset.json`` listing ``records``."""
+        if self.layout == Layout.NNUNET:
+            from medgen.imaging.layouts import write_nnunet_dataset
+
+            return write_nnunet_dataset(self.out, records, self.datalist_info())
+        return write_datalist(self.out, records, self.datalist_info())
 
     def write_sample(
         self, index: int, volume: Any, *, label: Any = None, extra: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Write sample ``index``: image, optional label map, then its sidecar (returned)."""
         out, name, s = self.out, sample_name(index), self.settings
-        data = self.to_source_units(volume)
+        files = sample_files(self.layout, name)
+        image_part, decoded = self.split(volume)
+        if label is None:
+            label = decoded
+        if label is None and self.layout == Layout.NNUNET:
+            raise ValueError(f"{name}: the nnU-Net layout needs a label map")
+        data = to_source_units(image_part, self.intensity, channels=image_channels(self.meta))
         description = f"medgen {self.name} seed {s.seed} {name}"
-        image = nifti_image(data, self.affine, description)
-        sha = save_nifti(image, out / IMAGES / f"{name}.nii.gz")
+        data = self.release.stamp(data)  # the voxel mark (medgen.marking.stamp_voxels)
+        image = self.release.mark(nifti_image(data, self.affine, description))
+        sha = save_nifti(image, out / files.image)
         record: dict[str, Any] = {
-            "file": f"{IMAGES}/{name}.nii.gz",
+            "file": files.image,
             "sha256": sha,
             "index": int(index),
             "sample_seed": sample_seed(s.seed, int(index)),
@@ -285,8 +339,9 @@ class VolumeCohort:
             "dtype": str(data.dtype),
             "modality": str(self.meta.modality),
             "units": self.units,
-            "channel_names": list(self.meta.channel_names),
+            "channel_names": list(self.meta.channel_names[: image_channels(self.meta)]),
             "value_range": [float(data.min()), float(data.max())],
+            "geometry": self.meta.geometry or {"note": UNRECORDED_GEOMETRY},
             "condition_name": self.condition_name,
             "training_config_hash": self.config_hash,
             "source": self.meta.source,
@@ -295,14 +350,14 @@ class VolumeCohort:
         }
         if label is not None:
             lab = label_array(label, data.shape[:3], name)
-            record["label"] = f"{LABELS}/{name}.nii.gz"
-            img = nifti_image(lab, self.affine, f"medgen labels {name}")
-            record["label_sha256"] = save_nifti(img, out / LABELS / f"{name}.nii.gz")
+            record["label"] = files.label
+            img = self.release.mark(nifti_image(lab, self.affine, f"medgen labels {name}"))
+            record["label_sha256"] = save_nifti(img, out / files.label)
         # provenance last so that its keys (time, version, commit) are never shadowed; its
         # config_hash (of no config) is dropped: training_config_hash is the one that matters
         prov = provenance(None, seed=s.seed)
         record.update({k: v for k, v in prov.items() if k != "config_hash"})
-        atomic_write_json(out / IMAGES / f"{name}.json", record)
+        atomic_write_json(out / files.sidecar, self.release.sidecar(record))
         return record
 
     def datalist_info(self) -> dict[str, Any]:
@@ -337,9 +392,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def sidecars(out: str | os.PathLike) -> dict[int, dict[str, Any]]:
-    """Readable sidecars under ``out/images`` keyed by sample index."""
+    """Readable sidecars under ``out/images`` (``out/imagesTr``: nnU-Net layout) keyed by sample
+    index."""
     found = {}
-    for path in sorted((Path(out) / IMAGES).glob("sample_*.json")):
+    paths = [p for sub in IMAGE_DIRS.values() for p in sorted((Path(out) / sub).glob("*.json"))]
+    for path in paths:
         if _SAMPLE_RE.match(path.name) and (record := read_json(path)) is not None:
             found[int(record.get("index", -1))] = record
     return found

@@ -97,6 +97,33 @@ def _intensity(kind: Any, lo: Any, hi: Any, lo_key: str, hi_key: str) -> Intensi
     return IntensityMapping(kind, lo, hi)
 
 
+def _window(kind: Any, preset: Any, lo: Any, hi: Any, lo_key: str, hi_key: str) -> IntensityMapping:
+    """:func:`_intensity`, where a ``ct_window`` takes bounds left None from the ``data.window``
+    preset (``soft`` [-1000, 1000], ``wide`` [-1024, 3071]); other kinds need both bounds."""
+    from medgen.imaging.intensity import WINDOWS, CTWindow
+
+    kind = _choice("intensity", kind, IntensityKind)
+    if kind == IntensityKind.CT_WINDOW:
+        default = WINDOWS[_choice("window", preset, CTWindow)]
+        lo = default[0] if lo is None else lo
+        hi = default[1] if hi is None else hi
+    for key, value in ((lo_key, lo), (hi_key, hi)):
+        if value is None:
+            raise ConfigError(f"data.{key}", None, f"a number: data.intensity={kind} needs it")
+    return _intensity(kind, lo, hi, lo_key, hi_key)
+
+
+def _joint(
+    meta: DataMeta, datasets: Sequence[ScanDataset | None], names: Sequence[str], encoding: Any
+) -> tuple[list[ScanDataset | None], DataMeta]:
+    """The datasets with their label maps appended as code channels, and their meta."""
+    from medgen.imaging.labels import JointLabels, LabelCodec, joint_meta
+
+    codec = LabelCodec(tuple(names), encoding)
+    wrapped = [None if d is None else JointLabels(d, codec) for d in datasets]
+    return wrapped, joint_meta(meta, codec)  # type: ignore[return-value]
+
+
 class ScanDataset(Protocol):
     """A map-style dataset of scan items (:mod:`medgen.imaging.sources`) with a length."""
 
@@ -250,6 +277,7 @@ def _meta(
     num_classes: int | None,
     class_names: list[str] | None,
     affine: Any = None,
+    geometry: dict[str, Any] | None = None,
 ) -> DataMeta:
     """The :class:`DataMeta` of one-channel scans; ``affine`` (4, 4) is a transformed training
     item's (its column norms give the spacing), else a phantom-style affine centred at 0 from
@@ -274,6 +302,7 @@ def _meta(
         channel_names=(modality.value.lower() if modality != Modality.OT else "image",),
         num_classes=num_classes or None,
         class_names=tuple(class_names) if class_names else None,
+        geometry=geometry,
     )
 
 
@@ -287,8 +316,14 @@ class PhantomDataModule(ScanDataModule):
             seeds ``seed + 1_000_000 + i``, test seeds ``seed + 2_000_000 + i`` (never
             overlapping for ``num_train`` and ``num_val`` below a million).
         noise_hu: CT noise SD in HU.
-        window_lo, window_hi: CT window in HU mapped to [-1, 1].
+        window: CT window preset, ``soft`` ([-1000, 1000] HU) or ``wide`` ([-1024, 3071] HU).
+        window_lo, window_hi: CT window in HU mapped to [-1, 1] (None: the preset's).
+        labels: generate each CT with its organ label map (code channels after the image,
+            :mod:`medgen.imaging.labels`; the phantom's label table, value 0 ``background``).
+        label_encoding: ``onehot`` (one channel per label) or ``bits``.
         cache: keep generated subjects in memory.
+        disk_cache: a folder where generated subjects are stored once and read back (by every
+            DataLoader worker), :mod:`medgen.imaging.phantom_cache`; None: none.
         batch_size, num_workers, limit, seed, pin_memory: see :class:`ScanDataModule`.
     """
 
@@ -301,12 +336,17 @@ class PhantomDataModule(ScanDataModule):
         num_val: int = 8,
         num_test: int = 8,
         noise_hu: float = 12.0,
-        window_lo: float = -1000.0,
-        window_hi: float = 1000.0,
+        window: str = "soft",
+        window_lo: float | None = None,
+        window_hi: float | None = None,
+        labels: bool = False,
+        label_encoding: str = "onehot",
         cache: bool = True,
+        disk_cache: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.disk_cache = None if disk_cache is None else str(disk_cache)
         size = list(_triple(size, "size", int, lo=16, hi=256))
         spacing = None if spacing is None else list(_triple(spacing, "spacing", float))
         self.size, self.spacing = resolve_geometry(size, spacing)
@@ -315,7 +355,16 @@ class PhantomDataModule(ScanDataModule):
         self.num_val = _int_arg("num_val", num_val, 0, gap)
         self.num_test = _int_arg("num_test", num_test, 0)
         self.noise_hu, self.cache = _number("noise_hu", noise_hu, least=0.0), bool(cache)
-        self.intensity = _intensity("ct_window", window_lo, window_hi, "window_lo", "window_hi")
+        self.intensity = _window(
+            "ct_window", window, window_lo, window_hi, "window_lo", "window_hi"
+        )
+        if not isinstance(labels, bool):
+            raise ConfigError("data.labels", labels, "true or false")
+        self.labels, self.label_encoding = labels, label_encoding
+        if labels:  # a bad encoding is named now, not at setup
+            from medgen.imaging.labels import LabelCodec
+
+            LabelCodec(("background", "x"), label_encoding)
 
     def build(self) -> Splits:
         from medgen.imaging.sources import PhantomDataset
@@ -332,6 +381,17 @@ class PhantomDataModule(ScanDataModule):
             PhantomDataset(seeds=self.split_seeds(split, count), **common)
             for split, count in counts.items()
         )
+        if self.disk_cache:  # generated once, then read (medgen.imaging.phantom_cache)
+            from medgen.imaging.phantom_cache import DiskCachedDataset
+
+            folder = self.disk_cache
+            train, val, test = (DiskCachedDataset(d, folder) for d in (train, val, test))  # type: ignore[assignment]
+        geometry = {
+            "affine_from": "the phantom grid",
+            "items": self.num_train,
+            "varies": False,
+            "note": "every phantom subject and exported sample shares one grid, centred at 0",
+        }
         meta = _meta(
             "phantom",
             self.size,
@@ -340,7 +400,15 @@ class PhantomDataModule(ScanDataModule):
             "CT",
             len(SIZE_CLASSES),
             list(SIZE_CLASSES),
+            geometry=geometry,
         )
+        if self.labels:
+            from medgen.imaging.labels import label_table
+            from medgen.imaging.phantom import LABEL_NAMES
+
+            names = list(label_table([LABEL_NAMES[k] for k in sorted(LABEL_NAMES)]).values())
+            sets, meta = _joint(meta, (train, val, test), names, self.label_encoding)
+            return Splits(sets[0], sets[1], sets[2], meta)  # type: ignore[arg-type]
         return Splits(train, val, test, meta)
 
     def split_seeds(self, split: str, count: int) -> list[int]:
@@ -356,13 +424,24 @@ class NiftiDataModule(ScanDataModule):
 
     Args:
         path: a folder of ``.nii``/``.nii.gz``, a glob, or a Decathlon-style datalist JSON.
-        labels: for a folder/glob, a folder with label maps of the same file names (optional).
+        labels: for a folder/glob, a folder with label maps of the same file names (optional);
+            ``true``: generate each image with its label map (``joint_labels=true``) from the
+            datalist's ``label`` entries.
+        joint_labels: generate the image and its label map together (code channels after the
+            image, :mod:`medgen.imaging.labels`); needs a label map per scan.
+        label_names: one name per label value 0..K-1 (None: the datalist's ``labels`` table).
+        label_encoding: ``onehot`` (one channel per label) or ``bits``.
         spatial_size: training shape (D, H, W) after resampling (one int or 3).
         spacing: target voxel size in mm (one or 3).
-        shape_mode: ``crop_pad`` (centre crop / pad with -1) or ``resize``.
+        shape_mode: ``crop_pad`` (centre crop / pad with -1; warns when body voxels are cut),
+            ``fit`` (crop to the body, shrink uniformly only if larger than the shape, pad) or
+            ``resize`` (interpolate to the shape, per axis).
         modality: ``CT`` or ``MR`` (recorded for export).
         intensity: ``ct_window`` (lo/hi HU), ``percentile`` (lo/hi in %) or ``minmax``.
-        intensity_lo, intensity_hi: bounds for ``intensity``.
+        window: ``ct_window`` preset for bounds left None: ``soft`` [-1000, 1000] HU or
+            ``wide`` [-1024, 3071] HU.
+        intensity_lo, intensity_hi: bounds for ``intensity`` (None: the window's for
+            ``ct_window``; required otherwise).
         val_fraction: share of the entries held out for validation when the datalist has no
             ``validation`` list (split reproducibly with ``seed``).
         test_fraction: share held out for ``test=true`` when the datalist has no ``test`` list
@@ -377,14 +456,18 @@ class NiftiDataModule(ScanDataModule):
         self,
         *,
         path: str,
-        labels: str | None = None,
+        labels: str | bool | None = None,
+        joint_labels: bool = False,
+        label_names: Sequence[str] | None = None,
+        label_encoding: str = "onehot",
         spatial_size: int | Sequence[int] = 64,
         spacing: float | Sequence[float] = 2.0,
         shape_mode: str = "crop_pad",
         modality: str = "CT",
         intensity: str = "ct_window",
-        intensity_lo: float = -1000.0,
-        intensity_hi: float = 1000.0,
+        window: str = "soft",
+        intensity_lo: float | None = None,
+        intensity_hi: float | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         cache: str = "none",
@@ -395,15 +478,25 @@ class NiftiDataModule(ScanDataModule):
         super().__init__(**kwargs)
         from medgen.imaging.transforms import ShapeMode
 
-        self.path, self.labels = str(path), (str(labels) if labels else None)
+        if not isinstance(joint_labels, bool):
+            raise ConfigError("data.joint_labels", joint_labels, "true or false")
+        self.joint_labels = joint_labels or labels is True
+        self.path = str(path)
+        self.labels = str(labels) if labels and not isinstance(labels, bool) else None
+        self.label_names = [str(n) for n in label_names] if label_names else None
+        self.label_encoding = label_encoding
+        if self.joint_labels:  # bad names or encoding are named now, not at setup
+            from medgen.imaging.labels import LabelCodec
+
+            LabelCodec(tuple(self.label_names or ("background", "x")), label_encoding)
         self.spatial_size = _triple(spatial_size, "spatial_size", int)
         self.spacing = _triple(spacing, "spacing", float)
         self.shape_mode = _choice("shape_mode", shape_mode, ShapeMode)
         if str(modality).upper() not in (Modality.CT, Modality.MR):
             raise ConfigError("data.modality", modality, "CT or MR")
         self.modality = Modality(str(modality).upper())
-        self.intensity = _intensity(
-            intensity, intensity_lo, intensity_hi, "intensity_lo", "intensity_hi"
+        self.intensity = _window(
+            intensity, window, intensity_lo, intensity_hi, "intensity_lo", "intensity_hi"
         )
         self.val_fraction = _number("val_fraction", val_fraction, least=0.0)
         self.test_fraction = _number("test_fraction", test_fraction, least=0.0)
@@ -472,6 +565,10 @@ class NiftiDataModule(ScanDataModule):
         classes = [e["class_label"] for e in entries + val + test if "class_label" in e]
         num_classes = max(classes) + 1 if classes else None
         names = self.class_names if num_classes else None
+        label_names = self.joint_label_names(entries) if self.joint_labels else None
+        if label_names is not None and test and "label" not in test[0]:
+            log.info("%s: the test list has no label maps; test=true is off", self.path)
+            test = []
         kw: dict[str, Any] = dict(cache=self.cache, cache_dir=self.cache_dir)
         tf = transforms(entries)
         train_ds, val_ds = NiftiDataset(train, tf, **kw), NiftiDataset(val, tf, **kw)
@@ -479,6 +576,9 @@ class NiftiDataModule(ScanDataModule):
         # the geometry of a transformed item (MONAI's MetaTensor tracks the affine through
         # orientation, resampling, resize and crop/pad): world origin and true voxel size
         first = train_ds[0] if len(train_ds) else val_ds[0]
+        from medgen.imaging.sources import geometry_record
+
+        scans = [e["image"] for e in (train or val)]
         meta = _meta(
             self.path,
             self.spatial_size,
@@ -488,8 +588,35 @@ class NiftiDataModule(ScanDataModule):
             num_classes,
             names,
             affine=first["affine"].numpy(),
+            geometry=geometry_record(first["source"], scans, spacing=self.spacing),
         )
+        if meta.geometry and meta.geometry["varies"]:
+            log.warning("%s: %s", self.path, meta.geometry["note"])
+        if label_names is not None:
+            sets, meta = _joint(meta, (train_ds, val_ds, test_ds), label_names, self.label_encoding)
+            return Splits(sets[0], sets[1], sets[2], meta)  # type: ignore[arg-type]
         return Splits(train_ds, val_ds, test_ds, meta)
+
+    def joint_label_names(self, entries: list[dict[str, Any]]) -> list[str]:
+        """The label names of ``joint_labels``: ``data.label_names``, else the datalist's
+        ``labels`` table; every training entry needs a label map."""
+        from medgen.imaging.sources import datalist_label_names
+
+        if not entries or "label" not in entries[0]:
+            raise ConfigError(
+                "data.joint_labels",
+                True,
+                f'false, or label maps for {self.path}: a datalist with "label" entries, or '
+                "data.labels=<folder> of maps with the scans' file names",
+            )
+        names = self.label_names or datalist_label_names(self.path)
+        if not names:
+            raise ConfigError(
+                "data.label_names",
+                None,
+                f'one name per label value 0..K-1 ({self.path} has no "labels" table)',
+            )
+        return names
 
     def no_test_hint(self) -> str:
         return 'give the datalist a "test" list, or set data.test_fraction > 0 (3+ scans)'

@@ -34,6 +34,7 @@ from medgen.imaging.samplers import (
     resolve_eta,
     resolve_sampler,
     resolve_settings,
+    resolve_shift,
     reverse_process,
 )
 from medgen.records import DataMeta, Sampler, SampleSettings
@@ -182,10 +183,16 @@ class DiffusionModule(pl.LightningModule):
         net = self.hparams["network"]
         for key in ("in_channels", "out_channels"):
             if key in net and int(net[key]) != meta.channels:
+                what = f"{list(meta.channel_names)}"
+                if meta.label_names:  # a joint image + label map: name the parts, not 16 names
+                    codes = meta.channels - len([n for n in meta.channel_names if ":" not in n])
+                    what = f"the image and {codes} label-map channels ({meta.label_encoding})"
                 raise ConfigError(
                     f"model.network.{key}",
                     net[key],
-                    f"{meta.channels}, the data's channel count ({list(meta.channel_names)})",
+                    f"{meta.channels}, the data's channel count ({what}): set "
+                    f"model.network.in_channels={meta.channels} "
+                    f"model.network.out_channels={meta.channels}",
                 )
         factor, size = parts.spatial_factor(net), list(meta.spatial_size)
         if any(s % factor for s in size):
@@ -318,6 +325,7 @@ class DiffusionModule(pl.LightningModule):
         use_ema: bool = True,
         generators: Sequence[torch.Generator] | None = None,
         progress: bool = False,
+        shift: float = 1.0,
     ) -> torch.Tensor:
         """Denoise ``x_T`` (B, C, D, H, W), the initial noise, into samples x_0 in [-1, 1].
 
@@ -325,10 +333,12 @@ class DiffusionModule(pl.LightningModule):
         (None: the sampler's default) and ``eta`` (None: 0 for ddim) are checked as
         :func:`~medgen.imaging.samplers.resolve_settings` does; ``class_labels`` (B,) ints for a
         class-conditional model (None: the null class); ``generators``: one per sample for the
-        per-step noise of stochastic samplers. See :func:`~medgen.imaging.samplers.reverse_process`.
+        per-step noise of stochastic samplers; ``shift``: the RFlow timestep shift (1.0: none).
+        See :func:`~medgen.imaging.samplers.reverse_process`.
         """
         sampler, steps = resolve_sampler(self.objective, sampler, steps, self.num_train_timesteps)
         eta = resolve_eta(sampler, eta)
+        shift = resolve_shift(self.objective, shift)
         y = self._class_labels(class_labels, x_T.shape[0], x_T.device)
         unet, ema = self.networks()
         net = ema.module if use_ema else unet
@@ -348,6 +358,7 @@ class DiffusionModule(pl.LightningModule):
                 guidance_scale=guidance_scale if class_labels is not None else 1.0,
                 generators=generators,
                 progress=progress,
+                shift=shift,
             )
         finally:
             net.train(was_training)
@@ -410,6 +421,7 @@ class DiffusionModule(pl.LightningModule):
             guidance_scale=s.guidance_scale,
             use_ema=s.use_ema,
             generators=gens,
+            shift=s.shift,
         )
         return Generated([int(i) for i in indices], x.float().cpu())
 

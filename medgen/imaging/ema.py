@@ -23,6 +23,9 @@ class EMA(nn.Module):
         decay: the decay once warmed up (e.g. 0.999).
     """
 
+    # a copy of weights counted already: not counted again in the run's parameter summary
+    weight_copy = True
+
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:

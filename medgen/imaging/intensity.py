@@ -34,6 +34,30 @@ class IntensityKind(StrEnum):
 
 KINDS = tuple(k.value for k in IntensityKind)
 
+
+class CTWindow(StrEnum):
+    """Named HU windows for ``ct_window`` (``data.window``)."""
+
+    # [-1000, 1000]: air to dense soft tissue; saturates cortical bone, contrast and metal
+    SOFT = "soft"
+    WIDE = "wide"  # [-1024, 3071]: the 12-bit CT range; keeps bone and most metal
+
+
+WINDOWS: dict[CTWindow, tuple[float, float]] = {
+    CTWindow.SOFT: (-1000.0, 1000.0),
+    CTWindow.WIDE: (-1024.0, 3071.0),
+}
+
+# HU bands for the round-trip report: name -> [lo, hi] HU (typical tissue ranges)
+HU_BANDS: dict[str, tuple[float, float]] = {
+    "air": (-1024.0, -950.0),
+    "lung": (-950.0, -500.0),
+    "fat": (-150.0, -50.0),
+    "soft_tissue": (-50.0, 100.0),
+    "bone": (300.0, 1900.0),
+    "metal": (2000.0, 3071.0),
+}
+
 ArrayLike = np.ndarray | torch.Tensor
 
 
@@ -139,3 +163,33 @@ class IntensityMapping:
         if unknown:
             raise UserError(f"unknown intensity mapping keys {sorted(unknown)} in {d}")
         return cls(**d)
+
+
+def roundtrip_error(
+    mapping: IntensityMapping,
+    bands: dict[str, tuple[float, float]] | None = None,
+    *,
+    step_hu: float = 0.5,
+) -> dict[str, dict[str, float]]:
+    """HU round-trip error of a ``ct_window`` mapping per band: every HU value of each band (in
+    ``step_hu`` steps) mapped to [-1, 1] (float32, as the model sees it), back to HU and written
+    as int16 (rounded), as export does.
+
+    Returns ``{band: {"mean_abs_hu", "max_abs_hu", "clipped_fraction"}}``; ``clipped_fraction``
+    is the share of the band outside the window (it comes back as the window's edge).
+    """
+    if mapping.kind != IntensityKind.CT_WINDOW:
+        raise UserError(f"roundtrip_error needs a ct_window mapping, got {mapping.kind}")
+    out: dict[str, dict[str, float]] = {}
+    for name, (lo, hi) in (bands or HU_BANDS).items():
+        hu = np.arange(lo, hi + step_hu / 2, step_hu, dtype=np.float64)
+        unit = np.asarray(mapping.to_unit(hu.astype(np.float32)), dtype=np.float32)
+        back = np.clip(np.rint(np.asarray(mapping.from_unit(unit))), -32768, 32767)
+        err = np.abs(back.astype(np.int16).astype(np.float64) - hu)
+        clipped = (hu < mapping.lo) | (hu > mapping.hi)
+        out[name] = {
+            "mean_abs_hu": float(err.mean()),
+            "max_abs_hu": float(err.max()),
+            "clipped_fraction": float(clipped.mean()),
+        }
+    return out

@@ -380,6 +380,90 @@ def read_datalist(
 Entries = list[dict[str, Any]]
 
 
+def datalist_label_names(path: str | os.PathLike) -> list[str] | None:
+    """The label table of a Decathlon datalist (``"labels": {"0": "background", ...}``, or
+    nnU-Net v2's ``{"background": 0, ...}``) as one name per value ``0..K-1``; None when the file
+    is not a datalist or has no table.
+
+    Raises :class:`InputFileError` when the table's keys are not the values ``0..K-1``.
+    """
+    p = Path(path).expanduser()
+    if not str(p).endswith(".json") or not p.is_file():
+        return None
+    try:
+        table = json.loads(p.read_text(encoding="utf-8")).get("labels")
+    except (OSError, ValueError, AttributeError):
+        return None  # read_datalist names what is wrong with the file
+    if not isinstance(table, dict) or not table:
+        return None
+    nnunet = all(isinstance(v, int) and not isinstance(v, bool) for v in table.values())
+    pairs = [(v, k) for k, v in table.items()] if nnunet else list(table.items())
+    try:
+        values = {int(k): str(v) for k, v in pairs}
+    except (TypeError, ValueError):
+        values = {}
+    if sorted(values) != list(range(len(table))):
+        raise InputFileError(
+            f'datalist {p}: "labels" must map the values 0..K-1 to names '
+            f'(e.g. {{"0": "background", "1": "liver"}}), got keys {sorted(table)}'
+        )
+    return [values[k] for k in range(len(values))]
+
+
+def header_box(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(centre (3,), extent (3,)) in RAS mm of a NIfTI volume's voxel box, from its header only:
+    the axis-aligned world box around the centres of the corner voxels (orientation-free)."""
+    import nibabel as nib
+
+    img: Any = nib.load(str(path))
+    shape = np.asarray(img.shape[:3], dtype=np.float64)
+    corners = np.array(np.meshgrid(*[[0.0, n - 1.0] for n in shape], indexing="ij"))
+    corners = corners.reshape(3, -1)
+    world = img.affine[:3, :3] @ corners + img.affine[:3, 3:4]  # (3, 8)
+    lo, hi = world.min(axis=1), world.max(axis=1)
+    # whole voxels: the corner centres plus half a voxel at each end, along each world axis
+    voxel = np.abs(img.affine[:3, :3]).sum(axis=1)
+    return (lo + hi) / 2.0, (hi - lo) + voxel
+
+
+def geometry_record(
+    first: str, paths: Sequence[str], *, spacing: Sequence[float]
+) -> dict[str, Any]:
+    """Where the export affine comes from and how the training scans' geometry varies.
+
+    ``first`` is the training item whose transformed affine every exported sample takes;
+    ``paths`` the training scans (headers are read, not voxels). ``varies`` is true when the
+    centres or fields of view spread by more than one target voxel (``spacing``, mm) along an
+    axis: then a sample's position is scan ``first``'s, not its own, which the ``note`` says.
+    """
+    boxes = [header_box(p) for p in paths]
+    centres = np.array([c for c, _ in boxes])
+    extents = np.array([e for _, e in boxes])
+    c_spread = centres.max(axis=0) - centres.min(axis=0)
+    e_spread = extents.max(axis=0) - extents.min(axis=0)
+    voxel = np.asarray([float(s) for s in spacing])
+    varies = bool(np.any(c_spread > voxel) or np.any(e_spread > voxel))
+    r = lambda a: [round(float(v), 3) for v in a]  # noqa: E731
+    note = (
+        f"every exported sample takes the affine of training item {first}; the "
+        f"{len(paths)} training scans' centres spread by {r(c_spread)} mm and their fields of "
+        f"view by {r(e_spread)} mm (RAS): a sample's position is that scan's, not its own"
+        if varies
+        else f"every exported sample takes the affine of training item {first}; the "
+        f"{len(paths)} training scans share one geometry (within a voxel)"
+    )
+    return {
+        "affine_from": str(first),
+        "items": len(paths),
+        "varies": varies,
+        "center_mm_min": r(centres.min(axis=0)),
+        "center_mm_max": r(centres.max(axis=0)),
+        "fov_mm_min": r(extents.min(axis=0)),
+        "fov_mm_max": r(extents.max(axis=0)),
+        "note": note,
+    }
+
+
 def split_entries(
     entries: Entries, *, val_fraction: float | None, seed: int, test_fraction: float = 0.0
 ) -> tuple[Entries, Entries, Entries]:

@@ -5,9 +5,13 @@ Pipeline (dictionary transforms on ``{"image": path, "label": path?, ...}``):
 ``EnsureChannelFirstd`` -> ``Orientationd("RAS")`` -> ``Spacingd`` (target mm;
 bilinear for images, nearest for labels) -> intensity mapping to [-1, 1]
 (``ScaleIntensityRanged``, or :class:`UnitIntensityd` for per-volume percentiles) -> crop/pad
-(``ResizeWithPadOrCropd``, padding with -1 = the bottom of the intensity range) or ``Resized`` to
+(``ResizeWithPadOrCropd``, padding with -1 = the bottom of the intensity range), :class:`FitBodyd`
+(crop to the body, shrink uniformly only if it is larger than the shape, pad) or ``Resized`` to
 the training shape -> :class:`ToScanItemd` (plain tensors: ``image`` (1, D, H, W) float32, ``label``
 (1, D, H, W) int64, ``affine`` (4, 4) float64 RAS mm, ``source`` path).
+
+CT body voxels are those above :data:`BODY_HU` (-500 HU); :class:`BodyCropCheckd` warns once per
+file when the centre crop removes some of them.
 """
 
 from __future__ import annotations
@@ -24,13 +28,22 @@ import torch
 from medgen.errors import ConfigError, InputFileError
 from medgen.imaging.intensity import IntensityMapping
 from medgen.imaging.sources import InputFileNotFound
+from medgen.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+BODY_HU = -500.0  # CT voxels above this are body (below: air and lung-like background)
+# files already warned about in this process (a warning per file, not per epoch)
+_WARNED: set[str] = set()
 
 
 class ShapeMode(StrEnum):
     """How a resampled scan is brought to the training shape."""
 
     CROP_PAD = "crop_pad"  # centre crop / pad with -1 (the bottom of the intensity range)
-    RESIZE = "resize"  # interpolate to the shape (changes the voxel size)
+    RESIZE = "resize"  # interpolate to the shape (changes the voxel size, per axis)
+    # crop to the body, shrink uniformly (aspect kept) only when it is larger than the shape, pad
+    FIT = "fit"
 
 
 SHAPE_MODES = tuple(m.value for m in ShapeMode)
@@ -104,6 +117,125 @@ class ToScanItemd:
         return item
 
 
+def body_threshold(intensity: IntensityMapping) -> float | None:
+    """:data:`BODY_HU` in the model's [-1, 1] for a CT window that reaches below it, else None
+    (MR, percentile scaling: no HU to tell body from air)."""
+    if intensity.kind != "ct_window" or intensity.lo >= BODY_HU:
+        return None
+    return float(np.asarray(intensity.to_unit(np.array([BODY_HU], dtype=np.float32)))[0])
+
+
+def _source(data: Mapping[Hashable, Any], key: str = "image") -> str:
+    meta = getattr(data[key], "meta", None) or {}
+    return str(meta.get("filename_or_obj") or data.get("source", "?"))
+
+
+def _body_box(image: Any, threshold: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """(start, stop) voxel indices of the body's bounding box in a (1, D, H, W) image."""
+    mask = np.asarray(image)[0] > threshold
+    if not mask.any():
+        return None
+    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    return np.array([i[0] for i in idx]), np.array([i[-1] + 1 for i in idx])
+
+
+class BodyCropCheckd:
+    """Centre pad/crop to ``spatial_size`` (MONAI ``ResizeWithPadOrCropd``: images padded with
+    -1, labels with 0) and warn once per file when the crop removes body voxels (above
+    ``threshold`` in [-1, 1], i.e. :data:`BODY_HU`), naming the file, the share lost and a
+    spacing that would fit the body."""
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        spatial_size: Sequence[int],
+        spacing: Sequence[float],
+        threshold: float | None,
+    ) -> None:
+        from monai.transforms import ResizeWithPadOrCropd
+
+        self.size = tuple(int(s) for s in spatial_size)
+        self.spacing, self.threshold = tuple(float(s) for s in spacing), threshold
+        self.crops = [
+            ResizeWithPadOrCropd(keys=k, spatial_size=self.size, value=-1.0 if k == "image" else 0)
+            for k in keys
+        ]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
+        before = None
+        if self.threshold is not None:
+            before = int((np.asarray(data["image"]) > self.threshold).sum())
+        out = data
+        for crop in self.crops:
+            out = crop(out)
+        if before:
+            after = int((np.asarray(out["image"]) > self.threshold).sum())
+            self.warn(data, (before - after) / before)
+        return out
+
+    def warn(self, data: Mapping[Hashable, Any], lost: float) -> None:
+        source = _source(data)
+        if lost <= 0.0 or source in _WARNED:
+            return
+        _WARNED.add(source)
+        box = _body_box(data["image"], float(self.threshold or 0.0))
+        fits = ""
+        if box is not None:
+            extent = (box[1] - box[0]) * np.asarray(self.spacing)  # mm
+            need = float(np.max(extent / np.asarray(self.size)))
+            fits = f" (a spacing of {need:.2f} mm fits its body)"
+        log.warning(
+            "data: the centre crop to %s voxels at %s mm removes %.1f%% of the body voxels "
+            "(HU > %g) of %s; raise data.spatial_size or data.spacing%s, or set "
+            "data.shape_mode=fit",
+            list(self.size),
+            list(self.spacing),
+            100.0 * lost,
+            BODY_HU,
+            source,
+            fits,
+        )
+
+
+class FitBodyd:
+    """Bring a resampled scan to ``spatial_size`` keeping its aspect: crop to the body's box
+    (above ``threshold``; the whole volume when there is none), shrink it by one factor on every
+    axis only when the box is larger than the shape (MONAI ``Spacingd``: the voxel size grows by
+    that factor, recorded in the affine), then centre pad (images -1, labels 0).
+
+    Unlike ``resize`` no axis is stretched, and unlike ``crop_pad`` no body voxel is cut off; a
+    scan that fits keeps the target spacing exactly.
+    """
+
+    def __init__(self, keys: Sequence[str], spatial_size: Sequence[int], threshold: float | None):
+        self.keys = list(keys)
+        self.size = np.asarray([int(s) for s in spatial_size])
+        self.threshold = threshold
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai.transforms import ResizeWithPadOrCropd, Spacingd, SpatialCropd
+
+        out = dict(data)
+        image = out["image"]
+        threshold = self.threshold if self.threshold is not None else -1.0 + 1e-6
+        box = _body_box(image, threshold)
+        if box is not None:
+            crop = SpatialCropd(keys=self.keys, roi_start=box[0].tolist(), roi_end=box[1].tolist())
+            out = dict(crop(out))
+        extent = np.asarray(out["image"].shape[1:])
+        factor = float(np.max(extent / self.size))
+        if factor > 1.0:
+            spacing = np.linalg.norm(np.asarray(out["image"].affine)[:3, :3], axis=0) * factor
+            modes = ["bilinear" if k == "image" else "nearest" for k in self.keys]
+            out = dict(Spacingd(keys=self.keys, pixdim=tuple(spacing), mode=modes)(out))
+        for k in self.keys:
+            pad = ResizeWithPadOrCropd(
+                keys=k, spatial_size=tuple(self.size), value=-1.0 if k == "image" else 0
+            )
+            out = dict(pad(out))
+        return out
+
+
 def build_nifti_transforms(
     *,
     spatial_size: Sequence[int],
@@ -119,12 +251,13 @@ def build_nifti_transforms(
         LoadImaged,
         Orientationd,
         Resized,
-        ResizeWithPadOrCropd,
         Spacingd,
         Transform,
     )
 
-    Transform.register(FiniteCheckd)  # MONAI caches up to the first non-Transform: go past it
+    # MONAI caches up to the first non-Transform: go past these (all deterministic)
+    for cls in (FiniteCheckd, BodyCropCheckd, FitBodyd):
+        Transform.register(cls)
 
     if shape_mode not in SHAPE_MODES:
         raise ConfigError("data.shape_mode", shape_mode, f"one of {', '.join(SHAPE_MODES)}")
@@ -141,10 +274,11 @@ def build_nifti_transforms(
         else intensity.monai_transform("image"),
     ]
     size = tuple(int(s) for s in spatial_size)
+    threshold = body_threshold(intensity)
     if shape_mode == "crop_pad":
-        transforms.append(ResizeWithPadOrCropd(keys="image", spatial_size=size, value=-1.0))
-        if with_label:
-            transforms.append(ResizeWithPadOrCropd(keys="label", spatial_size=size, value=0))
+        transforms.append(BodyCropCheckd(keys, size, spacing, threshold))
+    elif shape_mode == "fit":
+        transforms.append(FitBodyd(keys, size, threshold))
     else:
         transforms.append(
             Resized(keys=keys, spatial_size=size, mode=("trilinear", "nearest")[: len(keys)])

@@ -78,15 +78,19 @@ def save_slice_grid(
     vmax: float = 1.0,
     titles: Sequence[str] | None = None,
     scale: float = 2.0,
+    caption: str | None = None,
 ) -> Path:
     """Write a PNG of orthogonal mid-slices (one row per volume) atomically; return the path.
+    Each column is headed by its view's name (:data:`VIEWS`).
 
     Args:
         volumes: (B, 1, D, H, W) or (B, D, H, W) tensor/array, or a list of (D, H, W) volumes.
         path: output ``.png`` file.
         vmin, vmax: intensity window shown black..white (default the model range [-1, 1]).
-        titles: optional row titles (one per volume).
+        titles: optional row titles (one per volume, e.g. the sample ids).
         scale: figure inches per 32 pixels of the grid.
+        caption: a line under the grid (e.g. the window in HU); None: the window itself when it
+            is not the model range (``black..white: -1000..1000 (the files' units)``).
     """
     import matplotlib
 
@@ -96,14 +100,29 @@ def save_slice_grid(
     vols = _as_volumes(volumes)
     grid = slice_grid(vols, vmin=vmin, vmax=vmax)
     h, w = grid.shape
-    fig = Figure(figsize=(max(2.0, w / 32 * scale), max(2.0, h / 32 * scale)), dpi=100)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    if caption is None and (vmin, vmax) != (-1.0, 1.0):
+        caption = f"black..white: {vmin:g}..{vmax:g} (the files' units)"
+    # text bands above (view names) and below (caption), in inches, so no label covers a slice
+    width_in, height_in = max(3.0, w / 32 * scale), max(2.0, h / 32 * scale)
+    top, bottom = 0.25, 0.25 if caption else 0.0
+    fig = Figure(figsize=(width_in, height_in + top + bottom), dpi=100, facecolor="black")
+    total = height_in + top + bottom
+    ax = fig.add_axes((0, bottom / total, 1, height_in / total))
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
+    left = 0
+    for name, tile in zip(VIEWS, mid_slices(vols[0]), strict=True):
+        ax.text(left + tile.shape[1] / 2, -1, name, color="white", fontsize=9, ha="center",
+                va="bottom", clip_on=False)  # fmt: skip
+        left += tile.shape[1] + 1
     if titles:
         row_h = h / len(vols)
+        box = {"facecolor": "black", "alpha": 0.6, "pad": 1.5, "edgecolor": "none"}
         for i, title in enumerate(titles[: len(vols)]):
-            ax.text(1, i * row_h + 1, str(title), color="yellow", fontsize=7, va="top")
+            ax.text(1, i * row_h + 1, str(title), color="yellow", fontsize=8, va="top", bbox=box)
+    if caption:
+        fig.text(0.5, bottom / total / 2, caption, color="white", fontsize=8, ha="center",
+                 va="center")  # fmt: skip
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -129,11 +148,40 @@ def write_preview(
             f"expected volumes (B, {meta.channels}, D, H, W) for {list(meta.channel_names)}, "
             f"got {tuple(x.shape)}"
         )
-    rows = [x[b, c].numpy() for b in range(x.shape[0]) for c in range(x.shape[1])]
     names = [str(t) for t in titles] if titles else [f"sample {b}" for b in range(x.shape[0])]
+    caption = window_caption(meta)
+    if meta.label_names:  # a joint image + label model: the image, then its decoded label map
+        from medgen.imaging.labels import split_joint
+
+        rows, labels = [], []
+        k = max(1, len(meta.label_names) - 1)
+        for b in range(x.shape[0]):
+            image, label = split_joint(x[b], meta)
+            for c in range(image.shape[0]):
+                rows.append(image[c].numpy())
+                labels.append(f"{names[b]} {meta.channel_names[c]}")
+            rows.append(np.asarray(label, dtype=np.float32) / k * 2.0 - 1.0)  # 0..K-1 -> [-1, 1]
+            labels.append(f"{names[b]} labels")
+        return save_slice_grid(rows, path, titles=labels, caption=caption)
+    rows = [x[b, c].numpy() for b in range(x.shape[0]) for c in range(x.shape[1])]
     labels = [
         names[b] + (f" {meta.channel_names[c]}" if meta.channels > 1 else "")
         for b in range(x.shape[0])
         for c in range(x.shape[1])
     ]
-    return save_slice_grid(rows, path, titles=labels if titles or meta.channels > 1 else None)
+    return save_slice_grid(
+        rows, path, titles=labels if titles or meta.channels > 1 else None, caption=caption
+    )
+
+
+def window_caption(meta: DataMeta) -> str | None:
+    """What black..white shows: the model range [-1, 1] in the data's units, e.g.
+    ``black..white: -1000..1000 HU (ct_window)``; None when the data has no intensity mapping."""
+    from medgen.imaging.intensity import IntensityMapping
+
+    if not meta.intensity:
+        return None
+    mapping = IntensityMapping.from_dict(dict(meta.intensity))
+    lo, hi = mapping.output_range()
+    unit = "HU" if mapping.units == "HU" else "source units"
+    return f"black..white: {lo:g}..{hi:g} {unit} ({mapping.kind.value})"

@@ -2,7 +2,10 @@
 
 :class:`MoleculeSampling` runs after each validation epoch: held-out reconstruction accuracy and
 prior samples scored with the MOSES definitions (:mod:`medgen.chem.metrics`), plus a grid of them
-in the run dir. ``conf/model/graph_vae.yaml`` adds it (``callbacks.molecule_sampling``), so every
+in the run dir. When training starts it records the training set in the run dir
+(``train_set.npz``: keys of the training SMILES, a description without paths, properties of a
+sample; :mod:`medgen.molecules.release`), which ``medgen sample`` uses for novelty and
+``novel_only``. ``conf/model/graph_vae.yaml`` adds it (``callbacks.molecule_sampling``), so every
 molecule model gets it and no other model does.
 """
 
@@ -27,10 +30,12 @@ _LIMITS = {k: {"ge": 0} for k in ("n_samples", "grid_size", "n_recon", "seed")}
 class MoleculeSampling(Callback):
     """Validation-time sampling checks of a graph VAE (skipped during the sanity check).
 
-    Logs ``val/recon_accuracy`` (greedy decodes of the posterior means of the first ``n_recon``
-    molecules of the fixed validation split: molecules never trained on), and ``val/validity``,
-    ``val/uniqueness``, ``val/novelty`` (against the training split) and ``val/heavy_atoms`` of
-    ``n_samples`` molecules drawn from the prior with ``seed`` (fixed, so epochs are compared on the
+    Logs ``val/recon_exact`` (share of exact reconstructions: greedy decodes of the posterior means
+    of the first ``n_recon`` molecules of the fixed validation split, molecules never trained on),
+    and ``val/validity``, ``val/uniqueness``, ``val/novelty`` (against the training split),
+    ``val/filters`` (share of valid samples passing the MOSES filters,
+    :func:`medgen.chem.alerts.moses_filters_pass`) and ``val/heavy_atoms`` of ``n_samples``
+    molecules drawn from the prior with ``seed`` (fixed, so epochs are compared on the
     same latents; the same values on every rank). Rank 0 writes ``molecules/epoch_<NNN>.smi`` and a
     PNG grid of the first ``grid_size`` valid ones into the run dir, and sends the grid to loggers
     that take images (TensorBoard).
@@ -38,7 +43,7 @@ class MoleculeSampling(Callback):
     Args:
         n_samples: prior samples per validation epoch (0: none).
         grid_size: molecules drawn in the grid.
-        n_recon: validation molecules encoded and decoded for ``val/recon_accuracy`` (0: none).
+        n_recon: validation molecules encoded and decoded for ``val/recon_exact`` (0: none).
         seed: seed of the prior samples.
     """
 
@@ -60,6 +65,21 @@ class MoleculeSampling(Callback):
             )
         self._train_smiles = None  # read once the module has settled the data's vocabulary
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Rank 0 writes ``train_set.npz`` into the run dir (after the data's ``setup`` and the
+        module's vocabulary: the training split as the model sees it)."""
+        dm: Any = getattr(trainer, "datamodule", None)
+        if not trainer.is_global_zero or not hasattr(dm, "train_smiles"):
+            return
+        from medgen.molecules.release import TRAIN_SET_FILE, TrainingSet, data_description
+
+        keys = ("seed", "val_fraction", "test_fraction", "limit", "max_atoms")
+        split = {k: getattr(dm, k, None) for k in keys}
+        described = data_description(getattr(dm, "path", None), **split)
+        path = Path(trainer.default_root_dir) / TRAIN_SET_FILE
+        TrainingSet.from_smiles(dm.train_smiles(), described).save(path)
+        log.info("training set recorded in %s", path)
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
@@ -73,7 +93,7 @@ class MoleculeSampling(Callback):
         k = min(self.n_recon, len(val_set) if val_set else 0)
         if k > 0:
             batch = collate_graphs([val_set[i] for i in range(k)]).to(pl_module.device)
-            pl_module.log("val/recon_accuracy", reconstruction_accuracy(vae, vocab, batch))
+            pl_module.log("val/recon_exact", reconstruction_accuracy(vae, vocab, batch))
         if self.n_samples <= 0:
             return
         if self._train_smiles is None:
@@ -84,6 +104,7 @@ class MoleculeSampling(Callback):
             "val/validity": fraction_valid(smiles),
             "val/uniqueness": fraction_unique(smiles),
             "val/novelty": novelty(smiles, self._train_smiles),
+            "val/filters": _filters_pass(valid),
             "val/heavy_atoms": _mean_atoms(valid),
         }
         for key, value in metrics.items():
@@ -110,6 +131,15 @@ class MoleculeSampling(Callback):
             if hasattr(experiment, "add_image"):
                 array = np.asarray(image.convert("RGB"))
                 experiment.add_image("val/molecules", array, trainer.global_step, dataformats="HWC")
+
+
+def _filters_pass(smiles: list[str]) -> float:
+    """Share of parsable SMILES passing the MOSES filters (0.0 for none)."""
+    from medgen.chem.alerts import moses_filters_pass
+    from medgen.chem.mol import parse_smiles
+
+    mols = [m for m in map(parse_smiles, smiles) if m is not None]
+    return sum(moses_filters_pass(m) for m in mols) / max(1, len(mols))
 
 
 def _mean_atoms(smiles: list[str]) -> float:

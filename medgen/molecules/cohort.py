@@ -2,9 +2,12 @@
 
 Layout for ``out = mols.csv``::
 
-    mols.csv                  index, seed, smiles, valid: one row per molecule 0..n-1, in order
+    mols.csv                  index, seed, smiles, valid, dualuse_alerts: one row per molecule
+                              0..n-1, in order, after the ``# medgen-synthetic`` mark lines
     mols.csv.json             sidecar: checkpoint sha256, seed, temperature, n, validity,
-                              uniqueness, provenance (written after mols.csv: it marks it complete)
+                              uniqueness, memorization, dual-use counts, the mark, provenance
+                              (written last: it marks mols.csv complete)
+    mols.CARD.md, .card.json  the molecule card (:mod:`medgen.molecules.release`)
     mols.csv.png              grid of the first valid molecules (``preview=true``)
     .mols.csv.parts/          while sampling: plan.json (the settings) and one JSON part per batch,
                               part-r<rank>-<first index>.json, each written atomically
@@ -15,6 +18,13 @@ resumes: the parts already written are kept and only the missing molecules are d
 ``out`` draws nothing). Other settings are refused (:class:`~medgen.errors.OutputExistsError`
 naming what changed) unless ``overwrite=true``. :meth:`MoleculeCohort.finalize` merges the parts
 in index order through :class:`medgen.chem.io.MoleculeWriter` (atomically) and removes them.
+
+Release (:mod:`medgen.molecules.release`, ``docs/release.md``): the file carries the synthetic
+mark (:mod:`medgen.marking`); training copies are counted against the checkpoint's training set
+or, with ``novel_only``, dropped (the rows are then the first ``n`` novel molecules of the index
+stream and keep their stream index); every molecule is screened for dual-use alerts
+(:mod:`medgen.chem.dualuse`) unless ``dualuse=false``; with ``share`` the sidecar and the card
+name no path or host.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ from typing import Any
 
 from medgen.errors import ConfigError, MissingFileError, OutputExistsError, UserError
 from medgen.generation import Generated
+from medgen.marking import release_options
+from medgen.molecules.release import molecule_options
 from medgen.records import SampleSettings
 from medgen.utils.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
 from medgen.utils.logging import get_logger
@@ -39,6 +51,7 @@ COLUMNS = ["index", "seed", "smiles", "valid"]
 PLAN = "plan.json"
 PREVIEW_SIZE = 24  # molecules in the preview grid
 _CHUNK = 10_000  # rows per MoleculeWriter chunk
+_DRAW_BATCH = 1000  # novel_only: molecules per extra draw
 
 
 class MoleculeCohort:
@@ -48,9 +61,17 @@ class MoleculeCohort:
         out: the ``.csv`` or ``.sdf`` file to write (its folder must exist).
         settings: resolved sampling settings (``seed`` and ``temperature`` are used).
         checkpoint: the checkpoint file the molecules come from (its sha256 is recorded).
+        generator: the generator that draws them (``novel_only`` draws more at finalize; None:
+            loaded from ``checkpoint`` when needed).
     """
 
-    def __init__(self, out: str | os.PathLike, settings: SampleSettings, checkpoint: Path):
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        settings: SampleSettings,
+        checkpoint: Path,
+        generator: Any = None,
+    ):
         out = Path(out).expanduser()
         if out.is_dir() or not out.name.lower().endswith(SUFFIXES):
             raise ConfigError("out", str(out), "a .csv or .sdf file for a molecule model")
@@ -65,6 +86,8 @@ class MoleculeCohort:
         self.parts = out.with_name(f".{out.name}.parts")
         self.n: int | None = None
         self._fresh = False  # overwrite=true: what out and its parts hold does not count
+        self.options = molecule_options(settings)
+        self._generator: Any = generator  # novel_only's extra draws
 
     # ------------------------------------------------------------------------------ identity
     def identity(self, n: int | None = None) -> dict[str, Any]:
@@ -72,12 +95,20 @@ class MoleculeCohort:
         n = self.n if n is None else n
         if n is None:
             raise RuntimeError("MoleculeCohort.check(n) must run first")
-        return {
+        record: dict[str, Any] = {
             "checkpoint_sha256": self.checkpoint_sha256,
             "seed": int(self.settings.seed),
             "temperature": float(self.settings.temperature),
             "n": int(n),
         }
+        # release settings that change the file; defaults stay out (older outputs still match)
+        if self.options.novel_only:
+            record["novel_only"] = True
+        if not self.options.dualuse:
+            record["dualuse"] = False
+        if release_options(self.settings).share:
+            record["share"] = True
+        return record
 
     def check(self, n: int, *, overwrite: bool) -> None:
         """Refuse an ``out`` (or unfinished parts) made with other settings unless ``overwrite``.
@@ -137,8 +168,30 @@ class MoleculeCohort:
                 f"{self.parts} lacks {len(missing)} molecule(s) (first: {missing[:5]}); "
                 "rerun the same command to draw them"
             )
-        smiles = [found[i] for i in range(n)]
-        self._write_file(smiles)
+        from medgen.chem.dualuse import counts_from_column, dualuse_column
+        from medgen.marking import assert_shareable
+        from medgen.marking import provenance as marking_record
+        from medgen.molecules.release import (
+            molecule_card,
+            novelty_report,
+            property_comparison,
+            public_settings,
+            select,
+            write_molecule_card,
+        )
+
+        share = release_options(self.settings).share
+        train, reason = self._training_set()
+        chosen = select(found, n, train=train, novel_only=self.options.novel_only,
+                        draw=self._draw_more, batch_size=_DRAW_BATCH)  # fmt: skip
+        smiles = chosen.smiles
+        alerts = dualuse_column(smiles) if self.options.dualuse else None
+        mark = marking_record(
+            "molecules", checkpoint_sha256=self.checkpoint_sha256,
+            generator=self._generator_path(), settings=public_settings(self.settings),
+            extra={"n": n},
+        )  # fmt: skip
+        self._write_file(chosen.indices, smiles, alerts, mark)
         summary: dict[str, Any] = {
             "out": str(self.out),
             "n": n,
@@ -148,38 +201,107 @@ class MoleculeCohort:
             "uniqueness": fraction_unique(smiles),
             "checkpoint": str(self.checkpoint),
             "checkpoint_sha256": self.checkpoint_sha256,
+            **self.identity(n),
         }
+        memo = novelty_report(chosen, train, novel_only=self.options.novel_only, reason=reason)
+        summary["memorization"] = memo
+        if alerts is not None:
+            summary["dualuse"] = counts_from_column(alerts).to_dict()
         if preview and (image := molecule_grid([s for s in smiles if s], PREVIEW_SIZE)):
             save_png(image, self.preview)
             summary["preview"] = str(self.preview)
-        settings = self.settings.to_dict()  # config_hash: of these settings
-        record = provenance(settings, seed=summary["seed"], sample_settings=settings)
-        atomic_write_json(self.sidecar, {**summary, "provenance": record})
+        card = molecule_card(
+            file_name=self.out.name, marking=mark, summary=summary, train=train,
+            properties=property_comparison(smiles, train), dualuse=summary.get("dualuse"),
+        )  # fmt: skip
+        md, _ = write_molecule_card(self.out, card, share=share)
+        summary["card"] = str(md)
+        if share:  # file names only, the mark instead of the local provenance (host, commit)
+            sidecar = {k: v for k, v in summary.items() if k != "checkpoint"}
+            sidecar.update({k: Path(summary[k]).name for k in ("out", "preview", "card")
+                            if k in summary})  # fmt: skip
+            sidecar["marking"] = mark
+            assert_shareable(sidecar, f"{self.sidecar}")
+        else:
+            settings = self.settings.to_dict()  # config_hash: of these settings
+            record = provenance(settings, seed=summary["seed"], sample_settings=settings)
+            sidecar = {**summary, "marking": mark, "provenance": record}
+        atomic_write_json(self.sidecar, sidecar)
         shutil.rmtree(self.parts, ignore_errors=True)
         log.info(
-            "wrote %d molecules to %s (validity %.3f, uniqueness %.3f)",
-            n, self.out, summary["validity"], summary["uniqueness"],
+            "wrote %d molecules to %s (validity %.3f, uniqueness %.3f, novelty %s, dual-use "
+            "alerts %s)", n, self.out, summary["validity"], summary["uniqueness"],
+            memo.get("novelty"), summary.get("dualuse", {}).get("flagged", "off"),
         )  # fmt: skip
+        if self.options.novel_only:
+            log.info("novel_only: %d training copies dropped", chosen.copies)
         return summary
 
-    def _write_file(self, smiles: list[str | None]) -> None:
+    def _training_set(self) -> tuple[Any, str | None]:
+        """``(TrainingSet or None, why none)``; with ``novel_only`` a missing one is an error."""
+        from medgen.molecules.release import find_training_set, require_training_set
+
+        try:
+            train = find_training_set(self.checkpoint, self.options.train_smiles)
+        except (UserError, OSError) as err:
+            if self.options.novel_only:
+                raise
+            log.warning("no novelty report: the training set is unreadable: %s", err)
+            return None, f"training set unreadable ({type(err).__name__})"
+        if train is None:
+            if self.options.novel_only:
+                require_training_set(self.checkpoint, self.options.train_smiles)  # raises
+            log.info("no novelty report: no training-set record beside %s", self.checkpoint)
+            return None, "no training-set record in the checkpoint's run dir"
+        return train, None
+
+    def _draw_more(self, indices: list[int]) -> dict[int, str | None]:
+        """novel_only: draw molecules ``indices`` (>= n) here, keeping them as parts (resume)."""
+        from medgen.generation import load_generator
+
+        if self._generator is None:
+            self._generator, _ = load_generator(self.checkpoint)
+        batch = self._generator.generate(indices, self.settings)
+        self.write(batch, rank=0, world_size=1)
+        return dict(zip(batch.indices, batch.items, strict=True))
+
+    def _generator_path(self) -> str:
+        """The generator's class path, as its checkpoint records it."""
+        from medgen.generation import module_path
+        from medgen.utils.checkpoint import load_checkpoint
+
+        named = release_options(self.settings).generator
+        if named is None and self._generator is not None:
+            named = f"{type(self._generator).__module__}.{type(self._generator).__qualname__}"
+        return named or module_path(load_checkpoint(self.checkpoint)) or "unknown"
+
+    def _write_file(
+        self,
+        indices: list[int],
+        smiles: list[str | None],
+        alerts: list[str | None] | None,
+        mark: dict[str, Any],
+    ) -> None:
         import pandas as pd
 
+        from medgen.chem.dualuse import COLUMN
         from medgen.chem.io import MoleculeWriter
 
         n, seed = len(smiles), int(self.settings.seed)
         frame = pd.DataFrame(
             {
-                "index": range(n),
+                "index": indices,
                 "seed": [seed] * n,
                 "smiles": [s or "" for s in smiles],
                 "valid": [s is not None for s in smiles],
             },
             columns=COLUMNS,
         )
+        if alerts is not None:
+            frame[COLUMN] = [a or "" for a in alerts]
         if self.out.name.lower().endswith(".sdf"):  # the record title; invalid rows are left out
-            frame["name"] = [f"sample_{i:06d}" for i in range(n)]
-        with MoleculeWriter(self.out) as writer:
+            frame["name"] = [f"sample_{i:06d}" for i in indices]
+        with MoleculeWriter(self.out, mark=mark) as writer:
             for lo in range(0, max(n, 1), _CHUNK):
                 writer.write(frame.iloc[lo : lo + _CHUNK])
 

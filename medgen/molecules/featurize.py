@@ -1,12 +1,13 @@
-"""SMILES sources -> featurized molecular graphs, cached next to the source.
+"""SMILES sources -> featurized molecular graphs, cached in medgen's cache folder.
 
 Sources are read with :func:`medgen.chem.io.read_molecules`: ``.smi``, ``.csv``/``.tsv`` (SMILES
 column named or detected; numeric columns are kept as properties), ``.sdf``, gzipped or not. With
 ``path=None`` the embedded sample of MOSES train is used (see ``resources/README.md``).
 
-Featurized graphs are cached with ``torch.save`` next to the source
-(``<source>.graphs-<key>.pt``), or in ``cache_dir`` (default ``$MEDGEN_CACHE_DIR`` or
-``~/.cache/medgen/graphs``) when the source's folder is read-only or inside the medgen package.
+Featurized graphs are cached with ``torch.save`` as ``<cache_dir>/<source name>.graphs-<key>.pt``
+(``cache_dir``: ``paths.cache_dir``/graphs under ``medgen train``; default
+``$MEDGEN_CACHE_DIR/graphs`` or ``~/.cache/medgen/graphs``), never beside the source, whose folder
+may be read-only.
 The key covers the file's path, size and mtime, the featurizer version and ``limit``.
 
 Rows RDKit cannot parse or a graph cannot hold (several fragments, dummy atoms, bonds that stay
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from medgen.molecules.graph import MolGraph
+from medgen.utils.cache import cache_folder
 from medgen.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -42,9 +44,8 @@ _CHUNK = 4096
 
 
 def default_cache_dir() -> Path:
-    """``$MEDGEN_CACHE_DIR/graphs`` or ``~/.cache/medgen/graphs``."""
-    root = os.environ.get("MEDGEN_CACHE_DIR") or Path.home() / ".cache" / "medgen"
-    return Path(root) / "graphs"
+    """``$MEDGEN_CACHE_DIR/graphs`` or ``~/.cache/medgen/graphs`` (:mod:`medgen.utils.cache`)."""
+    return cache_folder("graphs")
 
 
 @dataclass
@@ -199,10 +200,8 @@ def cache_file(path: Path, limit: int | None, cache_dir: str | os.PathLike | Non
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|v{FEATURIZER_VERSION}|{limit}"
     name = f"{path.name}.graphs-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
-    inside_package = Path(__file__).resolve().parents[1] in path.resolve().parents
-    if not inside_package and os.access(path.parent, os.W_OK):
-        return path.parent / name
-    return Path(cache_dir) / name if cache_dir else default_cache_dir() / name
+    # never beside the source: a data folder may be read-only, shared or under version control
+    return cache_folder("graphs", folder=cache_dir) / name
 
 
 def load_source(

@@ -28,7 +28,7 @@ from medgen.errors import ConfigError, InputFileError, UserError
 from medgen.generation import Generated, Output
 from medgen.molecules.graph import GraphBatch, Vocabulary
 from medgen.molecules.sampling import decode_indices
-from medgen.molecules.vae import GraphVAE, check_temperature
+from medgen.molecules.vae import DECODERS, GraphVAE, check_temperature
 from medgen.records import SampleSettings
 from medgen.utils.logging import get_logger
 from medgen.utils.validate import check_arguments, check_value
@@ -41,16 +41,20 @@ log = get_logger(__name__)
 KIND = "graph_vae"
 NETWORK_TARGET = "medgen.molecules.vae.GraphVAE"
 NETWORK = {"_target_": NETWORK_TARGET, "latent_dim": 56, "hidden_dim": 256, "encoder_layers": 3,
-           "pair_dim": 64}  # fmt: skip
+           "pair_dim": 64, "decoder": "graph"}  # fmt: skip
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.0}
 # filled in from the data when the network is built, never set in the config
-FROM_DATA = ("capacity", "max_atoms")
+FROM_DATA = ("capacity", "max_atoms", "masks")
+# 2: graph-aware decoder (medgen.molecules.decoder) and learned chemistry masks; checkpoints
+# without a version are version 1 and load with the sequence decoder they were trained with
+MODEL_VERSION = 2
 
 _LIMITS: dict[str, dict[str, float]] = {
     "max_atoms": {"ge": 2},
     "beta": {"ge": 0.0},
     "kl_start_step": {"ge": 0},
     "kl_warmup_steps": {"ge": 0},
+    "kl_warmup_fraction": {"ge": 0.0, "le": 1.0},
     "free_bits": {"ge": 0.0},
 }
 _NETWORK_LIMITS = {k: {"ge": 1} for k in ("latent_dim", "hidden_dim", "encoder_layers", "pair_dim")}
@@ -74,6 +78,13 @@ class GraphVAEModule(pl.LightningModule):
         vocabulary: atom-type tokens (None: taken from the datamodule in ``setup``).
         max_atoms: largest molecule the decoder builds (None: the data's largest).
         beta, kl_start_step, kl_warmup_steps: KL weight schedule.
+        kl_warmup_fraction: when set, the warm-up lasts this share of the run's optimizer steps
+            (``trainer.estimated_stepping_batches``: ``max_steps`` or ``max_epochs``), so a recipe
+            cut short still reaches ``beta``; ``kl_warmup_steps`` is used where the length of the
+            run is unknown (``max_time`` only).
+        learn_masks: learn chemistry masks (:class:`~medgen.molecules.masks.ChemistryMasks`) from
+            the training split for the graph decoder; False: valence masks only.
+        masks: learned masks as plain lists (set from the data and stored in the checkpoint).
         free_bits: KL floor per latent dimension in nats (batch mean); 0 = plain ELBO. Counters
             posterior collapse (the decoder ignoring ``z``); ``val/loss`` stays the plain ELBO.
     """
@@ -92,33 +103,49 @@ class GraphVAEModule(pl.LightningModule):
         beta: float = 1.0,
         kl_start_step: int = 0,
         kl_warmup_steps: int = 5000,
+        kl_warmup_fraction: float | None = None,
         free_bits: float = 0.0,
+        learn_masks: bool = True,
+        masks: dict[str, Any] | None = None,
     ):
         super().__init__()
         args = dict(vocabulary=vocabulary, max_atoms=max_atoms, beta=beta,
                     kl_start_step=kl_start_step, kl_warmup_steps=kl_warmup_steps,
-                    free_bits=free_bits)  # fmt: skip
+                    kl_warmup_fraction=kl_warmup_fraction, free_bits=free_bits,
+                    learn_masks=learn_masks)  # fmt: skip
         check_arguments(GraphVAEModule.__init__, args, prefix="model.", limits=_LIMITS)
         hp: dict[str, Any] = {"network": checked_network(network)}
         hp.update(optimizer=checked_optimizer(optimizer), **args)
         hp.update(vocabulary=None if vocabulary is None else list(vocabulary))
         hp.update(kind=KIND, module=f"{type(self).__module__}.{type(self).__qualname__}")
+        hp.update(masks=None if masks is None else dict(masks), model_version=MODEL_VERSION)
         self.save_hyperparameters(hp)
         self.vae: GraphVAE | None = None
         self.vocab: Vocabulary | None = None
+        self._warmup_steps: int | None = None
         if vocabulary is not None and max_atoms is not None:
-            self.build(vocabulary, max_atoms)
+            self.build(vocabulary, max_atoms, masks)
 
     # ------------------------------------------------------------------------------------------
-    def build(self, vocabulary: Sequence[str], max_atoms: int) -> None:
-        """Create the network for a vocabulary; records both in the hyperparameters."""
+    def build(
+        self, vocabulary: Sequence[str], max_atoms: int, masks: Mapping[str, Any] | None = None
+    ) -> None:
+        """Create the network for a vocabulary and learned masks (plain, see
+        :meth:`ChemistryMasks.to_plain`; None: valence only); records all in the hyperparameters."""
         import hydra
+
+        from medgen.molecules.masks import ChemistryMasks
 
         self.vocab = Vocabulary(vocabulary)
         self.hparams["vocabulary"] = list(self.vocab.tokens)
         self.hparams["max_atoms"] = int(max_atoms)
+        self.hparams["masks"] = None if masks is None else dict(masks)
         node = dict(self.hparams["network"])
-        self.vae = hydra.utils.instantiate(node, capacity=self.vocab.capacity, max_atoms=max_atoms)
+        tables = None if masks is None else ChemistryMasks.from_plain(masks, self.vocab.tokens)
+        extra = {"masks": tables} if node.get("decoder", "graph") == "graph" else {}
+        self.vae = hydra.utils.instantiate(
+            node, capacity=self.vocab.capacity, max_atoms=max_atoms, **extra
+        )
 
     def built(self) -> tuple[GraphVAE, Vocabulary]:
         """``(network, vocabulary)``; ``RuntimeError`` before :meth:`build` (or ``setup``)."""
@@ -137,7 +164,15 @@ class GraphVAEModule(pl.LightningModule):
         max_atoms = self.hparams["max_atoms"]
         if self.vae is None:
             max_atoms = max_atoms or dm.max_atoms_seen
-            self.build(dm.vocabulary.tokens, max_atoms)
+            masks = None
+            if self.hparams["learn_masks"] and self.hparams["network"].get("decoder") == "graph":
+                from medgen.molecules.masks import ChemistryMasks
+
+                tables = ChemistryMasks.learn_from(dm.train_set, len(dm.vocabulary))
+                masks = tables.to_plain(dm.vocabulary.tokens)
+                log.info("chemistry masks learned from %d training molecules: ring sizes %s",
+                         len(dm.train_set), masks["ring_sizes"])  # fmt: skip
+            self.build(dm.vocabulary.tokens, max_atoms, masks)
         if dm.max_atoms_seen > max_atoms:
             raise UserError(
                 f"the data has molecules of {dm.max_atoms_seen} heavy atoms but "
@@ -156,6 +191,13 @@ class GraphVAEModule(pl.LightningModule):
         file, ckpt, kind = load_medgen_checkpoint(path, map_location=map_location)
         if kind != KIND:
             raise InputFileError(f"checkpoint {file} holds kind={kind!r}, not a graph_vae")
+        version = ckpt["hyper_parameters"].get("model_version", 1)
+        if not isinstance(version, int) or version > MODEL_VERSION:
+            raise InputFileError(
+                f"checkpoint {file}: the graph VAE model version changed (checkpoint "
+                f"model_version={version!r}, this medgen reads up to {MODEL_VERSION}); "
+                "load it with the medgen that wrote it or retrain"
+            )
         hp = upgrade_hparams(ckpt["hyper_parameters"])
         if not hp.get("vocabulary") or not hp.get("max_atoms"):
             raise InputFileError(f"checkpoint {file}: hyper_parameters lack vocabulary/max_atoms")
@@ -196,21 +238,42 @@ class GraphVAEModule(pl.LightningModule):
         return MoleculeCohort(out, settings, checkpoint)
 
     # ------------------------------------------------------------------------------ training
+    def warmup_steps(self) -> int:
+        """KL warm-up length in optimizer steps (``kl_warmup_fraction`` of the run when set)."""
+        hp = self.hparams
+        fraction = hp["kl_warmup_fraction"]
+        if fraction is None or self._trainer is None:
+            return int(hp["kl_warmup_steps"])
+        if self._warmup_steps is None:
+            total = self.trainer.estimated_stepping_batches
+            if total == float("inf"):
+                log.warning("model.kl_warmup_fraction: the run has no step or epoch limit; "
+                            "using model.kl_warmup_steps=%d", hp["kl_warmup_steps"])  # fmt: skip
+                self._warmup_steps = int(hp["kl_warmup_steps"])
+            else:
+                self._warmup_steps = int(fraction * int(total))
+        return self._warmup_steps
+
     def beta_at(self, step: int) -> float:
         """KL weight at a global step."""
         hp = self.hparams
-        beta, start, warmup = hp["beta"], hp["kl_start_step"], hp["kl_warmup_steps"]
+        beta, start, warmup = hp["beta"], hp["kl_start_step"], self.warmup_steps()
         if warmup <= 0:
             return float(beta) if step >= start else 0.0
         return float(beta) * min(1.0, max(0.0, (step - start) / warmup))
 
     def _log_terms(self, prefix: str, out: dict[str, torch.Tensor], loss, bsz: int) -> None:
+        # training: per step; val/test: the epoch mean. One key each: both at once would log
+        # `<key>_step` and `<key>_epoch` twice over in the CSV
         on_step = prefix == "train"
         self.log(
-            f"{prefix}/loss", loss, prog_bar=True, batch_size=bsz, on_step=on_step, on_epoch=True
-        )
+            f"{prefix}/loss", loss, prog_bar=True, batch_size=bsz, on_step=on_step,
+            on_epoch=not on_step,
+        )  # fmt: skip
         for key in ("recon", "kl", "nll_atoms", "nll_parents", "nll_orders", "nll_closures"):
-            self.log(f"{prefix}/{key}", out[key], batch_size=bsz, on_step=on_step, on_epoch=True)
+            self.log(
+                f"{prefix}/{key}", out[key], batch_size=bsz, on_step=on_step, on_epoch=not on_step
+            )
 
     def training_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
         out = self.built()[0](batch)
@@ -279,6 +342,8 @@ def checked_network(network: Mapping[str, Any] | None) -> dict[str, Any]:
     cls = _locate(node["_target_"], "model.network._target_")
     params = inspect.signature(cls).parameters
     values = {k: v for k, v in node.items() if not k.startswith("_")}
+    if node["_target_"] == NETWORK_TARGET and values.get("decoder", "graph") not in DECODERS:
+        raise ConfigError("model.network.decoder", values["decoder"], f"one of {list(DECODERS)}")
     for key, value in values.items():
         if key in FROM_DATA:
             raise ConfigError(f"model.network.{key}", value, "unset (it comes from the data)")
@@ -303,15 +368,21 @@ def checked_optimizer(optimizer: Mapping[str, Any] | None) -> dict[str, Any]:
 
 _LEGACY_NETWORK = ("latent_dim", "hidden_dim", "encoder_layers", "pair_dim")
 _LEGACY_OPTIMIZER = ("lr", "weight_decay")
-_DROPPED = ("kind", "module", "n_val_samples", "grid_size", "n_val_recon", "sample_seed")
+_DROPPED = ("kind", "module", "n_val_samples", "grid_size", "n_val_recon", "sample_seed",
+            "model_version")  # fmt: skip
 
 
 def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """Constructor arguments from a checkpoint's hyperparameters, also those of checkpoints
     written with flat network sizes, ``lr`` and validation-sampling keys (before config nodes)."""
     hp = dict(hparams)
+    version = hp.get("model_version", 1)
     if "network" not in hp:
-        hp["network"] = {**NETWORK, **{k: hp.pop(k) for k in _LEGACY_NETWORK if k in hp}}
+        legacy = {k: hp.pop(k) for k in _LEGACY_NETWORK if k in hp}
+        hp["network"] = {**NETWORK, "decoder": "sequence", **legacy}
+    if version == 1:  # trained with the sequence decoder and valence masks only
+        hp["network"] = {**hp["network"], "decoder": "sequence"}
+        hp.update(learn_masks=False, masks=None)
     if "optimizer" not in hp:
         hp["optimizer"] = {**OPTIMIZER, **{k: hp.pop(k) for k in _LEGACY_OPTIMIZER if k in hp}}
     for key in _DROPPED:

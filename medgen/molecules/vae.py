@@ -16,6 +16,10 @@ Every choice is masked by the remaining bond capacity of both atoms (RDKit's val
 :func:`medgen.molecules.graph.bond_capacity`). Each new atom must bond to its parent, so the graph
 is one connected molecule, and no atom ever exceeds its valence, so it sanitizes: validity holds by
 construction, with no repair afterwards. Training uses the same masks (teacher forcing).
+
+:class:`GraphDecoder` here is the version-1 (sequence) decoder; the default decoder,
+:class:`medgen.molecules.decoder.GraphStateDecoder`, follows the same procedure with a state
+computed from the partial graph and learned chemistry masks (``GraphVAE(decoder=...)``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +35,15 @@ from torch import nn
 
 from medgen.errors import UserError
 from medgen.molecules.graph import MAX_BOND_ORDER, GraphBatch
+from medgen.molecules.masks import ChemistryMasks
+
+if TYPE_CHECKING:
+    from medgen.molecules.decoder import GraphStateDecoder
 
 NEG = -1e9  # masked logit (finite so that 0 * NEG stays 0 in losses)
 MAX_DIST = 16  # relative-position buckets for (j - i)
 MAX_REM = 8  # remaining-capacity buckets
+DECODERS = ("graph", "sequence")
 
 
 def check_temperature(temperature: float, *, allow_zero: bool = False) -> float:
@@ -337,7 +347,13 @@ class GraphDecoder(nn.Module):
 
 
 class GraphVAE(nn.Module):
-    """Encoder + decoder; ``capacity (K,)`` is the vocabulary's bond capacity per atom type."""
+    """Encoder + decoder; ``capacity (K,)`` is the vocabulary's bond capacity per atom type.
+
+    ``decoder``: ``"graph"`` (:class:`medgen.molecules.decoder.GraphStateDecoder`, choices from
+    the partial graph, learned ``masks`` applied) or ``"sequence"`` (:class:`GraphDecoder`, the
+    version-1 decoder: a GRU over the atom sequence, valence masks only; ``masks`` ignored).
+    ``masks`` (:class:`medgen.molecules.masks.ChemistryMasks`) come from the training data.
+    """
 
     def __init__(
         self,
@@ -348,14 +364,18 @@ class GraphVAE(nn.Module):
         hidden_dim: int = 256,
         encoder_layers: int = 3,
         pair_dim: int = 64,
+        decoder: str = "graph",
+        masks: ChemistryMasks | None = None,
     ):
         super().__init__()
+        if decoder not in DECODERS:
+            raise UserError(f"decoder must be one of {list(DECODERS)}, got {decoder!r}")
         n_types = int(capacity.numel())
         self.latent_dim = latent_dim
         self.encoder = GraphEncoder(
             n_types=n_types, hidden_dim=hidden_dim, latent_dim=latent_dim, layers=encoder_layers
         )
-        self.decoder = GraphDecoder(
+        sizes: dict[str, Any] = dict(
             n_types=n_types,
             capacity=capacity,
             max_atoms=max_atoms,
@@ -363,6 +383,13 @@ class GraphVAE(nn.Module):
             latent_dim=latent_dim,
             pair_dim=pair_dim,
         )
+        self.decoder: GraphDecoder | GraphStateDecoder
+        if decoder == "graph":
+            from medgen.molecules.decoder import GraphStateDecoder
+
+            self.decoder = GraphStateDecoder(**sizes, masks=masks)
+        else:
+            self.decoder = GraphDecoder(**sizes)
 
     def encode(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)``, each ``(B, L)``."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medgen.errors import ConfigError, MissingFileError, UserError
+from medgen.marking import ReleaseOptions, with_release
 from medgen.records import Sampler, SampleSettings
 from medgen.utils.validate import read_record
 
@@ -33,15 +34,27 @@ class SampleJob:
     batch_size: int | None = field(default=None, metadata=POSITIVE)
     overwrite: bool = False
     preview: bool = True
-    sampler: Literal["ddpm", "ddim", "rflow"] | None = None
+    sampler: Literal["ddpm", "ddim", "dpmpp", "heun", "rflow"] | None = None
     steps: int | None = field(default=None, metadata=POSITIVE)
     eta: float | None = field(default=None, metadata={"ge": 0.0, "le": 1.0})
+    shift: float = field(default=1.0, metadata={"gt": 0.0})
     guidance_scale: float = field(default=1.0, metadata={"ge": 0.0})
     condition: int | str | None = None
     use_ema: bool = True
     temperature: float = field(default=1.0, metadata={"ge": 0.0})
+    # molecule release (medgen.molecules.release): drop training copies, dual-use alerts
+    novel_only: bool = False
+    dualuse: bool = True
+    train_smiles: str | None = None
     indices: str | None = None
     finalize_only: bool = False
+    layout: Literal["decathlon", "nnunet"] = "decathlon"
+    # responsible release (medgen.marking.ReleaseOptions, docs/release.md)
+    share: bool = False
+    audit: bool = False
+    allow_memorized: bool = False
+    audit_train: str | None = None
+    evaluation: Path | None = None
 
     def index_range(self) -> range | None:
         """``indices="a:b"`` as ``range(a, b)`` inside ``0..n-1`` (None: every index)."""
@@ -54,6 +67,23 @@ class SampleJob:
                 return range(a, b)
         raise ConfigError("indices", self.indices, f"'a:b' with 0 <= a < b <= n={self.n}")
 
+    def release(self, generator: Any, checkpoint: Path) -> ReleaseOptions:
+        """The release options of this run (local: the checkpoint path is never written)."""
+        if self.allow_memorized and not self.audit:
+            raise ConfigError("allow_memorized", True, "false unless audit=true")
+        if self.evaluation is not None and not self.evaluation.expanduser().is_file():
+            raise MissingFileError(f"evaluation={self.evaluation}: no such evaluation.json")
+        cls = type(generator)
+        return ReleaseOptions(
+            share=self.share,
+            audit=self.audit,
+            allow_memorized=self.allow_memorized,
+            audit_train=self.audit_train,
+            evaluation=None if self.evaluation is None else str(self.evaluation.expanduser()),
+            checkpoint=str(checkpoint.resolve()),
+            generator=f"{cls.__module__}.{cls.__qualname__}",
+        )
+
     def settings(self) -> SampleSettings:
         """The sampling record every generator takes (checked by its ``resolve_settings``)."""
         return SampleSettings(
@@ -61,10 +91,13 @@ class SampleJob:
             sampler=None if self.sampler is None else Sampler(self.sampler),
             steps=self.steps,
             eta=self.eta,
+            shift=self.shift,
             guidance_scale=self.guidance_scale,
             condition=self.condition,
             temperature=self.temperature,
             use_ema=self.use_ema,
+            # the cohort folder's layout (scan models); the default stays out of the record
+            extra={} if self.layout == "decathlon" else {"layout": self.layout},
         )
 
 
@@ -83,6 +116,7 @@ def check_sample(cfg: Any) -> SamplePlan:
     settings against it, and let its cohort refuse an ``out`` it cannot write (wrong form, made
     with other settings, more samples than ``n``) — all before any output exists."""
     from medgen.generation import load_generator
+    from medgen.molecules.release import molecule_release
 
     job = read_record(SampleJob, cfg)
     if job.index_range() is not None and (job.overwrite or job.finalize_only):
@@ -94,6 +128,9 @@ def check_sample(cfg: Any) -> SamplePlan:
     if out == ckpt_file.resolve() or ckpt_file.resolve().is_relative_to(out):
         raise UserError(f"out={job.out} would overwrite the checkpoint {ckpt_file}")
     settings = generator.resolve_settings(job.settings())
+    settings = with_release(settings, job.release(generator, ckpt_file))  # share, audit, ...
+    settings = molecule_release(settings, generator, ckpt_file, novel_only=job.novel_only,
+                                dualuse=job.dualuse, train_smiles=job.train_smiles)  # fmt: skip
     generator.cohort(job.out, settings, ckpt_file).check(job.n, overwrite=job.overwrite)
     return SamplePlan(job, generator, ckpt_file, settings)
 
@@ -127,8 +164,10 @@ class ScreenJob:
     partition_size: int = field(default=50_000, metadata=POSITIVE)
     shard: str | None = None
     overwrite: bool = False
+    keep_run: bool = False
     keep_rejects: bool = True
     memory_limit: str = "2GB"
+    dualuse: bool | None = None
 
 
 def check_screen(cfg: Any) -> ScreenJob:
@@ -211,6 +250,7 @@ class EvaluateJob:
     guacamol: bool = True
     kl_size: int = field(default=10000, metadata=POSITIVE)
     out: Path | None = None
+    keep_run: bool = False
     # volumes only
     extractor: Literal["encoder", "resnet3d", "slices2d"] = "encoder"
     weights: Path | None = None
@@ -368,7 +408,10 @@ class TrainerSettings:
 def check_train(cfg: Any) -> TrainJob:
     """Check ``medgen train``'s keys, the trainer's, and build the datamodule and model once
     (their constructors check their own arguments); a resumed checkpoint must fit the model."""
+    from omegaconf import OmegaConf
+
     from medgen.utils.checkpoint import load_medgen_checkpoint
+    from medgen.utils.validate import MissingKeyError
 
     job = read_record(TrainJob, cfg)
     trainer = read_record(TrainerSettings, cfg.trainer, prefix="trainer.")
@@ -383,6 +426,9 @@ def check_train(cfg: Any) -> TrainJob:
         raise ConfigError("train", False, "true, or test=true with ckpt_path=<checkpoint>")
     if not job.train and not job.ckpt_path:
         raise ConfigError("ckpt_path", None, "a checkpoint to test when train=false")
+    for key in cfg.model:  # `???` keys of the model config (model=ldm3d's autoencoder)
+        if OmegaConf.is_missing(cfg.model, key):
+            raise MissingKeyError(f"model.{key}", "value")
     model = instantiate_checked(cfg.model, "model")
     instantiate_checked(cfg.data, "data")
     for name, node in (cfg.get("callbacks") or {}).items():
@@ -430,3 +476,22 @@ def _plain(cfg: Any, key: str) -> Any:
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+# ------------------------------------------------------------------------------------ inspect
+
+
+@dataclass(frozen=True)
+class InspectJob:
+    """``conf/inspect.yaml``."""
+
+    path: Path = field(metadata={"help": "a NIfTI, CSV/SMI, SDF, Parquet or JSON file"})
+    json: bool = False
+
+
+def check_inspect(cfg: Any) -> InspectJob:
+    """Check ``medgen inspect``'s keys and that the file exists."""
+    job = read_record(InspectJob, cfg)
+    if not job.path.is_file():
+        raise MissingFileError(f"path={job.path}: no such file")
+    return job

@@ -18,6 +18,7 @@ from medgen.errors import MissingFileError
 from medgen.tasks.checks import EvaluateJob
 from medgen.tasks.checks import check_evaluate as check
 from medgen.utils.atomic import atomic_write_json
+from medgen.utils.cache import cache_folder
 from medgen.utils.logging import get_logger
 from medgen.utils.provenance import file_sha256, provenance
 
@@ -113,7 +114,7 @@ def evaluate_volumes(cfg: DictConfig, job: EvaluateJob) -> dict[str, float]:
         device=job.device,
         progress=job.progress,
     )
-    cache_dir = Path(cfg.paths.data_dir) / "cache" / "evaluation"
+    cache_dir = cache_folder("evaluation", cfg.paths.get("cache_dir"))
     result = judge(samples, reference, train, settings, cache_dir=cache_dir)
     log.info("evaluation of %s:\n%s", job.samples, volume_table(result))
     out = job.out if job.out is not None else Path(cfg.paths.output_dir)
@@ -130,9 +131,17 @@ def evaluate_volumes(cfg: DictConfig, job: EvaluateJob) -> dict[str, float]:
 
 
 def format_table(metrics: dict[str, float]) -> str:
-    """Two aligned columns, metric then value."""
-    width = max(map(len, metrics), default=0)
-    return "\n".join(f"  {name:<{width}}  {value:10.4f}" for name, value in metrics.items())
+    """One row per metric: name, value, which way is better (↑/↓), what it is
+    (:func:`medgen.chem.evaluation.describe_metric`)."""
+    from medgen.chem.evaluation import describe_metric
+
+    first = next((k.partition("/")[2] for k in metrics if k.startswith("FCD/")), None)
+    rows = [("metric", "value", "better", "what")]
+    rows += [(name, *describe_metric(name, value, first)) for name, value in metrics.items()]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(f"  {line}" for line in lines)
 
 
 def _references(cfg: DictConfig, n_jobs: int):
@@ -147,7 +156,7 @@ def _references(cfg: DictConfig, n_jobs: int):
     if cfg.reference is None:
         return {}, None
     data_dir = cfg.paths.data_dir
-    cache_dir = Path(data_dir) / "cache" / "reference"
+    cache_dir = cache_folder("reference", cfg.paths.get("cache_dir"))
     kwargs = {"n_jobs": n_jobs, "batch_size": cfg.batch_size, "device": cfg.device}
     if str(cfg.reference) == "moses":
         references = {
@@ -193,6 +202,12 @@ def _train_set(cfg: DictConfig, n_jobs: int = 1) -> set[str] | None:
         train = {c for part in parts for c in part if c is not None}
     log.info("novelty against %d training SMILES from %s", len(train), path)
     return train
+
+
+def keeps_run_folder(cfg: DictConfig) -> bool:
+    """Whether ``medgen evaluate`` keeps its run folder: with ``keep_run=true``, or when there
+    is no ``out`` (the results are written into the run folder then)."""
+    return bool(cfg.get("keep_run")) or cfg.get("out") in (None, "")
 
 
 def job_config(cfg: DictConfig) -> DictConfig:

@@ -49,6 +49,7 @@ def screen(cfg: DictConfig) -> dict:
         overwrite=job.overwrite,
         keep_rejects=job.keep_rejects,
         memory_limit=job.memory_limit,
+        dualuse=job.dualuse,
     )
     log.info("screening summary:\n%s", summary.table())
     record: dict[str, Any] = {
@@ -60,6 +61,12 @@ def screen(cfg: DictConfig) -> dict:
         atomic_write_json(summary_path(job.out), record)
     atomic_write_json(Path(cfg.paths.output_dir) / "summary.json", record)
     return summary.as_dict()
+
+
+def keeps_run_folder(cfg: DictConfig) -> bool:
+    """Whether ``medgen screen`` keeps its run folder: only with ``keep_run=true`` (the summary
+    is written beside ``out`` anyway)."""
+    return bool(cfg.get("keep_run"))
 
 
 def job_config(cfg: DictConfig) -> DictConfig:

@@ -10,7 +10,7 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelSummary
 
 from medgen.errors import UserError
 from medgen.tasks.checks import check_train as check
@@ -18,7 +18,7 @@ from medgen.tasks.instantiate import instantiate_group
 from medgen.utils.atomic import atomic_write_json, atomic_write_text
 from medgen.utils.checkpoint import resolve_checkpoint
 from medgen.utils.distributed import end_distributed
-from medgen.utils.logging import get_logger
+from medgen.utils.logging import format_metrics, format_value, get_logger, parameter_summary
 from medgen.utils.provenance import provenance
 from medgen.utils.seeding import seed_everything
 
@@ -67,9 +67,17 @@ def train(cfg: DictConfig) -> Metrics:
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
     callbacks = [*instantiate_group(cfg.get("callbacks"), "callbacks"), FitSteps()]
+    summary: dict[str, Any] = {}
+    if cfg.trainer.get("enable_model_summary", True) and not any(
+        isinstance(c, ModelSummary) for c in callbacks
+    ):  # replaces Lightning's, which counts EMA copies
+        callbacks.append(ParameterSummary())
+        summary["enable_model_summary"] = False  # Lightning adds no summary of its own then
     suffix = _resume_suffix(run_dir)  # a resume into this run dir keeps the earlier run's files
     loggers = instantiate_group(_resumed_loggers(cfg.get("logger"), suffix), "logger")
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, **summary
+    )
     _refuse_sweep_relaunch(trainer)
 
     if trainer.is_global_zero:
@@ -105,7 +113,7 @@ def train(cfg: DictConfig) -> Metrics:
                     ", ".join(f"{k}={metrics[k]}" for k in record["non_finite"]),
                 )
             atomic_write_json(run_dir / "metrics.json", record)
-            log.info("metrics: %s", {k: round(v, 5) for k, v in metrics.items()})
+            log.info("metrics: %s", format_metrics(metrics))
             log.info("outputs in %s", run_dir)
     except BaseException:
         end_distributed(barrier=False)  # another rank may be gone: do not wait for it
@@ -127,6 +135,19 @@ class FitSteps(Callback):
         import torch
 
         trainer.callback_metrics["global_step"] = torch.tensor(float(trainer.global_step))
+
+
+class ParameterSummary(ModelSummary):
+    """At fit start, the model's parameters without its EMA copy
+    (:func:`medgen.utils.logging.parameter_summary`) and each optimizer's learning rate."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        log.info("model %s:\n%s", type(pl_module).__name__, parameter_summary(pl_module))
+        for opt in trainer.optimizers:
+            rates = ", ".join(format_value("lr", g["lr"]) for g in opt.param_groups)
+            log.info("optimizer %s: lr=%s", type(opt).__name__, rates)
 
 
 def _refuse_sweep_relaunch(trainer) -> None:

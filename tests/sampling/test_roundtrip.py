@@ -29,5 +29,6 @@ def test_export_reads_back_through_the_nifti_datamodule(tmp_path):
         index = int(Path(item["source"]).name[len("sample_") : -len(".nii.gz")])
         image = torch.as_tensor(item["image"])
         assert image.shape == (1, 8, 8, 8)
-        # int16 HU over a 2000 HU window: 1 HU = 0.001 in model units
-        torch.testing.assert_close(image, expected[index], atol=1.1e-3, rtol=0)
+        # int16 HU over a 2000 HU window: 1 HU = 0.001 in model units; rounding to int16 (0.5 HU)
+        # plus the synthetic stamp (at most 1 HU in the first 64 voxels) stay under 2 HU
+        torch.testing.assert_close(image, expected[index], atol=2.1e-3, rtol=0)

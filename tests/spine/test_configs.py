@@ -39,9 +39,10 @@ RECORDS = {
     "evaluate": checks.EvaluateJob,
     "screen": checks.ScreenJob,
     "data": checks.DataJob,
+    "inspect": checks.InspectJob,
 }
 REQUIRED = {"train": set(), "sample": {"ckpt", "out"}, "evaluate": {"samples"}}
-REQUIRED |= {"screen": {"input", "out"}, "data": {"dataset"}}
+REQUIRED |= {"screen": {"input", "out"}, "data": {"dataset"}, "inspect": {"path"}}
 GROUPS = {"trainer", "paths", "hydra", "data", "model", "callbacks", "logger", "task_name"}
 
 

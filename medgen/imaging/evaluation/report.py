@@ -13,20 +13,31 @@ from medgen.imaging.evaluation.loading import VolumeSet
 from medgen.utils.atomic import atomic_path, atomic_write_json
 
 JSON_FILE, PNG_FILE = "evaluation.json", "evaluation.png"
+# METRICS' words for which way is better, as the table's arrows
+ARROWS = {
+    "lower": "↓ lower",
+    "higher": "↑ higher",
+    "higher, ~1": "↑ higher, ~1",
+    "near reference": "≈ reference",
+    "-": "",
+}
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """One row per metric: name, value, which way is better, what it is."""
+    """One row per metric: name, value, which way is better (↑ higher, ↓ lower, ≈ reference:
+    close to the reference's own value), what it is."""
     rows = [("metric", "value", "better", "what")]
     for name, value in result["metrics"].items():
         better, what = METRICS.get(name, ("", ""))
-        rows.append((name, "n/a" if value is None else f"{value:.4f}", better, what))
+        rows.append(
+            (name, "n/a" if value is None else f"{value:.4f}", ARROWS.get(better, better), what)
+        )
     t = result["details"].get("tstr") or {}
     for i, label in enumerate(t.get("labels") or []):
         syn = (t.get("dice_synthetic") or [None] * (i + 1))[i]
         real = t["dice_real"][i]
         cells = " / ".join("n/a" if v is None else f"{v:.3f}" for v in (syn, real))
-        rows.append((f"tstr/dice/{label}", cells, "higher", "Dice trained on synthetic / real"))
+        rows.append((f"tstr/dice/{label}", cells, "↑ higher", "Dice trained on synthetic / real"))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -1,0 +1,392 @@
+"""A graph decoder whose every step sees the partial molecule it is building.
+
+The sequence decoder of :mod:`medgen.molecules.vae` chooses from a GRU over the atom sequence; each
+atom's pointer key is frozen when the atom is created and the only position signal is the index
+gap ``j - i``, which differs from the ring size in about a third of MOSES ring closures. Here, as
+in CGVAE (Liu et al. 2018) and GraphAF (Shi et al. 2020), each step's choices come from the partial
+graph, updated incrementally (one message round per new atom, so decoding stays fast):
+
+* every built atom ``i`` carries a state ``s_i = sum_k (M[type_k] + M[order_ik]) + R[rem_i]``
+  over its current neighbours ``k`` and its remaining valence: keys change as bonds are made;
+* a readout ``sum_i relu(T[type_i] + s_i) / sqrt(j)`` of the partial graph enters the GRU input,
+  so the atom/STOP choice sees open valences, rings and branches;
+* pointer and closure scores see shortest-path distances in the partial graph: the distance from
+  the last atom (DFS backtracking) and, for a ring closure, the exact size of the ring it closes;
+* learned chemistry masks (:class:`medgen.molecules.masks.ChemistryMasks`) on top of valence.
+
+Same procedure and order as the sequence decoder (atom or STOP, parent pointer, bond order, ring
+closures in increasing ``i``), same noise layout, same masks at teacher forcing and at decoding,
+except that teacher forcing never masks the target itself: a validation molecule with chemistry
+the training split lacks keeps a finite loss instead of ``1e9``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgen.molecules.graph import MAX_BOND_ORDER, GraphBatch
+from medgen.molecules.masks import (
+    MAX_RING,
+    ChemistryMasks,
+    add_atom,
+    empty_distances,
+    prefix_distances,
+)
+from medgen.molecules.vae import MAX_DIST, MAX_REM, NEG, check_temperature
+
+_ORDERS = torch.arange(1, MAX_BOND_ORDER + 1)
+
+
+class GraphStateDecoder(nn.Module):
+    """Autoregressive decoder with a partial-graph state; see the module docstring.
+
+    ``capacity (K,)``: bond capacity per atom type; ``masks``: learned tables (None: valence only).
+    """
+
+    capacity: torch.Tensor
+    pair_orders: torch.Tensor
+    max_bonds: torch.Tensor
+    max_degree: torch.Tensor
+    ring_sizes: torch.Tensor
+
+    def __init__(
+        self,
+        *,
+        n_types: int,
+        capacity: torch.Tensor,
+        max_atoms: int,
+        hidden_dim: int,
+        latent_dim: int,
+        pair_dim: int = 64,
+        masks: ChemistryMasks | None = None,
+    ):
+        super().__init__()
+        self.n_types, self.max_atoms = n_types, max_atoms
+        self.stop = n_types
+        masks = masks if masks is not None else ChemistryMasks.permissive(n_types)
+        self.register_buffer("capacity", capacity.long().clone(), persistent=False)
+        for name in ("pair_orders", "max_bonds", "max_degree", "ring_sizes"):
+            self.register_buffer(name, getattr(masks, name).clone(), persistent=False)
+        self.start = nn.Parameter(torch.zeros(hidden_dim))
+        self.in_type = nn.Embedding(n_types, hidden_dim)
+        self.in_order = nn.Embedding(MAX_BOND_ORDER + 1, hidden_dim)
+        self.in_closures = nn.Embedding(4, hidden_dim)
+        self.init_h = nn.Linear(latent_dim, hidden_dim)
+        self.gru = nn.GRU(hidden_dim + latent_dim, hidden_dim, batch_first=True)
+        self.atom_head = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, n_types + 1)
+        )
+        # partial-graph state, in pair space
+        self.msg_type = nn.Embedding(n_types, pair_dim)
+        self.msg_order = nn.Embedding(MAX_BOND_ORDER + 1, pair_dim)
+        self.node_rem = nn.Embedding(MAX_REM + 1, pair_dim)
+        self.read_type = nn.Embedding(n_types, pair_dim)
+        self.read_out = nn.Linear(pair_dim, hidden_dim)
+        # pointer / closure scores
+        self.query_type = nn.Embedding(n_types, hidden_dim)
+        self.pair_q = nn.Linear(hidden_dim, pair_dim)
+        self.pair_k = nn.Linear(hidden_dim, pair_dim, bias=False)
+        self.pair_gap = nn.Embedding(MAX_DIST + 1, pair_dim)
+        self.pair_path = nn.Embedding(MAX_DIST + 1, pair_dim)
+        self.pair_ring = nn.Embedding(MAX_RING + 1, pair_dim)
+        self.parent_head = nn.Linear(pair_dim, 1 + MAX_BOND_ORDER)
+        self.closure_head = nn.Linear(pair_dim, 1 + MAX_BOND_ORDER)
+        self.closure_rem = nn.Embedding(MAX_REM + 1, 1 + MAX_BOND_ORDER)
+
+    # ----------------------------------------------------------------------------- shared pieces
+    def _orders_ok(self, ti, tj, rem_i, rem_j, cnt_i, cnt_j) -> torch.Tensor:
+        """(..., 3) bond orders 1..3 allowed between atoms of types ``ti``, ``tj``: valence
+        (``rem``) and the learned pair, per-order and degree tables (``cnt``: (..., 3) bonds of
+        each order each atom has). Arguments broadcast."""
+        orders = _ORDERS.to(rem_i.device)
+        ok = (orders <= rem_i.unsqueeze(-1)) & (orders <= rem_j.unsqueeze(-1))
+        ok = ok & self.pair_orders[ti, tj]
+        ok = ok & (cnt_i < self.max_bonds[ti]) & (cnt_j < self.max_bonds[tj])
+        deg_ok = (cnt_i.sum(-1) < self.max_degree[ti]) & (cnt_j.sum(-1) < self.max_degree[tj])
+        return ok & deg_ok.unsqueeze(-1)
+
+    def _node(self, nb: torch.Tensor, rem: torch.Tensor) -> torch.Tensor:
+        return nb + self.node_rem(rem.clamp(0, MAX_REM))
+
+    def _readout(self, t: torch.Tensor, node: torch.Tensor, present: torch.Tensor, j):
+        """GRU input term from the partial graph: ``(..., H)``; ``j`` atoms built (tensor/int)."""
+        g = (F.relu(self.read_type(t) + node) * present.unsqueeze(-1)).sum(-2)
+        scale = torch.as_tensor(j, device=node.device).clamp(min=1).float().sqrt()
+        return self.read_out(g / scale.unsqueeze(-1) if scale.dim() else g / scale)
+
+    def _type_ok(self, t_prev, rem, cnt, present) -> torch.Tensor:
+        """(..., K) atom types that some built atom can bond to. ``t_prev, rem, present (..., n)``,
+        ``cnt (..., n, 3)``."""
+        types = torch.arange(self.n_types, device=rem.device)
+        zeros = torch.zeros(MAX_BOND_ORDER, dtype=torch.long, device=rem.device)
+        ok = self._orders_ok(
+            t_prev.unsqueeze(-1), types, rem.unsqueeze(-1), self.capacity, cnt.unsqueeze(-2), zeros
+        )  # (..., n, K, 3)
+        return (ok.any(-1) & present.unsqueeze(-1)).any(-2)
+
+    def _atom_mask(self, step, type_ok: torch.Tensor) -> torch.Tensor:
+        """(..., K + 1) allowed classes: any type at step 0, STOP or a bondable type later,
+        only STOP at ``max_atoms``."""
+        step = torch.as_tensor(step, device=type_ok.device)
+        first = torch.cat([self.capacity >= 0, self.capacity.new_zeros(1, dtype=torch.bool)])
+        later = torch.cat([type_ok, torch.ones_like(type_ok[..., :1])], -1)
+        mask = torch.where((step == 0).unsqueeze(-1), first, later)
+        only_stop = torch.zeros_like(first)
+        only_stop[-1] = True
+        return torch.where((step >= self.max_atoms).unsqueeze(-1), only_stop, mask)
+
+    # ----------------------------------------------------------------------------- training
+    def log_likelihood(self, z: torch.Tensor, batch: GraphBatch) -> dict[str, torch.Tensor]:
+        """Teacher-forced log-likelihood terms per molecule, each ``(B,)`` in nats."""
+        atoms, adj, n_atoms = batch
+        bsz, n = atoms.shape
+        dev = atoms.device
+        idx = torch.arange(n, device=dev)
+        steps = torch.arange(n + 1, device=dev)
+        valid = idx < n_atoms.unsqueeze(1)  # (B, N)
+        t = atoms.clamp(min=0)
+        lower = torch.tril(adj, diagonal=-1)
+        earlier = lower > 0
+        parent = torch.where(earlier, idx, -1).amax(-1)  # (B, N)
+        has_parent = (parent >= 0) & valid
+        p = parent.clamp(min=0)
+        p_order = lower.gather(2, p.unsqueeze(-1)).squeeze(-1) * has_parent
+        closures = earlier & (idx < parent.unsqueeze(-1))
+        n_clos = closures.sum(-1)
+
+        # partial graph at each step j = 0..N: atoms i < j, bonds among them
+        before = (idx < steps.unsqueeze(-1)).float()  # (N + 1, k)
+        onehot = torch.stack([adj == o for o in range(1, MAX_BOND_ORDER + 1)], -1).float()
+        cnt = torch.einsum("jk,biko->bjio", before, onehot).long()  # (B, N + 1, N, 3)
+        cap = self.capacity[t] * valid
+        rem_all = cap.unsqueeze(1) - (cnt * _ORDERS.to(dev)).sum(-1)  # (B, N + 1, N)
+        nbrs = (adj > 0).float().unsqueeze(1) * before.unsqueeze(-2)  # (B, j, i, k)
+        nb = (nbrs.flatten(1, 2) @ self.msg_type(t)).view(bsz, n + 1, n, -1)
+        nb = nb + cnt.float() @ self.msg_order.weight[1:]
+        node = self._node(nb, rem_all)  # (B, N + 1, N, P)
+        present = (idx < steps.unsqueeze(-1)) & valid.unsqueeze(1)  # (B, N + 1, N)
+
+        x = self.in_type(t) + self.in_order(p_order) + self.in_closures(n_clos.clamp(max=3))
+        x = torch.cat([self.start.expand(bsz, 1, -1), x], 1)
+        x = x + self._readout(t.unsqueeze(1), node, present, steps)
+        zz = z.unsqueeze(1).expand(-1, n + 1, -1)
+        h, _ = self.gru(torch.cat([x, zz], -1), torch.tanh(self.init_h(z)).unsqueeze(0))
+
+        # atom type / STOP
+        zeros3 = torch.zeros(MAX_BOND_ORDER, dtype=torch.long, device=dev)
+        types = torch.arange(self.n_types, device=dev)
+        feas = self._orders_ok(
+            t[:, None, :, None], types, rem_all.unsqueeze(-1), self.capacity,
+            cnt.unsqueeze(-2), zeros3,
+        ) & present[..., None, None]  # (B, N + 1, N, K, 3)  # fmt: skip
+        amask = self._atom_mask(steps.expand(bsz, -1), feas.any(-1).any(-2))
+        target = torch.where(steps < n_atoms.unsqueeze(1), torch.cat([t, t[:, :1]], 1), self.stop)
+        step_ok = steps <= n_atoms.unsqueeze(1)
+        amask = amask | (F.one_hot(target, self.n_types + 1).bool() & step_ok.unsqueeze(-1))
+        logits = self.atom_head(h).masked_fill(~amask, NEG)
+        ll_atoms = -F.cross_entropy(logits.transpose(1, 2), target, reduction="none") * step_ok
+
+        # parent pointer and order, at steps j < N, candidates i < j
+        q = h[:, :n] + self.query_type(t)
+        last, rings = prefix_distances(adj)
+        gap = (idx.unsqueeze(-1) - idx).clamp(0, MAX_DIST)
+        pre = (
+            self.pair_q(q).unsqueeze(2)
+            + self.pair_k(q).unsqueeze(1)
+            + node[:, :n]
+            + self.pair_gap(gap)
+            + self.pair_path(last.clamp(0, MAX_DIST))
+        )  # (B, j, i, P)
+        par_out = self.parent_head(F.relu(pre))
+        below = (idx < idx.unsqueeze(-1)) & valid.unsqueeze(1) & valid.unsqueeze(-1)
+        pfeas = (
+            feas[:, :n]
+            .gather(3, t[:, :, None, None, None].expand(-1, -1, n, 1, MAX_BOND_ORDER))
+            .squeeze(3)
+        )  # (B, j, i, 3): orders allowed to i for j's own type
+        target_p = F.one_hot(p, n).bool() & has_parent.unsqueeze(-1)
+        ptr_mask = (below & pfeas.any(-1)) | target_p
+        ptr = par_out[..., 0].masked_fill(~ptr_mask, NEG)
+        ll_parent = -F.cross_entropy(ptr.transpose(1, 2), p, reduction="none") * has_parent
+        o_target = (p_order - 1).clamp(min=0)
+        omask = pfeas.gather(2, p[..., None, None].expand(-1, -1, 1, MAX_BOND_ORDER)).squeeze(2)
+        omask = omask | F.one_hot(o_target, MAX_BOND_ORDER).bool()
+        ologits = par_out.gather(2, p[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)[..., 1:]
+        ologits = ologits.masked_fill(~omask, NEG)
+        ll_order = -F.cross_entropy(ologits.transpose(1, 2), o_target, reduction="none")
+        ll_order = ll_order * has_parent
+
+        # ring closures i < parent(j), in increasing i
+        clos_bonds = lower * (idx < parent.unsqueeze(-1))  # (B, j, i)
+        made = torch.cumsum(clos_bonds, -1) - clos_bonds
+        rem_j = (cap - p_order).unsqueeze(-1) - made
+        clos_hot = torch.stack([clos_bonds == o for o in range(1, MAX_BOND_ORDER + 1)], -1).long()
+        cnt_j = (torch.cumsum(clos_hot, 2) - clos_hot) + F.one_hot(p_order, MAX_BOND_ORDER + 1)[
+            ..., 1:
+        ].unsqueeze(2)  # (B, j, i, 3): j's bonds of each order before closing to i
+        ring = rings.clamp(0, MAX_RING)
+        ok = self._orders_ok(
+            t.unsqueeze(1), t.unsqueeze(2), rem_all[:, :n], rem_j, cnt[:, :n], cnt_j
+        ) & self.ring_sizes[ring].unsqueeze(-1)
+        cmask = torch.cat([torch.ones_like(ok[..., :1]), ok], -1)
+        cmask = cmask | F.one_hot(clos_bonds, 1 + MAX_BOND_ORDER).bool()
+        clogits = self.closure_head(F.relu(pre + self.pair_ring(ring)))
+        clogits = clogits + self.closure_rem(rem_j.clamp(0, MAX_REM))
+        clogits = clogits.masked_fill(~cmask, NEG)
+        in_scope = (idx < parent.unsqueeze(-1)) & has_parent.unsqueeze(-1)
+        ll_clos = -F.cross_entropy(clogits.permute(0, 3, 1, 2), clos_bonds, reduction="none")
+        ll_clos = (ll_clos * in_scope).sum(-1)
+        return {
+            "atoms": ll_atoms.sum(1),
+            "parents": ll_parent.sum(1),
+            "orders": ll_order.sum(1),
+            "closures": ll_clos.sum(1),
+        }
+
+    # ----------------------------------------------------------------------------- sampling
+    def noise_width(self) -> int:
+        """Uniform numbers one decoding step consumes (atom, parent, order, closures)."""
+        return (self.n_types + 1) + self.max_atoms + MAX_BOND_ORDER + 4 * self.max_atoms
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        z: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        uniforms: torch.Tensor | None = None,
+    ) -> GraphBatch:
+        """Decode ``z (B, L)`` into graphs; the contract of
+        :meth:`medgen.molecules.vae.GraphDecoder.sample` (Gumbel-max, masks after noise)."""
+        check_temperature(temperature, allow_zero=True)
+        bsz, dev = z.shape[0], z.device
+        m = self.max_atoms
+        if uniforms is None:
+            uniforms = torch.rand(bsz, m + 1, self.noise_width(), device=dev)
+        k1 = self.n_types + 1
+        gumbels = -torch.log(-torch.log(uniforms.clamp(1e-10, 1 - 1e-7)))
+
+        def choose(logits: torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+            if temperature > 0:
+                logits = logits / temperature + g
+            return logits.masked_fill(~mask, float("-inf")).argmax(-1)
+
+        atoms = torch.full((bsz, m), -1, dtype=torch.long, device=dev)
+        adj = torch.zeros((bsz, m, m), dtype=torch.long, device=dev)
+        rem = torch.zeros((bsz, m), dtype=torch.long, device=dev)
+        cnt = torch.zeros((bsz, m, MAX_BOND_ORDER), dtype=torch.long, device=dev)
+        nb = torch.zeros((bsz, m, self.pair_k.out_features), device=dev)
+        keys = torch.zeros_like(nb)
+        dist = empty_distances(bsz, m, dev)
+        done = torch.zeros(bsz, dtype=torch.bool, device=dev)
+        n_atoms = torch.zeros(bsz, dtype=torch.long, device=dev)
+        rows = torch.arange(bsz, device=dev)
+        zeros3 = torch.zeros(MAX_BOND_ORDER, dtype=torch.long, device=dev)
+        state = torch.tanh(self.init_h(z)).unsqueeze(0)
+        x = self.start.expand(bsz, -1)
+        # finished molecules leave the working batch (their graphs go to `final`), so a few long
+        # molecules do not keep every row of the batch busy
+        final = GraphBatch(atoms.clone(), adj.clone(), n_atoms.clone())
+        origin = torch.arange(bsz, device=dev)
+        for j in range(m + 1):
+            if bool(done.any()) and int(done.sum()) * 4 >= len(done):
+                gone, keep = origin[done], ~done
+                final.atoms[gone] = atoms[done]
+                final.adj[gone] = adj[done]
+                final.n_atoms[gone] = n_atoms[done]
+                origin, atoms, adj, rem, cnt = (v[keep] for v in (origin, atoms, adj, rem, cnt))
+                nb, keys, dist, n_atoms = (v[keep] for v in (nb, keys, dist, n_atoms))
+                z, gumbels, x, state = z[keep], gumbels[keep], x[keep], state[:, keep]
+                done, bsz = done[keep], int(keep.sum())
+                rows = torch.arange(bsz, device=dev)
+            u = gumbels[:, j]
+            built = atoms[:, :j].clamp(min=0)
+            present = atoms[:, :j] >= 0
+            node = self._node(nb[:, :j], rem[:, :j])  # (B, j, P)
+            x = x + self._readout(built, node, present, j)
+            out, state = self.gru(torch.cat([x, z], -1).unsqueeze(1), state)
+            h = out[:, 0]
+            type_ok = self._type_ok(built, rem[:, :j], cnt[:, :j], present)
+            t = choose(self.atom_head(h), self._atom_mask(j, type_ok), u[:, :k1])
+            done = done | (t == self.stop)
+            if j == m or bool(done.all()):
+                break
+            live = ~done
+            t = t.clamp(max=self.n_types - 1)
+            atoms[:, j] = torch.where(live, t, -1)
+            n_atoms += live.long()
+            cap = self.capacity[t]
+            q = h + self.query_type(t)
+            keys[:, j] = self.pair_k(q)
+            p_order = torch.zeros_like(t)
+            n_clos = torch.zeros_like(t)
+            cnt_j = torch.zeros((bsz, MAX_BOND_ORDER), dtype=torch.long, device=dev)
+            rem_j = cap
+            if j > 0:
+                gap = (j - torch.arange(j, device=dev)).clamp(max=MAX_DIST)
+                pre = (
+                    self.pair_q(q).unsqueeze(1)
+                    + keys[:, :j]
+                    + node
+                    + self.pair_gap(gap)
+                    + self.pair_path(dist[:, j - 1, :j].clamp(0, MAX_DIST))
+                )  # (B, j, P)
+                par_out = self.parent_head(F.relu(pre))
+                pfeas = self._orders_ok(
+                    built, t.unsqueeze(-1), rem[:, :j], cap.unsqueeze(-1), cnt[:, :j], zeros3
+                ) & present.unsqueeze(-1)  # (B, j, 3)
+                off = k1
+                p = choose(par_out[..., 0], pfeas.any(-1), u[:, off : off + j])
+                off += m
+                ologits = par_out[rows, p, 1:]
+                o = choose(ologits, pfeas[rows, p], u[:, off : off + MAX_BOND_ORDER]) + 1
+                p_order = o * live
+                off += MAX_BOND_ORDER
+                adj[rows, j, p] = p_order
+                adj[rows, p, j] = p_order
+                rem[rows, p] -= p_order
+                bonded = (p_order > 0).long()
+                cnt[rows, p, (p_order - 1).clamp(min=0)] += bonded
+                cnt_j[rows, (p_order - 1).clamp(min=0)] += bonded
+                rem_j = cap - p_order
+                reach = dist[rows, p, :j]  # distances from j's neighbours so far
+                last = int(p[live].max()) if bool(live.any()) else 0
+                for i in range(last):  # closures go to atoms below the parent (i < p)
+                    act = live & (i < p)
+                    ring = (reach[:, i] + 2).clamp(max=MAX_RING)
+                    cl = self.closure_head(F.relu(pre[:, i] + self.pair_ring(ring)))
+                    cl = cl + self.closure_rem(rem_j.clamp(0, MAX_REM))
+                    ok = self._orders_ok(built[:, i], t, rem[:, i], rem_j, cnt[:, i], cnt_j)
+                    ok = ok & self.ring_sizes[ring].unsqueeze(-1)
+                    cmask = torch.cat([torch.ones_like(ok[:, :1]), ok], -1)
+                    oc = choose(cl, cmask, u[:, off + 4 * i : off + 4 * i + 4]) * act
+                    made = oc > 0
+                    adj[:, j, i] = torch.where(act, oc, adj[:, j, i])  # i may be a parent
+                    adj[:, i, j] = adj[:, j, i]
+                    rem[:, i] -= oc
+                    rem_j = rem_j - oc
+                    hot = F.one_hot((oc - 1).clamp(min=0), MAX_BOND_ORDER) * made.unsqueeze(-1)
+                    cnt[:, i] += hot
+                    cnt_j = cnt_j + hot
+                    n_clos += made.long()
+                    reach = torch.where(
+                        made.unsqueeze(-1), torch.minimum(reach, dist[:, i, :j]), reach
+                    )
+                # the new atom's bonds join the partial graph: messages both ways, distances
+                row = adj[:, j, :j]
+                nbr = row > 0
+                nb[:, :j] += nbr.unsqueeze(-1) * (
+                    self.msg_type(t).unsqueeze(1) + self.msg_order(row)
+                )
+                nb[:, j] = (nbr.unsqueeze(-1) * (self.msg_type(built) + self.msg_order(row))).sum(1)
+                add_atom(dist, j, F.pad(nbr, (0, m - j)), reach)
+            else:
+                add_atom(dist, 0, torch.zeros_like(atoms, dtype=torch.bool))
+            rem[:, j] = torch.where(live, rem_j, 0)
+            cnt[:, j] = cnt_j
+            x = self.in_type(t) + self.in_order(p_order) + self.in_closures(n_clos.clamp(max=3))
+        final.atoms[origin], final.adj[origin], final.n_atoms[origin] = atoms, adj, n_atoms
+        size = int(final.n_atoms.max()) if len(final.n_atoms) else 0
+        return GraphBatch(final.atoms[:, :size], final.adj[:, :size, :size], final.n_atoms)

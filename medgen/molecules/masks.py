@@ -1,0 +1,201 @@
+"""Chemistry the training data teaches: masks learned from the training graphs, on top of valence.
+
+Valence (:func:`medgen.molecules.graph.bond_capacity`) says what RDKit will sanitize; the data says
+what drug-like molecules look like. :class:`ChemistryMasks` holds four tables learned from the
+training split, all monotone over a decoding (a choice they forbid stays forbidden later), so a
+decoder can apply them at every step and never back itself into a dead end:
+
+* ``pair_orders (K, K, 3)``: atom-type pairs x bond orders 1..3 seen bonded (``O-O``, ``Br=C``...);
+* ``max_bonds (K, 3)``: per atom type, the most bonds of each order one atom carried (a carbon
+  never carries two double bonds in MOSES, so allenes and ketenes are not proposed);
+* ``max_degree (K,)``: per atom type, the most neighbours one atom had;
+* ``ring_sizes (MAX_RING + 1,)``: sizes of the ring a ring-closure bond closes (see below), the
+  last entry meaning ``>= MAX_RING``. MOSES has no ring above 8 atoms.
+
+Charges need no table: the atom vocabulary is built from the training split, so a charge the data
+lacks is no atom type. Graphs are kekulized, so every aromatic ring the decoder writes is a Kekulé
+structure and kekulizes by construction.
+
+Ring size of a closure. Atoms are added in the DFS order of :mod:`medgen.molecules.graph`; atom
+``j`` bonds first to its parent ``p``, then to earlier atoms ``i < p`` in increasing ``i``. The bond
+``j - i`` closes a ring of ``2 + min_s d(s, i)`` atoms, ``d`` the shortest-path distance in the
+graph of atoms ``< j`` and ``s`` over ``j``'s neighbours so far (``p`` and the closures before
+``i``): the smallest ring through the new bond. The largest ring of RDKit's SSSR never exceeds the
+largest closure ring (a minimum cycle basis is also min-max), so masking closure rings above 8
+keeps every ring at 8 atoms or fewer. :func:`prefix_distances` and :func:`closure_rings` compute
+these numbers for teacher forcing; decoders update the same distances step by step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from medgen.errors import InputFileError
+from medgen.molecules.graph import MAX_BOND_ORDER, GraphBatch, collate_graphs
+
+MAX_RING = 12  # ring-size buckets 0..12, the last one ">= 12"
+FAR = 1000  # distance between atoms not (yet) connected
+
+
+@dataclass(frozen=True)
+class ChemistryMasks:
+    """Learned allow-tables (see the module docstring); all tensors on the CPU unless moved."""
+
+    pair_orders: torch.Tensor  # (K, K, 3) bool, symmetric
+    max_bonds: torch.Tensor  # (K, 3) int64
+    max_degree: torch.Tensor  # (K,) int64
+    ring_sizes: torch.Tensor  # (MAX_RING + 1,) bool
+
+    @classmethod
+    def permissive(cls, n_types: int) -> ChemistryMasks:
+        """Tables that forbid nothing (valence alone decides)."""
+        big = 64
+        return cls(
+            pair_orders=torch.ones(n_types, n_types, MAX_BOND_ORDER, dtype=torch.bool),
+            max_bonds=torch.full((n_types, MAX_BOND_ORDER), big, dtype=torch.long),
+            max_degree=torch.full((n_types,), big, dtype=torch.long),
+            ring_sizes=torch.ones(MAX_RING + 1, dtype=torch.bool),
+        )
+
+    # ------------------------------------------------------------------------------ learning
+    @classmethod
+    def learn(cls, batches: Any, n_types: int) -> ChemistryMasks:
+        """Tables of everything seen in an iterable of :class:`GraphBatch` (the training split)."""
+        pair = torch.zeros(n_types, n_types, MAX_BOND_ORDER, dtype=torch.bool)
+        max_bonds = torch.zeros(n_types, MAX_BOND_ORDER, dtype=torch.long)
+        max_degree = torch.zeros(n_types, dtype=torch.long)
+        rings = torch.zeros(MAX_RING + 1, dtype=torch.bool)
+        for batch in batches:
+            atoms, adj, _ = batch
+            valid = atoms >= 0
+            t = atoms.clamp(min=0)
+            b, i, j = torch.tril(adj, diagonal=-1).nonzero(as_tuple=True)
+            order = adj[b, i, j] - 1
+            pair[t[b, i], t[b, j], order] = True
+            pair[t[b, j], t[b, i], order] = True
+            counts = torch.stack([(adj == o).sum(-1) for o in range(1, MAX_BOND_ORDER + 1)], -1)
+            flat_t = t[valid]
+            max_bonds.scatter_reduce_(
+                0, flat_t.unsqueeze(-1).expand(-1, MAX_BOND_ORDER), counts[valid], "amax"
+            )
+            max_degree.scatter_reduce_(0, flat_t, (adj > 0).sum(-1)[valid], "amax")
+            ring = closure_rings(adj)
+            rings[ring[ring > 0].clamp(max=MAX_RING).unique()] = True
+        return cls(pair, max_bonds, max_degree, rings)
+
+    @classmethod
+    def learn_from(cls, dataset: Sequence[Any], n_types: int, chunk: int = 4096) -> ChemistryMasks:
+        """:meth:`learn` over a dataset of :class:`~medgen.molecules.graph.MolGraph` items."""
+        batches = (
+            collate_graphs([dataset[k] for k in range(lo, min(len(dataset), lo + chunk))])
+            for lo in range(0, len(dataset), chunk)
+        )
+        return cls.learn(batches, n_types)
+
+    # ------------------------------------------------------------------------------ storage
+    def to_plain(self, tokens: Sequence[str]) -> dict[str, Any]:
+        """Plain lists and dicts keyed by atom-type token (for checkpoint hyperparameters)."""
+        a, b, o = self.pair_orders.nonzero(as_tuple=True)
+        return {
+            "pair_orders": [
+                [tokens[x], tokens[y], z + 1]
+                for x, y, z in zip(a.tolist(), b.tolist(), o.tolist(), strict=True)
+                if x <= y
+            ],
+            "max_bonds": {tokens[k]: row for k, row in enumerate(self.max_bonds.tolist())},
+            "max_degree": dict(zip(tokens, self.max_degree.tolist(), strict=True)),
+            "ring_sizes": self.ring_sizes.nonzero().flatten().tolist(),
+        }
+
+    @classmethod
+    def from_plain(cls, data: Mapping[str, Any], tokens: Sequence[str]) -> ChemistryMasks:
+        """Inverse of :meth:`to_plain`; ``InputFileError`` if ``data`` does not fit ``tokens``."""
+        index = {t: k for k, t in enumerate(tokens)}
+        k = len(tokens)
+        try:
+            pair = torch.zeros(k, k, MAX_BOND_ORDER, dtype=torch.bool)
+            for x, y, order in data["pair_orders"]:
+                pair[index[x], index[y], int(order) - 1] = True
+                pair[index[y], index[x], int(order) - 1] = True
+            max_bonds = torch.tensor([list(data["max_bonds"][t]) for t in tokens], dtype=torch.long)
+            max_degree = torch.tensor([int(data["max_degree"][t]) for t in tokens])
+            rings = torch.zeros(MAX_RING + 1, dtype=torch.bool)
+            rings[torch.tensor([int(r) for r in data["ring_sizes"]], dtype=torch.long)] = True
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise InputFileError(
+                f"learned chemistry masks do not fit the vocabulary {list(tokens)}: {err!r}"
+            ) from err
+        return cls(pair, max_bonds.reshape(k, MAX_BOND_ORDER), max_degree.long(), rings)
+
+
+# ---------------------------------------------------------------------------- partial graphs
+
+
+def add_atom(
+    dist: torch.Tensor, j: int, neighbours: torch.Tensor, reach: torch.Tensor | None = None
+) -> None:
+    """Add atom ``j`` with bonds to ``neighbours (B, M)`` (bool, atoms ``< j``) to the all-pairs
+    distances ``dist (B, M, M)`` (int64, in place; :data:`FAR` where not connected). ``reach
+    (B, j)``, when the caller has it, is ``min_s dist[s, :j]`` over the neighbours ``s``."""
+    if reach is None:
+        via = dist.masked_fill(~neighbours.unsqueeze(-1), FAR).amin(1) + 1  # (B, M): d(j, x)
+    else:
+        via = torch.full_like(dist[:, 0], FAR)
+        via[:, : reach.shape[1]] = torch.where(neighbours[:, : reach.shape[1]].any(-1, True),
+                                               reach + 1, FAR)  # fmt: skip
+    via = via.clamp(max=FAR)
+    via[:, j] = 0
+    dist[:, j, :] = via
+    dist[:, :, j] = via
+    torch.minimum(dist, (via.unsqueeze(-1) + via.unsqueeze(-2)).clamp(max=FAR), out=dist)
+
+
+def empty_distances(bsz: int, m: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.full((bsz, m, m), FAR, dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def prefix_distances(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forcing geometry of padded graphs ``adj (B, N, N)`` in decoding order.
+
+    Returns ``last (B, N, N)``: ``last[b, j, i]`` the distance from atom ``j - 1`` to ``i < j`` in
+    the graph of atoms ``< j`` (0 for ``j = 0``), and ``rings (B, N, N)``: for every ring-closure
+    candidate ``i`` below ``j``'s parent, the size of the ring a bond ``j - i`` would close given
+    the closures ``j`` actually made to atoms below ``i``; 0 elsewhere.
+    """
+    bsz, n = adj.shape[:2]
+    dev = adj.device
+    idx = torch.arange(n, device=dev)
+    lower = torch.tril(adj, diagonal=-1) > 0  # (B, j, i)
+    parent = torch.where(lower, idx, -1).amax(-1)  # (B, N)
+    dist = empty_distances(bsz, n, dev)
+    last = torch.zeros(bsz, n, n, dtype=torch.long, device=dev)
+    rings = torch.zeros(bsz, n, n, dtype=torch.long, device=dev)
+    for j in range(n):
+        if j > 0:
+            last[:, j] = dist[:, j - 1].clamp(max=FAR)
+            p = parent[:, j]
+            # neighbours s of j that count for candidate i: the parent, and closures below i
+            s_ok = lower[:, j].unsqueeze(-1) & (
+                (idx.unsqueeze(-1) == p.view(-1, 1, 1)) | (idx.unsqueeze(-1) < idx)
+            )  # (B, s, i)
+            reach = dist.masked_fill(~s_ok, FAR).amin(1)  # (B, i)
+            candidate = (idx < p.unsqueeze(-1)) & (p >= 0).unsqueeze(-1)
+            rings[:, j] = torch.where(candidate, (reach + 2).clamp(max=FAR), 0)
+        add_atom(dist, j, lower[:, j])
+    return last, rings
+
+
+def closure_rings(adj: torch.Tensor) -> torch.Tensor:
+    """Ring size closed by each ring-closure bond, ``(B, N, N)`` (0 where none); see module doc."""
+    return prefix_distances(adj)[1] * (torch.tril(adj, diagonal=-1) > 0)
+
+
+def graph_rings(batch: GraphBatch) -> list[list[int]]:
+    """The closure ring sizes of each graph in ``batch`` (for checks and reports)."""
+    rings = closure_rings(batch.adj)
+    return [r[r > 0].tolist() for r in rings]
