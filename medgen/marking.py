@@ -32,7 +32,6 @@ import re
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +108,6 @@ def provenance(
         "checkpoint_sha256": str(checkpoint_sha256),
         "settings": _jsonable(dict(settings)),
         "medgen_version": __version__,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     for key, value in (extra or {}).items():
         record.setdefault(str(key), _jsonable(value))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -324,7 +325,7 @@ class VolumeRelease:
             "shape": first.get("shape"),
             "dtype": first.get("dtype"),
             "units": first.get("units"),
-            "created_utc": rec["created_utc"],
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         return {
             "title": f"Synthetic {self.meta.modality} cohort {self.cohort_name}",

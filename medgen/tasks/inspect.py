@@ -33,7 +33,7 @@ def describe(record: dict[str, Any] | None) -> list[str]:
             f"generator: {record.get('generator')}",
             f"checkpoint sha256: {record.get('checkpoint_sha256')}",
             f"settings: {json.dumps(record.get('settings', {}), sort_keys=True)}",
-            f"created: {record.get('created_utc')} (medgen {record.get('medgen_version')})",
+            f"medgen version: {record.get('medgen_version')}",
         ]
         data = record.get("data")
         if isinstance(data, dict) and data.get("description"):

@@ -111,13 +111,13 @@ def test_sample_task_writes_csv_and_sdf_with_provenance(trained_run, tmp_path):
     kw = dict(out=out, n=20, seed=3, temperature=1.0, batch_size=4)
     summary = sample_from(ckpt, **kw)
     assert summary["validity"] == 1.0
-    lines = out.read_text().splitlines()
-    assert lines[0] == "index,seed,smiles,valid" and len(lines) == 21
+    lines = [r for r in out.read_text().splitlines() if not r.startswith("# ")]  # the mark
+    assert lines[0] == "index,seed,smiles,valid,dualuse_alerts" and len(lines) == 21
     side = json.loads((tmp_path / "m.csv.json").read_text())
     assert side["seed"] == 3 and len(side["checkpoint_sha256"]) == 64 and side["provenance"]
     # same seed and checkpoint: rerun is allowed and identical; another seed is refused
     sample_from(ckpt, **kw)
-    assert out.read_text().splitlines() == lines
+    assert [r for r in out.read_text().splitlines() if not r.startswith("# ")] == lines
     with pytest.raises(FileExistsError, match="overwrite=true"):
         sample_from(ckpt, **{**kw, "seed": 4})
     # another temperature or count into the same out is refused too, naming what changed
