@@ -7,6 +7,7 @@ This module only parses the command line and hands over to Hydra, which then pro
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
@@ -60,7 +61,7 @@ def usage() -> str:
         "  medgen train model=graph_vae data=smiles debug=fast",
         "  medgen sample ckpt=outputs/train/<run> n=8 sampler=ddim steps=50 out=synth/",
         "  medgen screen input=molecules.smi out=scored.csv rules=[lipinski,pains]",
-        "  medgen <task> --help        Hydra's help for that task's config",
+        "  medgen <task> --help        that task's config groups and settings, with comments",
         "  medgen <task> --cfg job     print the composed config",
     ]
     return "\n".join(lines)
@@ -332,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     scratch: Path | None = None
     try:
         if any(flag in overrides for flag in HELP_FLAGS):
-            print(task_help(task, [o for o in overrides if o not in HELP_FLAGS]))
+            text = task_help(task, [o for o in overrides if o not in HELP_FLAGS])
+            with contextlib.suppress(BrokenPipeError):  # `medgen train --help | head`
+                print(text, flush=True)
             return 0
         # Hydra's own flags (--cfg, --hydra-help, -m sweeps) go straight to Hydra; a sweep's jobs
         # are still checked one by one by their task

@@ -151,7 +151,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "dualuse_alerts": ("↓ lower", "valid molecules matching a dual-use alert (a count)"),
     "guacamol/FCD_score": ("↑ higher", "GuacaMol FCD score exp(-0.2 FCD), 0..1"),
     "guacamol/KL_score": ("↑ higher", "mean exp(-KL) over GuacaMol's 9 descriptors and similarity"),
-    "guacamol/KL": ("↑ higher", "exp(-KL) of this descriptor's distribution vs the reference"),
+    "guacamol/KL": ("↓ lower", "KL(reference || samples) of this descriptor's distribution"),
 }
 for _prop in PROPERTY_NAMES:  # MOSES's property rows are distances between distributions
     METRICS[_prop] = ("↓ lower", f"Wasserstein-1 distance of the {_prop} distributions to {{ref}}")

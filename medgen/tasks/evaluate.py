@@ -163,6 +163,8 @@ def _references(cfg: DictConfig, n_jobs: int):
             "Test": load_moses_stats(moses_stats_path("test", data_dir), "Test"),
             "TestSF": load_moses_stats(moses_stats_path("test_scaffolds", data_dir), "TestSF"),
         }
+        for stats in references.values():  # their fingerprint index goes with every other cache
+            stats.cache_dir = cache_dir
         kl_source = moses_path("test", data_dir)
     else:
         kl_source = Path(cfg.reference)

@@ -31,6 +31,11 @@ KNOWN_LOG_LINES: tuple[tuple[str, str], ...] = (
     ("lightning.pytorch.utilities.rank_zero", "💡 Tip:"),
 )
 
+# loggers whose INFO lines are another library's start-up chatter: WARNING and above only
+QUIET_LOGGERS: tuple[str, ...] = (
+    "alembic",  # Optuna's database migrations, imported when Hydra discovers the Optuna sweeper
+)
+
 
 class _DropPrefix(logging.Filter):
     """Drops the records whose message starts with ``prefix``."""
@@ -44,10 +49,13 @@ class _DropPrefix(logging.Filter):
 
 
 def quiet_third_party() -> None:
-    """Silence :data:`KNOWN_WARNINGS` and :data:`KNOWN_LOG_LINES` (idempotent)."""
+    """Silence :data:`KNOWN_WARNINGS`, :data:`KNOWN_LOG_LINES` and the INFO lines of
+    :data:`QUIET_LOGGERS` (idempotent)."""
     for message, category, _ in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     for name, prefix in KNOWN_LOG_LINES:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in logger.filters):
             logger.addFilter(_DropPrefix(prefix))
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

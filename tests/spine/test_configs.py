@@ -70,10 +70,15 @@ def test_default_train_config_instantiates(compose_cfg):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_instantiates(compose_cfg, experiment):
-    cfg = compose_cfg("train", [f"experiment={experiment}"])
-    datamodule, model, trainer = _instantiate_run(cfg)
-    assert model.hparams.get("kind") in {"diffusion3d", "graph_vae"}
+def test_every_experiment_composes_and_instantiates(compose_cfg, experiment, tmp_path):
+    overrides = [f"experiment={experiment}"]
+    if "autoencoder" in compose_cfg("train", overrides).model.keys():  # two-stage: a stage 1
+        from tests.imaging.test_autoencoder import tiny_autoencoder_checkpoint
+
+        ae = tiny_autoencoder_checkpoint(tmp_path / "stage1.ckpt")
+        overrides += [f"model.autoencoder={ae}", "model.tile_size=null"]
+    datamodule, model, trainer = _instantiate_run(compose_cfg("train", overrides))
+    assert model.hparams.get("kind") in {"diffusion3d", "graph_vae", "autoencoder3d", "ldm3d"}
 
 
 @pytest.mark.parametrize("trainer_name", TRAINERS)

@@ -21,6 +21,13 @@ ON_CPU = [
     "trainer.precision=32-true",
 ]
 TINY_NETWORK = [o for o in TINY_UNET if o.startswith("model.")] + ["callbacks.scan_preview.steps=2"]
+TINY_AUTOENCODER = [
+    "model.network.channels=[8,8]",
+    "model.network.attention_levels=[false,false]",
+    "model.network.norm_num_groups=8",
+    "model.patch_size=[8,8,8]",
+    "model.tile_size=[8,8,8]",
+]
 TINY_DATA = {
     "medgen.imaging.data.PhantomDataModule": [o for o in TINY_UNET if o.startswith("data.")]
     + ["data.num_test=2", "data.num_workers=0", "data.pin_memory=false"],
@@ -69,6 +76,13 @@ def test_experiment_fits_a_few_steps(compose_cfg, experiment, tmp_path):
     overrides = [f"experiment={experiment}", *SHRINK, *ON_CPU, *TINY_DATA[target]]
     if "imaging" in str(probe.model._target_):
         overrides += TINY_NETWORK
+    if str(probe.model._target_).endswith("AutoencoderModule"):  # stage 1 of latent diffusion
+        overrides = [o for o in overrides if o not in TINY_NETWORK] + TINY_AUTOENCODER
+    if "autoencoder" in probe.model.keys():  # stage 2: a tiny stage-1 checkpoint, no tiles
+        from tests.imaging.test_autoencoder import tiny_autoencoder_checkpoint
+
+        ae = tiny_autoencoder_checkpoint(tmp_path / "stage1.ckpt")
+        overrides += [f"model.autoencoder={ae}", "model.tile_size=null"]
     cfg = compose_cfg("train", overrides, job=True)
     metrics = train(cfg)
     assert metrics["global_step"] == 2, metrics

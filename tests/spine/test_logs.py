@@ -12,7 +12,7 @@ import pytest
 from torch import nn
 
 from medgen.utils.logging import format_metrics, format_value, parameter_summary
-from medgen.utils.warnings import KNOWN_LOG_LINES, quiet_third_party
+from medgen.utils.warnings import KNOWN_LOG_LINES, QUIET_LOGGERS, quiet_third_party
 from tests.conftest import TEST_CONFIG_DIR, run_medgen
 
 LEAFSPEC = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`"
@@ -22,11 +22,14 @@ LEAFSPEC = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(tree
 def restore_filters():
     loggers = [logging.getLogger(name) for name, _ in KNOWN_LOG_LINES]
     before = [list(lg.filters) for lg in loggers]
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield caught
     for lg, filters in zip(loggers, before, strict=True):
         lg.filters[:] = filters
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def test_known_notices_are_silenced_and_nothing_else(restore_filters, caplog):
@@ -46,6 +49,8 @@ def test_known_notices_are_silenced_and_nothing_else(restore_filters, caplog):
         rank_zero_info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
     assert len(logging.getLogger(KNOWN_LOG_LINES[0][0]).filters) == 1
+    chatter = logging.getLogger("alembic.runtime.plugins")
+    assert not chatter.isEnabledFor(logging.INFO) and chatter.isEnabledFor(logging.WARNING)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +142,52 @@ def test_graph_vae_logs_no_step_and_epoch_duplicates(compose_cfg, tmp_path, monk
     )  # fmt: skip
     metrics = train(cfg)
     assert "train/loss" in metrics and "val/loss" in metrics
-    assert not [k for k in metrics if k.endswith(("_step", "_epoch"))], sorted(metrics)
+    doubled = [k for k in metrics if k.endswith(("_step", "_epoch")) and k != "global_step"]
+    assert not doubled, sorted(metrics)
     (metrics_csv,) = Path(cfg.paths.output_dir).rglob("metrics.csv")
     header = metrics_csv.read_text().splitlines()[0].split(",")
     assert not [k for k in header if k.endswith(("_step", "_epoch"))], header
+
+
+def test_molecule_metrics_table_says_direction_and_what_each_row_is():
+    import math
+
+    from medgen.tasks.evaluate import format_table
+
+    table = format_table(
+        {"valid": 0.5, "unique@1000": math.nan, "FCD/Test": 12.0, "QED": 0.05, "dualuse_alerts": 2}
+    )
+    rows = {line.split()[0]: line for line in table.splitlines()[2:]}
+    assert "n/a (fewer than 1000 valid samples)" in rows["unique@1000"]
+    assert "↓ lower" in rows["FCD/Test"] and "Fréchet ChemNet distance to Test" in rows["FCD/Test"]
+    assert "↓ lower" in rows["QED"] and "Wasserstein-1 distance" in rows["QED"]
+    assert "to Test" in rows["QED"]  # measured against the first reference
+    assert "↑ higher" in rows["valid"] and "0.5000" in rows["valid"]
+    assert rows["dualuse_alerts"].split()[1] == "2"
+
+
+def test_unique_at_k_is_not_reported_below_k_molecules():
+    import math
+
+    from medgen.chem.evaluation import evaluate_smiles
+
+    m = evaluate_smiles(["CCO", "OCC", "CCN", "not_a_smiles"], k=[3, 10], dualuse=False)
+    assert m["valid"] == 0.75
+    assert m["unique@3"] == pytest.approx(2 / 3)  # CCO and OCC are one molecule
+    assert math.isnan(m["unique@10"])
+
+
+def test_scan_metrics_table_has_arrows():
+    from medgen.imaging.evaluation.report import format_table
+
+    metrics = {
+        "fidelity/frechet": 1.5,
+        "fidelity/mmd": 8.1772e15,
+        "memorization/distance_ratio": None,
+    }
+    result = {"metrics": metrics, "details": {}}
+    rows = {line.split()[0]: line for line in format_table(result).splitlines()[2:]}
+    assert "↓ lower" in rows["fidelity/frechet"] and "1.5000" in rows["fidelity/frechet"]
+    assert "↑ higher, ~1" in rows["memorization/distance_ratio"]
+    assert "n/a" in rows["memorization/distance_ratio"]
+    assert rows["fidelity/mmd"].split()[1] == "8.177e+15"

@@ -29,9 +29,7 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [("metric", "value", "better", "what")]
     for name, value in result["metrics"].items():
         better, what = METRICS.get(name, ("", ""))
-        rows.append(
-            (name, "n/a" if value is None else f"{value:.4f}", ARROWS.get(better, better), what)
-        )
+        rows.append((name, _number(value), ARROWS.get(better, better), what))
     t = result["details"].get("tstr") or {}
     for i, label in enumerate(t.get("labels") or []):
         syn = (t.get("dice_synthetic") or [None] * (i + 1))[i]
@@ -42,6 +40,13 @@ def format_table(result: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _number(value: float | None) -> str:
+    """4 decimals, or 4 significant digits for large values (``8.177e+15``); None: ``n/a``."""
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
 
 
 def json_record(result: dict[str, Any], **extra: Any) -> dict[str, Any]:
