@@ -11,6 +11,8 @@ with the first row (DDIM 50 for a DDPM-trained model, RFlow 30 for an RFlow-trai
     python benchmarks/sampler_quality.py --ckpt outputs/train/<run>/checkpoints/last.ckpt --n 8
     python benchmarks/sampler_quality.py --ckpt <run> --full               # adds DDPM 1000
     python benchmarks/sampler_quality.py --ckpt <run> --rows ddim:50 heun:10 ddim:20:eta=0.5
+    # how far each deterministic row is from the ODE solution (a 100-step DPM-Solver++ run)
+    python benchmarks/sampler_quality.py --ckpt <run> --n 2 --ode-reference dpmpp:100 --skip-eval
 
 The reference is the training run's own test split when the checkpoint sits in a run folder
 (``<run>/config.yaml``), else ``--reference`` (a data config such as ``phantom``, a cohort folder
@@ -99,10 +101,6 @@ def real_sets(args: argparse.Namespace, like: Any, intensity: Any) -> tuple[Any,
     return reference, load_volumes(args.real, name="real", limit=args.n, **common)
 
 
-def _g(value: float | None, spec: str = ".3g") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True, help="checkpoint file or run dir")
@@ -117,6 +115,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--encoder-steps", type=int, default=300)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--ode-reference", default=None, metavar="ROW",
+        help="a many-step deterministic row (e.g. dpmpp:100): adds each row's mean |difference| "
+        "to it in source units, the error of solving the same ODE from the same x_T",
+    )  # fmt: skip
+    parser.add_argument("--skip-eval", action="store_true", help="no FD / MMD / HU JS columns")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -157,41 +161,73 @@ def main() -> None:
         print(f"  {row.sampler} {row.steps} eta={row.eta} shift={row.shift}: "
               f"{seconds:.2f} s/sample", flush=True)  # fmt: skip
 
-    like = sample_set(drawn[0][2], meta, "samples")
-    reference, real = real_sets(args, like, like.intensity)
-    eval_settings = VolumeEvalSettings(
-        encoder_steps=args.encoder_steps, seed=args.seed, progress=False,
-        device="cuda" if args.device.startswith("cuda") else "cpu",
-    )  # fmt: skip
-    results = []
-    with tempfile.TemporaryDirectory() as cache:
-        sets: list[tuple[Row | None, float | None, Any]] = [(None, None, real)]
-        sets += [(r, s, sample_set(x, meta, "samples")) for r, s, x in drawn]
-        for which, secs, vs in sets:
-            m = evaluate_volumes(vs, reference, None, eval_settings, cache_dir=Path(cache))
-            results.append((which, secs, m["metrics"]))
-    ref_s = drawn[0][1]
-    print(f"\nreference {reference.source} ({len(reference)} volumes), real floor {real.source}")
-    print("| sampler | steps | eta | shift | network calls | s / sample | FD | MMD | HU JS | "
-          f"time vs {rows[0].sampler.upper()}-{rows[0].steps} |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    record = []
-    for which, secs, m in results:
-        fd, mmd, js = m["fidelity/frechet"], m["fidelity/mmd"], m["fidelity/hu_js"]
-        if which is None or secs is None:
-            print(f"| real (floor) | | | | | | {_g(fd)} | {_g(mmd)} | {_g(js, '.3f')} | |")
-            record.append({"row": "real", "fd": fd, "mmd": mmd, "hu_js": js})
-            continue
-        eta = "" if which.eta is None else f"{which.eta:g}"
-        print(
-            f"| {which.sampler} | {which.steps} | {eta} | {which.shift:g} | {which.calls()} | "
-            f"{secs:.2f} | {_g(fd)} | {_g(mmd)} | {_g(js, '.3f')} | {secs / ref_s:.2f} |"
-        )
-        record.append({"sampler": str(which.sampler), "steps": which.steps, "eta": which.eta,
-                       "shift": which.shift, "calls": which.calls(), "seconds_per_sample": secs,
-                       "fd": fd, "mmd": mmd, "hu_js": js})  # fmt: skip
+    ode = None
+    if args.ode_reference:
+        ref_row = Row.parse(args.ode_reference)
+        settings = model.resolve_settings(ref_row.settings(args.seed))
+        x = generate_volumes(model, args.n, settings, batch_size=batch, device=args.device)
+        ode = (ref_row, sample_set(x, meta, "ode").source_units())
+
+    table = [_row_values(row, secs, drawn[0][1]) for row, secs, _ in drawn]
+    if ode is not None:
+        for values, (_, _, x) in zip(table, drawn, strict=True):
+            diff = sample_set(x, meta, "samples").source_units() - ode[1]
+            values[f"mean abs diff vs {ode[0].sampler}-{ode[0].steps}"] = float(diff.abs().mean())
+    floor = None
+    if not args.skip_eval:
+        like = sample_set(drawn[0][2], meta, "samples")
+        reference, real = real_sets(args, like, like.intensity)
+        eval_settings = VolumeEvalSettings(
+            encoder_steps=args.encoder_steps, seed=args.seed, progress=False,
+            device="cuda" if args.device.startswith("cuda") else "cpu",
+        )  # fmt: skip
+        with tempfile.TemporaryDirectory() as cache:
+
+            def scores(vs: Any) -> dict[str, float | None]:
+                m = evaluate_volumes(vs, reference, None, eval_settings, cache_dir=Path(cache))
+                keys = {"FD": "fidelity/frechet", "MMD": "fidelity/mmd", "HU JS": "fidelity/hu_js"}
+                return {k: m["metrics"][v] for k, v in keys.items()}
+
+            floor = scores(real)
+            for values, (_, _, x) in zip(table, drawn, strict=True):
+                values.update(scores(sample_set(x, meta, "samples")))
+        print(f"\nreference {reference.source} ({len(reference)} volumes), real {real.source}")
+    ref = f"{rows[0].sampler.upper()}-{rows[0].steps}"
+    columns = [k for k in table[0] if k != "time"] + [f"time vs {ref}"]
+    print("\n| " + " | ".join(columns) + " |")
+    print("| --- | " + " | ".join("---:" for _ in columns[1:]) + " |")
+    if floor is not None:
+        cells = [floor.get(k) if k in floor else "" for k in columns[1:]]
+        print("| real (floor) | " + " | ".join(_cell(c) for c in cells) + " |")
+    for values in table:
+        cells = [values.get(k) for k in columns[1:-1]] + [values["time"]]
+        print(f"| {values['sampler']} | " + " | ".join(_cell(c) for c in cells) + " |")
     if args.json:
-        atomic_write_json(args.json, {"checkpoint": str(file), "n": args.n, "rows": record})
+        atomic_write_json(
+            args.json,
+            {"checkpoint": str(file), "trained": trained, "n": args.n, "seed": args.seed,
+             "rows": table, "real_floor": floor},
+        )  # fmt: skip
+
+
+def _row_values(row: Row, seconds: float, reference_seconds: float) -> dict[str, Any]:
+    return {
+        "sampler": str(row.sampler),
+        "steps": row.steps,
+        "eta": row.eta,
+        "shift": row.shift,
+        "network calls": row.calls(),
+        "s / sample": seconds,
+        "time": seconds / reference_seconds,
+    }
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return format(value, ".3g")
+    return str(value)
 
 
 if __name__ == "__main__":

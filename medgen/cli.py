@@ -35,6 +35,14 @@ RELAUNCH_ENV = "MEDGEN_TASK"
 POSITIONAL_KEY: dict[str, str] = {"data": "dataset", "inspect": "path"}
 # read-only tasks: run on the composed config without a Hydra run folder
 NO_RUN_DIR = ("inspect",)
+# task -> module under medgen.tasks, where the names differ (a module named ``inspect`` would
+# shadow the standard library's when a task module runs as a script, e.g. a relaunched DDP rank)
+TASK_MODULES: dict[str, str] = {"inspect": "inspection"}
+
+
+def task_module(task: str) -> str:
+    """The module that holds task ``task`` (a function of the same name)."""
+    return f"medgen.tasks.{TASK_MODULES.get(task, task)}"
 
 
 def config_dir() -> Path:
@@ -76,7 +84,7 @@ def run_task(task: str, overrides: list[str]) -> None:
     """
     import hydra
 
-    module = importlib.import_module(f"medgen.tasks.{task}")
+    module = importlib.import_module(task_module(task))
     task_fn = getattr(module, task)
     failed: list[tuple[UserError, Path | None]] = []
 
@@ -140,7 +148,7 @@ def check_task(task: str, overrides: list[str]) -> Any:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    module = importlib.import_module(f"medgen.tasks.{task}")
+    module = importlib.import_module(task_module(task))
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=task):
             cfg = compose(config_name=task, overrides=overrides)
@@ -342,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         if not any(arg.startswith("-") for arg in overrides):
             cfg = check_task(task, overrides)
             if task in NO_RUN_DIR:
-                getattr(importlib.import_module(f"medgen.tasks.{task}"), task)(cfg)
+                getattr(importlib.import_module(task_module(task)), task)(cfg)
                 return 0
             scratch = None if keeps_run_folder(task, cfg, overrides) else scratch_run_dir(task)
             if scratch is not None:  # Hydra needs a run dir: a temporary one, removed below
@@ -373,7 +381,7 @@ def keeps_run_folder(task: str, cfg: Any, overrides: list[str]) -> bool:
         o.lstrip("+").startswith("hydra.run.dir=") for o in overrides
     ):
         return True
-    decide = getattr(importlib.import_module(f"medgen.tasks.{task}"), "keeps_run_folder", None)
+    decide = getattr(importlib.import_module(task_module(task)), "keeps_run_folder", None)
     return True if decide is None else bool(decide(cfg))
 
 

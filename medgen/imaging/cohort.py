@@ -67,7 +67,10 @@ IDENTITY_KEYS = (
     "guidance_scale",
     "condition",
     "use_ema",
+    "shift",
 )
+# what a run.json written before a key existed means by its absence
+IDENTITY_DEFAULTS: dict[str, Any] = {"shift": 1.0}
 IMAGES, LABELS = "images", "labels"
 RUN_FILE, MANIFEST, DATALIST, PREVIEW = "run.json", "manifest.csv", "dataset.json", "preview.png"
 MANIFEST_COLUMNS = (
@@ -164,11 +167,12 @@ class VolumeCohort:
             "guidance_scale": float(s.guidance_scale),
             "condition": s.condition,
             "use_ema": bool(s.use_ema),
+            "shift": float(s.shift),
         }
         return {k: values[k] for k in IDENTITY_KEYS}
 
     def _matches(self, record: Mapping[str, Any]) -> bool:
-        return all(record.get(k) == v for k, v in self.identity().items())
+        return all(record.get(k, IDENTITY_DEFAULTS.get(k)) == v for k, v in self.identity().items())
 
     # -- the Cohort protocol ------------------------------------------------------------------
     def check(self, n: int | None = None, *, overwrite: bool = False) -> bool:
@@ -197,7 +201,9 @@ class VolumeCohort:
                 "choose an empty folder or pass overwrite=true to replace medgen files there"
             )
         diffs = {
-            k: (existing.get(k), v) for k, v in self.identity().items() if existing.get(k) != v
+            k: (existing.get(k), v)
+            for k, v in self.identity().items()
+            if existing.get(k, IDENTITY_DEFAULTS.get(k)) != v
         }
         if existing.get("layout", Layout.DECATHLON) != self.layout:
             diffs["layout"] = (existing.get("layout", str(Layout.DECATHLON)), str(self.layout))
@@ -492,7 +498,9 @@ def intact_indices(out: str | os.PathLike, identity: Mapping[str, Any] | None = 
     manifest = read_manifest(out)
     intact = set()
     for index, record in sidecars(out).items():
-        if identity is not None and any(record.get(k) != v for k, v in identity.items()):
+        if identity is not None and any(
+            record.get(k, IDENTITY_DEFAULTS.get(k)) != v for k, v in identity.items()
+        ):
             continue
         row = manifest.get(record.get("file", ""))
         pairs = [("file", "sha256")] + ([("label", "label_sha256")] if record.get("label") else [])

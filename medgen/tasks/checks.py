@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medgen.errors import ConfigError, MissingFileError, UserError
+from medgen.errors import ConfigError, InputFileError, MissingFileError, UserError
 from medgen.marking import ReleaseOptions, with_release
 from medgen.records import Sampler, SampleSettings
 from medgen.utils.validate import read_record
@@ -21,6 +21,17 @@ POSITIVE = {"ge": 1}
 
 
 # ------------------------------------------------------------------------------------- sample
+
+
+# keys of medgen sample that only scan models read: key -> (default, as YAML writes it); a
+# molecule model refuses any other value
+SCAN_ONLY_KEYS: dict[str, tuple[Any, str]] = {
+    "audit": (False, "false"),
+    "allow_memorized": (False, "false"),
+    "audit_train": (None, "null"),
+    "evaluation": (None, "null"),
+    "layout": ("decathlon", "decathlon"),
+}
 
 
 @dataclass(frozen=True)
@@ -68,11 +79,14 @@ class SampleJob:
         raise ConfigError("indices", self.indices, f"'a:b' with 0 <= a < b <= n={self.n}")
 
     def release(self, generator: Any, checkpoint: Path) -> ReleaseOptions:
-        """The release options of this run (local: the checkpoint path is never written)."""
-        if self.allow_memorized and not self.audit:
-            raise ConfigError("allow_memorized", True, "false unless audit=true")
-        if self.evaluation is not None and not self.evaluation.expanduser().is_file():
-            raise MissingFileError(f"evaluation={self.evaluation}: no such evaluation.json")
+        """The release options of this run (local: the checkpoint path is never written); a
+        molecule model refuses the scan-only keys (audit, cohort card figures, folder layout)."""
+        if str(getattr(generator, "output", "")) == "molecules":
+            for key, (default, shown) in SCAN_ONLY_KEYS.items():
+                value = getattr(self, key)
+                if value != default:
+                    value = str(value) if isinstance(value, Path) else value
+                    raise ConfigError(key, value, f"{shown} for a molecule model (scan models)")
         cls = type(generator)
         return ReleaseOptions(
             share=self.share,
@@ -82,7 +96,7 @@ class SampleJob:
             evaluation=None if self.evaluation is None else str(self.evaluation.expanduser()),
             checkpoint=str(checkpoint.resolve()),
             generator=f"{cls.__module__}.{cls.__qualname__}",
-        )
+        ).checked()
 
     def settings(self) -> SampleSettings:
         """The sampling record every generator takes (checked by its ``resolve_settings``)."""
@@ -492,6 +506,8 @@ class InspectJob:
 def check_inspect(cfg: Any) -> InspectJob:
     """Check ``medgen inspect``'s keys and that the file exists."""
     job = read_record(InspectJob, cfg)
+    if job.path.is_dir():
+        raise InputFileError(f"path={job.path}: a folder, not a file; name one file of it")
     if not job.path.is_file():
         raise MissingFileError(f"path={job.path}: no such file")
     return job
