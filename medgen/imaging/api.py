@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 
-from medgen.errors import UserError
+from medgen.errors import ConfigError, MissingFileError, UserError
 from medgen.imaging.cohort import VolumeCohort, sample_name
 from medgen.imaging.layouts import layout_of, sample_files
+from medgen.marking import ReleaseOptions, release_options, with_release
 from medgen.records import DataMeta, SampleSettings
 from medgen.utils.logging import get_logger
+from medgen.utils.provenance import file_sha256
 
 log = get_logger(__name__)
 
@@ -76,6 +78,13 @@ def export_volumes(
     overwrite: bool = False,
     preview: bool = True,
     layout: str = "decathlon",
+    share: bool | None = None,
+    audit: bool | None = None,
+    allow_memorized: bool | None = None,
+    audit_train: str | os.PathLike | None = None,
+    evaluation: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    generator: str | None = None,
 ) -> list[Path]:
     """Write ``volumes`` (N, C, D, H, W) in [-1, 1] as a cohort in ``out``; return image paths.
 
@@ -87,6 +96,17 @@ def export_volumes(
     (:mod:`medgen.imaging.layouts`; nnU-Net needs label maps and ``label_names``). Samples
     already in ``out`` and intact are not rewritten; samples of the same cohort that ``out``
     holds beyond ``indices`` stay and are listed (logged).
+
+    The release keys are those of ``medgen sample`` (``docs/release.md``); None keeps what
+    ``settings`` carries (:func:`medgen.marking.release_options`, all off by default).
+    ``share``: no host or absolute path in anything written, checked at the end. ``audit``:
+    compare every sample with its nearest training volume before the index files are written
+    and raise a ``UserError`` naming the memorized ones unless ``allow_memorized``; the
+    training volumes come from ``audit_train`` (a training run folder, NIfTI folder, datalist or
+    data config name), else the training run folder of ``checkpoint``, else ``meta.source``.
+    ``evaluation``: an ``evaluation.json`` the card quotes. ``checkpoint`` (local, never
+    written) also gives ``checkpoint_sha256`` when that is None; ``generator``: the class path
+    the marking names. Settings mistakes raise before anything is written.
     """
     n = len(volumes)
     indices = list(range(n)) if indices is None else [int(i) for i in indices]
@@ -95,6 +115,12 @@ def export_volumes(
     if labels is not None and len(labels) != n:
         raise ValueError(f"got {len(labels)} label maps for {n} volumes")
     settings = settings or SampleSettings()
+    given = dict(share=share, audit=audit, allow_memorized=allow_memorized,
+                 audit_train=audit_train, evaluation=evaluation, checkpoint=checkpoint,
+                 generator=generator)  # fmt: skip
+    settings = with_release(settings, _release(settings, given))
+    if checkpoint_sha256 is None and checkpoint is not None:
+        checkpoint_sha256 = file_sha256(Path(checkpoint).expanduser())
     kind = layout_of(layout)
     if kind != "decathlon":
         settings = settings.replace(extra={**settings.extra, "layout": str(kind)})
@@ -123,3 +149,26 @@ def export_volumes(
         n - written,
     )
     return [Path(out) / sample_files(kind, sample_name(i)).image for i in indices]
+
+
+def _release(settings: SampleSettings, given: Mapping[str, Any]) -> ReleaseOptions:
+    """The release options of :func:`export_volumes`: its keyword values where given, else what
+    ``settings`` carries; checked as ``medgen sample`` checks them."""
+    from dataclasses import replace
+
+    options = release_options(settings)
+    changes: dict[str, Any] = {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in ("share", "audit", "allow_memorized"):
+            if not isinstance(value, bool):
+                raise ConfigError(key, value, "True or False")
+            changes[key] = value
+        elif key == "checkpoint":  # local: only its sha256 is written
+            if not Path(value).expanduser().is_file():
+                raise MissingFileError(f"checkpoint={value}: no such file")
+            changes[key] = str(Path(value).expanduser().resolve())
+        else:
+            changes[key] = os.fspath(value)
+    return replace(options, **changes).checked()

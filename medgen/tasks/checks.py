@@ -450,7 +450,13 @@ def check_train(cfg: Any) -> TrainJob:
         if node is not None and str(node.get("_target_", "")).startswith("medgen."):
             instantiate_checked(node, f"callbacks.{name}")
     if job.ckpt_path:
-        ckpt_file, _, have = load_medgen_checkpoint(job.ckpt_path)
+        ckpt_file, ckpt, have = load_medgen_checkpoint(job.ckpt_path)
+        if "medgen_pretrained" in ckpt:  # slimmed by medgen.pretrained.slim: nothing to resume
+            raise UserError(
+                f"ckpt_path={job.ckpt_path} is a shipped model: weights only, without the "
+                "optimizer, scheduler and loop states a resumed run needs; sample it with "
+                f"`medgen sample ckpt={job.ckpt_path}`, resume from a training run's last.ckpt"
+            )
         want = dict(getattr(model, "hparams", {}) or {}).get("kind")
         if want is not None and have != want:
             raise UserError(

@@ -69,3 +69,34 @@ def test_audit_without_training_data_names_the_key(tmp_path):
         cohort(tmp_path / "synth", audit=True, source=str(tmp_path / "gone")).check(2)
     with pytest.raises(UserError, match="audit_train="):
         cohort(tmp_path / "synth", audit=True, audit_train=str(tmp_path / "nowhere")).check(2)
+
+
+def test_export_volumes_runs_the_same_gate(tmp_path, training):
+    """``export_volumes(..., audit=True)``: the gate of ``medgen sample audit=true``."""
+    from medgen.errors import ConfigError
+    from medgen.imaging.api import export_volumes
+    from tests.sampling.helpers import data_meta
+
+    volumes, folder = training
+    kw = dict(meta=data_meta(8), preview=False, checkpoint_sha256="0" * 64)
+    out = tmp_path / "api"
+    with pytest.raises(UserError, match=r"1 of 3 samples .*sample_00001"):
+        export_volumes(_samples(volumes), out, audit=True, audit_train=str(folder), **kw)
+    assert not (out / "dataset.json").exists() and (out / "audit.json").is_file()
+    export_volumes(_samples(volumes), out, audit=True, allow_memorized=True,
+                   audit_train=str(folder), **kw)  # fmt: skip
+    card = json.loads((out / "card.json").read_text())["sections"]["Memorization audit"]
+    assert card["flagged samples"] == ["sample_00001"]
+    # the settings checks of medgen sample, before anything is written
+    for bad, match in (
+        (dict(allow_memorized=True), "allow_memorized=True is not allowed"),
+        (dict(audit=True), "audit=true needs the training data"),
+        (dict(audit=True, audit_train=str(tmp_path / "nowhere")), "audit_train="),
+        (dict(evaluation=str(tmp_path / "e.json")), "evaluation=.*e.json"),
+        (dict(checkpoint=str(tmp_path / "gone.ckpt")), "checkpoint=.*gone.ckpt"),
+        (dict(share="yes"), "share='yes'"),
+    ):
+        with pytest.raises(UserError, match=match):
+            export_volumes(_samples(volumes), tmp_path / "never", **kw, **bad)
+        assert not (tmp_path / "never").exists()
+    assert issubclass(ConfigError, UserError)

@@ -180,3 +180,65 @@ def test_share_writes_no_absolute_path_or_host(tmp_path, checkpoint):
     local = tmp_path / "local.csv"
     draw(local, checkpoint, n=12)
     assert str(checkpoint) in local.with_name("local.csv.json").read_text()
+
+
+@pytest.mark.parametrize("name", ["m.csv", "m.csv.gz"])
+def test_a_marked_csv_with_triple_bonds_reads_back_intact(tmp_path, name):
+    """The header's advice holds: medgen's readers and pandas with ``skiprows`` keep ``C#N``;
+    pandas' ``comment="#"`` (the advice it must not give) would cut it."""
+    from medgen.chem.readers import read_molecules as read_chunks
+    from medgen.marking import header_line_count, header_lines
+
+    record = provenance("molecules", checkpoint_sha256="cd" * 32, generator="g", settings={})
+    smiles = ["C#N", "N#Cc1ccccc1", "CC#CC(=O)O", "CCO"]
+    frame = pd.DataFrame({"index": range(4), "smiles": smiles, "note": ["a#b", "", "x", "y"]})
+    path = tmp_path / name
+    with MoleculeWriter(path, mark=record) as writer:
+        writer.write(frame)
+    back = pd.concat(list(read_chunks(path)))
+    assert back["smiles"].tolist() == smiles and back["note"].tolist() == ["a#b", "", "x", "y"]
+    assert back["line"].tolist() == [4, 5, 6, 7]  # the file's own line numbers: 2 mark lines
+    assert header_line_count(path) == len(header_lines(record)) == 2
+    table = pd.read_csv(path, skiprows=header_line_count(path), keep_default_na=False)
+    assert table["smiles"].tolist() == smiles and table["note"].tolist() == ["a#b", "", "x", "y"]
+    cut = pd.read_csv(path, comment="#")
+    assert cut["smiles"].tolist() != smiles  # why the docstring warns against comment="#"
+    assert read_mark(path)["checkpoint_sha256"] == "cd" * 32
+    (tmp_path / "plain.csv").write_text("smiles\nC#N\n")
+    assert header_line_count(tmp_path / "plain.csv") == 0
+
+
+def test_what_survives_a_round_trip_through_other_tools(tmp_path):
+    """The molecule table of docs/release.md: RDKit's SDF reader/writer and pyarrow keep the
+    mark (a later SDF record alone: the short tag); pandas' CSV and parquet round trips drop it."""
+    import pyarrow.parquet as pq
+
+    record = provenance("molecules", checkpoint_sha256="ef" * 32, generator="g", settings={})
+    frame = pd.DataFrame({"smiles": ["C#N", "CCO", "c1ccccc1"], "name": ["a", "b", "c"]})
+    for name in ("m.csv", "m.sdf", "m.parquet"):
+        with MoleculeWriter(tmp_path / name, mark=record) as writer:
+            writer.write(frame)
+    mols = list(Chem.SDMolSupplier(str(tmp_path / "m.sdf")))
+    for path, kept in ((tmp_path / "rdkit.sdf", mols), (tmp_path / "later.sdf", mols[1:2])):
+        with Chem.SDWriter(str(path)) as writer:
+            for mol in kept:
+                writer.write(mol)
+    assert read_mark(tmp_path / "rdkit.sdf")["checkpoint_sha256"] == "ef" * 32
+    later = read_mark(tmp_path / "later.sdf")
+    assert later["partial"] is True and later["checkpoint_sha12"] == "ef" * 6
+    pq.write_table(pq.read_table(tmp_path / "m.parquet"), tmp_path / "arrow.parquet")
+    assert read_mark(tmp_path / "arrow.parquet")["checkpoint_sha256"] == "ef" * 32
+    pd.read_csv(tmp_path / "m.csv", skiprows=2).to_csv(tmp_path / "pandas.csv", index=False)
+    pd.read_parquet(tmp_path / "m.parquet").to_parquet(tmp_path / "pandas.parquet")
+    assert read_mark(tmp_path / "pandas.csv") is None
+    assert read_mark(tmp_path / "pandas.parquet") is None
+
+
+def test_a_damaged_mark_still_says_synthetic_without_a_made_up_hash(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text('# medgen-synthetic {"mark": "medgen-synth\nsmiles\nCCO\n')  # cut JSON
+    record = read_mark(path)
+    assert record["synthetic"] is True and record["partial"] is True
+    assert "checkpoint_sha12" not in record  # not the JSON's first 12 characters
+    path.write_text("# medgen-synthetic 0123456789abcdef\nsmiles\nCCO\n")  # the short form
+    assert read_mark(path)["checkpoint_sha12"] == "0123456789ab"

@@ -35,8 +35,19 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "scan": _save(tiny(), root / "scan" / "checkpoints" / "last.ckpt"),
         "mol": _save(vae, root / "mol.ckpt"),
         "text": _write(root / "notes.ckpt", "not a checkpoint\n"),
+        "gz": _corrupt_gzip(root / "broken.csv.gz"),
         "dir": root,
     }
+
+
+def _corrupt_gzip(path: Path) -> Path:
+    """A gzipped CSV whose deflate data is damaged (reading it raises ``zlib.error``)."""
+    import gzip
+
+    data = bytearray(gzip.compress(b"# medgen-synthetic {}\nsmiles\n" + b"CCO\n" * 1000, mtime=0))
+    data[30:60] = bytes(b ^ 0xFF for b in data[30:60])
+    path.write_bytes(bytes(data))
+    return path
 
 
 def _write(path: Path, text: str) -> Path:
@@ -44,8 +55,8 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-# (task and overrides, a word the one-line message must hold); {scan}, {mol}, {smi}, {text}
-# name the fixture files, {tmp} this test's empty folder
+# (task and overrides, a word the one-line message must hold); {scan}, {mol}, {smi}, {text},
+# {gz} name the fixture files, {dir} their folder, {tmp} this test's empty folder
 CASES: list[tuple[str, str]] = [
     # medgen sample
     ("sample out={tmp}/o", "ckpt is required"),
@@ -78,6 +89,23 @@ CASES: list[tuple[str, str]] = [
     ("sample ckpt={tmp}/nope.ckpt out={tmp}/o", "nope.ckpt"),
     ("sample ckpt={text} out={tmp}/o", "notes.ckpt"),
     ("sample ckpt={scan} out={tmp}/o bogus=1", "bogus"),
+    # medgen sample: the release keys (docs/release.md)
+    ("sample ckpt={scan} out={tmp}/o share=maybe", "share='maybe'"),
+    ("sample ckpt={scan} out={tmp}/o audit=maybe", "audit='maybe'"),
+    ("sample ckpt={scan} out={tmp}/o audit=true", "audit_train=<"),  # no training data here
+    ("sample ckpt={scan} out={tmp}/o audit=true audit_train={tmp}/nope", "audit_train="),
+    ("sample ckpt={scan} out={tmp}/o allow_memorized=true", "allow_memorized=True"),
+    ("sample ckpt={scan} out={tmp}/o evaluation={tmp}/nope.json", "nope.json"),
+    ("sample ckpt={mol} out={tmp}/m.csv audit=true", "audit=True"),
+    ("sample ckpt={mol} out={tmp}/m.csv novel_only=maybe", "novel_only='maybe'"),
+    ("sample ckpt={mol} out={tmp}/m.csv novel_only=true", "train_smiles="),  # no training set
+    ("sample ckpt={scan} out={tmp}/o novel_only=true", "novel_only=True"),
+    ("sample ckpt={mol} out={tmp}/m.csv dualuse=sometimes", "dualuse='sometimes'"),
+    ("sample ckpt={scan} out={tmp}/o dualuse=false", "dualuse=False"),
+    ("sample ckpt={mol} out={tmp}/m.csv train_smiles={tmp}/nope.smi", "nope.smi"),
+    ("sample ckpt={scan} out={tmp}/o layout=bogus", "layout='bogus'"),
+    ("sample ckpt={scan} out={tmp}/o layout=nnunet", "layout='nnunet'"),  # no label maps
+    ("sample ckpt={mol} out={tmp}/m.csv layout=nnunet", "layout='nnunet'"),
     # medgen screen
     ("screen out={tmp}/o.csv", "input is required"),
     ("screen input={smi}", "out is required"),
@@ -96,6 +124,8 @@ CASES: list[tuple[str, str]] = [
     ("screen input={smi} out={tmp}/o.csv progress=2", "progress=2"),
     ("screen input={smi} out={tmp}/missing/o.csv", "missing"),
     ("screen input={smi} out={tmp}", "out="),
+    ("screen input={smi} out={tmp}/o.csv keep_run=maybe", "keep_run='maybe'"),
+    ("screen input={smi} out={tmp}/o.csv dualuse=maybe", "dualuse='maybe'"),
     # medgen evaluate
     ("evaluate", "samples is required"),
     ("evaluate samples={tmp}/nope.smi", "nope.smi"),
@@ -109,6 +139,14 @@ CASES: list[tuple[str, str]] = [
     ("evaluate samples={smi} reference={tmp}/nope.smi", "nope.smi"),
     ("evaluate samples={smi} train={tmp}/nope.smi", "nope.smi"),
     ("evaluate samples={smi} out={smi}", "overwrite"),
+    ("evaluate samples={smi} keep_run=2", "keep_run=2"),
+    # medgen inspect
+    ("inspect", "path is required"),
+    ("inspect {tmp}/nope.csv", "nope.csv"),
+    ("inspect {dir}", "a folder, not a file"),
+    ("inspect {text}", "notes.ckpt"),  # not a kind of file medgen marks
+    ("inspect {gz}", "broken.csv.gz: corrupt gzip data"),  # unreadable
+    ("inspect path={smi} json=maybe", "json='maybe'"),
     # medgen data
     ("data", "dataset is required"),
     ("data zinc", "dataset='zinc'"),
