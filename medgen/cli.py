@@ -68,6 +68,7 @@ def usage() -> str:
         "  medgen train experiment=phantom32_ddpm",
         "  medgen train model=graph_vae data=smiles debug=fast",
         "  medgen sample ckpt=outputs/train/<run> n=8 sampler=ddim steps=50 out=synth/",
+        "  medgen sample ckpt=pretrained:<name> n=8 out=synth/   (medgen sample --help lists them)",
         "  medgen screen input=molecules.smi out=scored.csv rules=[lipinski,pains]",
         "  medgen <task> --help        that task's config groups and settings, with comments",
         "  medgen <task> --cfg job     print the composed config",
@@ -279,6 +280,10 @@ def task_help(task: str, overrides: list[str]) -> str:
         note = comments.get(key)
         if note:
             lines += wrap(note, "      ")
+    if task == "sample":  # what ckpt=pretrained:<name> can name
+        from medgen.pretrained import help_lines
+
+        lines += ["", *help_lines()]
     lines += [
         "",
         f"medgen {task} --cfg job   prints the composed config; --hydra-help: Hydra's own flags",

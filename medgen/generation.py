@@ -141,7 +141,8 @@ def generator_class(path: str, file: Path) -> type[Generator]:
 
 
 def load_generator(ckpt: str | os.PathLike, map_location: Any = "cpu") -> tuple[Generator, Path]:
-    """``(generator, checkpoint file)`` for a checkpoint file or run dir, whatever its family."""
+    """``(generator, checkpoint file)`` for a checkpoint file, run dir or ``pretrained:<name>``
+    (a model shipped with medgen), whatever its family."""
     from medgen.utils.checkpoint import load_medgen_checkpoint
 
     file, data, _ = load_medgen_checkpoint(ckpt)

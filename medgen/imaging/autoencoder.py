@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -348,7 +348,7 @@ class AutoencoderModule(pl.LightningModule):
 
     def _manual_steps(self, x: torch.Tensor, recon: torch.Tensor, loss_g: torch.Tensor) -> None:
         """One generator step, then (once adversarial training is on) one discriminator step."""
-        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
+        opt_g, opt_d = cast(Any, self.optimizers())
         sched_g, sched_d = self.lr_schedulers()  # type: ignore[misc]
         clip = self.hparams["gradient_clip"]
         opt_g.zero_grad()
@@ -371,8 +371,8 @@ class AutoencoderModule(pl.LightningModule):
             if clip:
                 self.clip_gradients(opt_d, gradient_clip_val=clip, gradient_clip_algorithm="norm")
             opt_d.step()
+            sched_d.step()
             self.log("train/disc", loss_d, batch_size=x.shape[0])
-        sched_d.step()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
@@ -452,10 +452,10 @@ def reconstruction_metrics(
 
     x, recon = x.float(), recon.float()
     out = {"l1": (recon - x).abs().mean()}
-    out["psnr"] = PSNRMetric(max_val=2.0, reduction="mean")(recon, x).mean()
+    out["psnr"] = torch.as_tensor(PSNRMetric(max_val=2.0, reduction="mean")(recon, x)).mean()
     if min(x.shape[2:]) >= 7:
         ssim = SSIMMetric(spatial_dims=3, data_range=2.0, win_size=7, reduction="mean")
-        out["ssim"] = ssim(recon, x).mean()
+        out["ssim"] = torch.as_tensor(ssim(recon, x)).mean()
     if intensity is not None and intensity.get("kind") == "ct_window":
         half = (float(intensity["hi"]) - float(intensity["lo"])) / 2.0  # HU per unit
         err = (recon - x).abs() * half

@@ -326,6 +326,7 @@ class DiffusionModule(pl.LightningModule):
         generators: Sequence[torch.Generator] | None = None,
         progress: bool = False,
         shift: float = 1.0,
+        clamp: bool = True,
     ) -> torch.Tensor:
         """Denoise ``x_T`` (B, C, D, H, W), the initial noise, into samples x_0 in [-1, 1].
 
@@ -333,7 +334,8 @@ class DiffusionModule(pl.LightningModule):
         (None: the sampler's default) and ``eta`` (None: 0 for ddim) are checked as
         :func:`~medgen.imaging.samplers.resolve_settings` does; ``class_labels`` (B,) ints for a
         class-conditional model (None: the null class); ``generators``: one per sample for the
-        per-step noise of stochastic samplers; ``shift``: the RFlow timestep shift (1.0: none).
+        per-step noise of stochastic samplers; ``shift``: the RFlow timestep shift (1.0: none);
+        ``clamp``: clamp the result to [-1, 1] (false for latents).
         See :func:`~medgen.imaging.samplers.reverse_process`.
         """
         sampler, steps = resolve_sampler(self.objective, sampler, steps, self.num_train_timesteps)
@@ -359,6 +361,7 @@ class DiffusionModule(pl.LightningModule):
                 generators=generators,
                 progress=progress,
                 shift=shift,
+                clamp=clamp,
             )
         finally:
             net.train(was_training)

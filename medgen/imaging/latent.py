@@ -19,18 +19,15 @@ through the same :class:`~medgen.imaging.cohort.VolumeCohort` at the image data'
   latent at hand, which the velocity (RFlow) and v-prediction targets need and MONAI's latent
   inferer does not return. Latents of items seen before are kept in memory by ``source``
   (``cache_latents``: the posterior mean and sigma; each step draws its own z from them).
-- :func:`~medgen.imaging.samplers.reverse_process` clamps its result to [-1, 1], the range of
-  voxels, not of latents (unit std). Samplers run on ``z / SAMPLE_SPAN`` with the network seeing
-  ``SAMPLE_SPAN`` times its input (and its output divided by it): the same trajectory, exactly,
-  for the deterministic samplers, whose steps are linear in ``x`` and the network's output; the
-  stochastic ones (``ddpm``, ``ddim`` with ``eta > 0``) would add unscaled noise and are refused.
+- Sampling denoises latents with :func:`~medgen.imaging.samplers.reverse_process` unclamped
+  (latents have unit std, not the voxels' range; the DDPM scheduler's ``clip_sample`` is off),
+  every sampler included, then decodes them with the frozen autoencoder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,13 +39,13 @@ from medgen.imaging import components as parts
 from medgen.imaging.autoencoder import KIND as STAGE1_KIND
 from medgen.imaging.autoencoder import AutoencoderModule
 from medgen.imaging.diffusion import DiffusionModule
-from medgen.records import DataMeta, Sampler, SampleSettings
+from medgen.records import DataMeta, SampleSettings
 from medgen.utils.logging import get_logger
+from medgen.utils.provenance import plain_container
 
 log = get_logger(__name__)
 
 KIND = "ldm3d"  # hyper_parameters.kind
-SAMPLE_SPAN = 8.0  # latents (unit std) are sampled divided by this: |z| < 8 sigma is never clamped
 
 
 def portable_name(file: Path) -> str:
@@ -70,7 +67,7 @@ def load_stage1(
     the stage-1 module's own.
     """
     from medgen.utils.checkpoint import load_medgen_checkpoint
-    from medgen.utils.provenance import file_sha256, plain_container
+    from medgen.utils.provenance import file_sha256
 
     spec = plain_container(spec)
     if isinstance(spec, Mapping):
@@ -132,7 +129,10 @@ class LatentDiffusionModule(DiffusionModule):
         stage1, record = load_stage1(autoencoder, {k: v for k, v in tiles.items() if v is not None})
         if not isinstance(cache_latents, bool):
             raise ConfigError("model.cache_latents", cache_latents, "true or false")
-        net = parts.node("network", network)
+        net = plain_container(network) or {}
+        if "_target_" not in net:  # changes to the default UNet, its channels the latent's
+            net = {**parts.UNET, "in_channels": None, "out_channels": None, **net}
+        net = parts.node("network", net)
         for key in ("in_channels", "out_channels"):
             if net.get(key) is None:
                 net[key] = stage1.latent_channels
@@ -243,35 +243,6 @@ class LatentDiffusionModule(DiffusionModule):
         return super().diffusion_loss({**batch, "image": z}, **kwargs)
 
     # -- sampling --------------------------------------------------------------------------------
-    def resolve_settings(self, settings: SampleSettings) -> SampleSettings:
-        s = super().resolve_settings(settings)
-        if s.sampler == Sampler.DDPM or (s.eta or 0.0) > 0.0:
-            raise ConfigError(
-                "sampler" if s.sampler == Sampler.DDPM else "eta",
-                s.sampler if s.sampler == Sampler.DDPM else s.eta,
-                "a deterministic sampler for a latent model (ddim with eta 0, rflow, ...)",
-            )
-        return s
-
-    @contextlib.contextmanager
-    def _spanned(self) -> Iterator[None]:
-        """The UNets see ``SAMPLE_SPAN * x`` and return their output / ``SAMPLE_SPAN``."""
-        handles = []
-        for net in self.networks()[0], self.networks()[1].module:
-
-            def pre(module, args, kwargs):
-                if args:
-                    return (args[0] * SAMPLE_SPAN, *args[1:]), kwargs
-                return args, {**kwargs, "x": kwargs["x"] * SAMPLE_SPAN}
-
-            handles.append(net.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(net.register_forward_hook(lambda m, a, out: out / SAMPLE_SPAN))
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-
     @torch.no_grad()
     def denoise(self, x_T: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Volumes (B, C, D, H, W) in [-1, 1] from initial latent noise ``x_T`` (B, C_z, d, h, w):
@@ -280,8 +251,7 @@ class LatentDiffusionModule(DiffusionModule):
             raise ValueError(f"x_T must be (B, *{self.noise_shape}), got {tuple(x_T.shape)}")
         if float(self.latent_scale) <= 0.0:
             raise UserError("the latent scale is unset: train the model before sampling")
-        with self._spanned():
-            z = super().denoise(x_T / SAMPLE_SPAN, **kwargs) * SAMPLE_SPAN
+        z = super().denoise(x_T, clamp=False, **kwargs)
         return self.stage1.decode(z / self.latent_scale).clamp(-1.0, 1.0)
 
     def generate(self, indices: Sequence[int], settings: SampleSettings) -> Generated:

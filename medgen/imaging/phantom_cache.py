@@ -95,7 +95,7 @@ class DiskCachedDataset(Dataset):
 
 def _write(path: Path, item: dict[str, Any]) -> None:
     arrays: dict[str, np.ndarray] = {}
-    widened = []
+    widened: list[str] = []
     for key, value in item.items():
         if isinstance(value, torch.Tensor):
             array = value.numpy()
@@ -106,7 +106,7 @@ def _write(path: Path, item: dict[str, Any]) -> None:
             arrays[key] = np.asarray(value)  # ints, floats, strings: no object arrays
     arrays[_WIDEN] = np.asarray(widened, dtype=str)
     with atomic_path(path) as tmp:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
 
 
 def _read(path: Path) -> dict[str, Any]:

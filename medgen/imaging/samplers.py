@@ -331,8 +331,10 @@ def reverse_process(
     generators: Sequence[torch.Generator] | None = None,
     progress: bool = False,
     shift: float = 1.0,
+    clamp: bool = True,
 ) -> torch.Tensor:
-    """Denoise ``x_T`` (B, C, D, H, W) into samples x_0 (B, C, D, H, W) clamped to [-1, 1].
+    """Denoise ``x_T`` (B, C, D, H, W) into samples x_0 (B, C, D, H, W), clamped to [-1, 1]
+    unless ``clamp`` is false (latents: unit std, not the voxels' range).
 
     Args:
         network: ``network(x, timesteps=(B,), class_labels=(B,) | None)`` -> epsilon, v or the
@@ -355,7 +357,10 @@ def reverse_process(
         progress: a tqdm bar over the steps.
         shift: RFlow timestep shift (:func:`shift_timesteps`; 1.0: none, the only value for a
             DDPM scheduler).
+        clamp: clamp the result to [-1, 1] (the x0 predictions inside DDPM-family steps are
+            clipped as the scheduler's ``clip_sample`` says).
     """
+    bound = 1.0 if clamp else float("inf")
     if x_T.ndim != 5:
         raise ValueError(f"x_T must be (B, C, D, H, W), got {tuple(x_T.shape)}")
     b, dev = x_T.shape[0], x_T.device
@@ -403,13 +408,13 @@ def reverse_process(
         pairs = tqdm(pairs, desc=f"{sampler} {steps} steps", leave=False)
     x = x_T.clone()
     if flow:
-        return _flow(predict, x, pairs, total, heun=sampler == Sampler.HEUN).clamp(-1.0, 1.0)
+        return _flow(predict, x, pairs, total, heun=sampler == Sampler.HEUN).clamp(-bound, bound)
     alphas = scheduler.alphas_cumprod.to(dev)
     clip = bool(getattr(scheduler, "clip_sample", True))
     if sampler == Sampler.DPMPP:
-        return _dpmpp(predict, x, pairs, alphas, prediction_type, clip, ts[-1]).clamp(-1.0, 1.0)
+        return _dpmpp(predict, x, pairs, alphas, prediction_type, clip, ts[-1]).clamp(-bound, bound)
     if sampler == Sampler.HEUN:
-        return _heun_vp(predict, x, pairs, alphas, prediction_type, clip).clamp(-1.0, 1.0)
+        return _heun_vp(predict, x, pairs, alphas, prediction_type, clip).clamp(-bound, bound)
     eta = resolve_eta(sampler, eta) if eta is None else float(eta)
     eta = 0.0 if eta is None else eta
     one = torch.ones((), device=dev)
@@ -424,7 +429,7 @@ def reverse_process(
             out, x, alpha_bar_t=alphas[t], alpha_bar_next=a_next,
             prediction_type=prediction_type, eta=eta, noise=z, clip=clip,
         )  # fmt: skip
-    return x.clamp(-1.0, 1.0)
+    return x.clamp(-bound, bound)
 
 
 Predict = Callable[[torch.Tensor, Any], torch.Tensor]

@@ -9,7 +9,10 @@ An autoencoder's memory grows with the voxels it sees at once: decoding a 64^3 l
 Windows are placed on multiples of the compression factor (window and stride both divisible by
 it), so every tile's latent grid is the whole volume's latent grid; the only difference from
 whole-volume processing is the tile border, where the receptive field is cut: overlap and
-Gaussian blending keep it small (``tests/imaging/test_autoencoder.py`` measures it).
+Gaussian blending keep it small (``tests/imaging/test_autoencoder.py`` measures it). Networks with
+GroupNorm (AutoencoderKL) also normalise each window by its own statistics, not the volume's:
+tiled output is then an approximation whose error shrinks as windows grow. Train with
+``patch_size`` near the tile size and the network never sees anything else.
 """
 
 from __future__ import annotations

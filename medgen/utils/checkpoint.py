@@ -31,7 +31,13 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     folder resolves to the one checkpoint below it: the one ``last.ckpt`` (one run), else the one
     ``*.ckpt``. A folder holding several runs or checkpoints raises :class:`InputFileError`
     listing them; a missing path raises :class:`MissingFileError` (a ``FileNotFoundError``).
+    ``pretrained:<name>`` is a model shipped with medgen (:func:`medgen.pretrained.resolve`:
+    its sha256 is checked against the registry each time).
     """
+    if isinstance(path, str) and path.startswith("pretrained:"):
+        from medgen.pretrained import resolve
+
+        return resolve(path)
     p = Path(path).expanduser()
     if p.is_dir():
         for candidate in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
@@ -99,13 +105,18 @@ def load_checkpoint(
 def load_medgen_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[Path, dict[str, Any], str]:
-    """``(file, checkpoint dict, kind)`` of the medgen checkpoint at ``path`` (file or run dir).
+    """``(file, checkpoint dict, kind)`` of the medgen checkpoint at ``path`` (file, run dir or
+    ``pretrained:<name>``); a slimmed (shipped) file comes back expanded, EMA copies included.
 
     Raises :class:`InputFileError` naming the file for every :func:`load_checkpoint` case and
     when it is not a medgen checkpoint: no ``hyper_parameters.kind`` or no ``state_dict``.
     """
     p = resolve_checkpoint(path)
     ckpt = load_checkpoint(p, map_location=map_location)
+    if isinstance(ckpt, Mapping) and "medgen_pretrained" in ckpt:  # a shipped, slimmed file
+        from medgen.pretrained.slim import expand
+
+        ckpt = expand(ckpt, p)
     is_dict = isinstance(ckpt, Mapping)
     kind = checkpoint_kind(ckpt)
     missing = [] if kind else ["hyper_parameters.kind"]

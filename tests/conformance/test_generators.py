@@ -44,6 +44,15 @@ GENERATORS: dict[str, tuple[list[str], SampleSettings]] = {
     "ddpm3d": (["model=ddpm3d", "data=phantom", *TINY_UNET], SampleSettings(seed=3, steps=3)),
     "rflow3d": (["model=rflow3d", "data=phantom", *TINY_UNET], SampleSettings(seed=3, steps=3)),
     "graph_vae": (["model=graph_vae", "data=smiles", *TINY_VAE], SampleSettings(seed=3)),
+    "ldm3d": (["model=ldm3d", "data=phantom", *TINY_UNET], SampleSettings(seed=3, steps=3)),
+}
+# generators trained on another model's checkpoint: name -> (stage-1 overrides, the key for it)
+STAGE1: dict[str, tuple[list[str], str]] = {
+    "ldm3d": (
+        ["model=autoencoder3d", "data=phantom", *[o for o in TINY_UNET if o.startswith("data.")]]
+        + ["model.network.channels=[8,8]", "model.network.attention_levels=[false,false]"],
+        "model.autoencoder",
+    ),
 }
 
 
@@ -59,7 +68,15 @@ def trained(tmp_path_factory):
     def fit(name: str) -> Path:
         if name not in runs:
             root = tmp_path_factory.mktemp(name)
-            cfg = compose_at(root, "train", [*SHRINK, *GENERATORS[name][0]], job=True)
+            extra = []
+            if name in STAGE1:
+                first = tmp_path_factory.mktemp(f"{name}_stage1")
+                cfg = compose_at(first, "train", [*SHRINK, *STAGE1[name][0]], job=True)
+                torch.manual_seed(0)
+                train(cfg)
+                GlobalHydra.instance().clear()
+                extra = [f"{STAGE1[name][1]}={first / 'run'}"]
+            cfg = compose_at(root, "train", [*SHRINK, *GENERATORS[name][0], *extra], job=True)
             torch.manual_seed(0)
             train(cfg)
             GlobalHydra.instance().clear()
