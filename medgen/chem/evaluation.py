@@ -70,9 +70,8 @@ def evaluate_smiles(
     workers: dict[str, Any] = {"n_jobs": n_jobs, "executor": executor}
     references = dict(references or {})
     # each SMILES parsed once: canonical forms and every per-molecule feature (ChemNet included)
-    feats = evaluation_features(
-        smiles, fcd=bool(references), device=device, batch_size=batch_size, **workers
-    )
+    options: dict[str, Any] = {"fcd": bool(references), "dualuse": dualuse, "device": device}
+    feats = evaluation_features(smiles, batch_size=batch_size, **options, **workers)
     canon = [c for c in feats["canonical"] if c is not None]
     metrics: dict[str, float] = {"valid": len(canon) / len(smiles) if smiles else 0.0}
     log.info("%d of %d generated SMILES are valid", len(canon), len(smiles))
@@ -80,9 +79,9 @@ def evaluate_smiles(
         enough = len(canon) >= kk
         metrics[f"unique@{kk}"] = fraction_unique(canon, kk, canonical=True) if enough else np.nan
     if dualuse:
-        from medgen.chem.dualuse import count_dualuse
+        from medgen.chem.dualuse import counts_from_column
 
-        flagged = count_dualuse(canon)
+        flagged = counts_from_column(feats["dualuse"])  # computed with the features
         metrics["dualuse_alerts"] = float(flagged.flagged)
         if flagged.flagged:
             log.warning("%d of %d valid molecules match a dual-use alert: %s", flagged.flagged,

@@ -164,15 +164,19 @@ def features(
 
 
 def sample_features(
-    smiles: Sequence[str | None], chemnet: bool = False, batch_size: int = 512
+    smiles: Sequence[str | None],
+    chemnet: bool = False,
+    batch_size: int = 512,
+    dualuse: bool = False,
 ) -> dict[str, Any]:
     """What the metrics need from generated SMILES (any, invalid included), each parsed once.
 
     ``canonical``: one entry per input (None when invalid). For the valid ones, in order: the
     :func:`mol_features` values, ``flat`` (canonical SMILES without stereo, for GuacaMol),
-    ``fcd_smiles`` (what ChemNet reads) and, with ``chemnet``, its ``activations (n, 512)``.
-    The features are those of the molecule of the *canonical* SMILES (as when canonical SMILES
-    are given to :func:`molecule_features`), so they do not depend on how the input was written.
+    ``fcd_smiles`` (what ChemNet reads), with ``chemnet`` its ``activations (n, 512)`` and with
+    ``dualuse`` the :data:`medgen.chem.dualuse.COLUMN` values (``dualuse``). The features are
+    those of the molecule of the *canonical* SMILES (as when canonical SMILES are given to
+    :func:`molecule_features`), so they do not depend on how the input was written.
     """
     from rdkit import Chem
 
@@ -189,6 +193,10 @@ def sample_features(
 
         acts = chemnet_activations(out["fcd_smiles"], batch_size=batch_size, canonical=True)
         out["activations"] = acts.astype(np.float32)
+    if dualuse:
+        from medgen.chem.dualuse import dualuse_alerts
+
+        out["dualuse"] = [";".join(dualuse_alerts(m)) for m in mols]
     return out
 
 
@@ -206,6 +214,7 @@ def evaluation_features(
     smiles: Sequence[str | None],
     *,
     fcd: bool = True,
+    dualuse: bool = False,
     device: str = "cpu",
     batch_size: int = 512,
     n_jobs: int = 1,
@@ -220,8 +229,8 @@ def evaluation_features(
 
     in_workers = fcd and device == "cpu"
     chunks = [list(smiles[i : i + chunk_size]) for i in range(0, len(smiles), chunk_size)]
-    parts = map_chunks(sample_features, chunks, n_jobs=n_jobs, args=(in_workers, batch_size),
-                       executor=executor)  # fmt: skip
+    args = (in_workers, batch_size, dualuse)
+    parts = map_chunks(sample_features, chunks, n_jobs=n_jobs, args=args, executor=executor)
     out = merge_chunks(parts)
     out.setdefault("canonical", [])
     if fcd and len(out.get("fcd_smiles", ())) >= 2:

@@ -50,9 +50,13 @@ def packed_fingerprints(
     return np.packbits(morgan_fingerprints(mols, radius, n_bits), axis=1)
 
 
+#: bits set in each byte value (np.bitwise_count needs numpy 2)
+_BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
+
+
 def popcounts(packed: np.ndarray) -> np.ndarray:
     """Bits set in each packed fingerprint, ``(N,)`` int32."""
-    return np.bitwise_count(packed).sum(1, dtype=np.int32)
+    return _BYTE_POPCOUNT[packed].sum(1, dtype=np.int32)
 
 
 class FingerprintIndex(NamedTuple):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
+from medgen.chem.dualuse import dualuse_column
 from medgen.chem.metrics import (
     internal_diversities,
     internal_diversity,
@@ -144,7 +145,7 @@ def test_popcount_grouped_search_equals_the_full_matrix(fps):
 
 def test_one_parse_features_equal_the_per_metric_features():
     smiles = [*_fixture()[:40], "C1CC", None, "", "OCC", "C[C@H](N)O"]
-    feats = evaluation_features(smiles, fcd=False, chunk_size=9)
+    feats = evaluation_features(smiles, fcd=False, dualuse=True, chunk_size=9)
     canon = [c for c in feats["canonical"] if c is not None]
     assert len(feats["canonical"]) == len(smiles) and len(canon) == 42
     assert feats["canonical"][40:43] == [None, None, None] and canon[-2:] == ["CCO", "C[C@H](N)O"]
@@ -152,6 +153,7 @@ def test_one_parse_features_equal_the_per_metric_features():
     for key, value in old.items():
         assert np.array_equal(feats[key], value) if key == "fps" else feats[key] == value, key
     assert feats["flat"][-1] == "CC(N)O" and feats["fcd_smiles"][-1] == "C[C@H](N)O"
+    assert feats["dualuse"] == dualuse_column(canon)
 
 
 def test_reference_index_is_cached_as_plain_npz(tmp_path, fps):
