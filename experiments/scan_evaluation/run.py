@@ -43,12 +43,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4, help="volumes per sampling batch")
     p.add_argument("--encoder-steps", type=int, default=300)
-    p.add_argument("--tstr-steps", type=int, default=150)
+    p.add_argument("--tstr-steps", type=int, default=150, help="0: no TSTR")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="outputs/scan_evaluation", help="cohorts and caches")
+    p.add_argument(
+        "--record", default=None, help="folder for results.json, figures and README.md's table "
+        "(default: beside this script)",
+    )  # fmt: skip
     p.add_argument("--readme", action="store_true", help="rewrite README.md's table")
     p.add_argument("--readme-only", action="store_true", help="only rewrite README.md's table")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    global HERE
+    if args.record:
+        HERE = Path(args.record).resolve()
+    return args
 
 
 def checkpoint_info(ckpt: Path) -> dict[str, Any]:
@@ -122,8 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     generator.eval()
     cache = Path(args.out) / "cache"
     settings = VolumeEvalSettings(
-        encoder_steps=args.encoder_steps, tstr=True, tstr_steps=args.tstr_steps, seed=args.seed,
-        device=args.device, progress=False,
+        encoder_steps=args.encoder_steps, tstr=args.tstr_steps > 0,
+        tstr_steps=max(1, args.tstr_steps), seed=args.seed, device=args.device, progress=False,
     )  # fmt: skip
     # files map back with the training data's window; data configs use their own (the same)
     mapping = IntensityMapping.from_dict(dict(generator.data_meta.intensity))
@@ -204,7 +212,7 @@ def readme_table(record: dict[str, Any]) -> str:
             f"| {_f(m['fidelity/hu_js'])} | {_f(m['fidelity/band_tv'])} "
             f"| {_f(m['diversity/ms_ssim'])} ({_f(m['diversity/ms_ssim_reference'])}) "
             f"| {len(r['flagged'])}/{record['n']} | {_f(m['memorization/distance_ratio'])} "
-            f"| {_f(m['tstr/dice_real'])} / {_f(m['tstr/dice_synthetic'])} "
+            f"| {_f(m.get('tstr/dice_real'))} / {_f(m.get('tstr/dice_synthetic'))} "
             f"| {_f(per, 1) if per else '-'} |"
         )
     model = next((r for r in record["rows"] if "skipped" not in r and r["row"] != "real vs real"),
@@ -221,14 +229,14 @@ def readme_table(record: dict[str, Any]) -> str:
             "| real-vs-real Dice: real arm / val phantoms |",
             "|---|---|---|---|---|---|---|",
         ]
-        labels = floor["tstr"]["labels"] or []
+        labels = floor["tstr"].get("labels") or []
         order = ["air", *labels]  # label order (JSON keeps the names sorted)
         rank = {name: i for i, name in enumerate(order)}
         for name, t in sorted(model["tissue"].items(), key=lambda kv: rank.get(kv[0], 99)):
             k = labels.index(name) if name in labels else None
             dice = "-" if k is None else (
-                f"{_f(floor['tstr']['dice_real'][k], 2)} / "
-                f"{_f((floor['tstr']['dice_synthetic'] or [None] * (k + 1))[k], 2)}"
+                f"{_f((floor['tstr'].get('dice_real') or [None] * (k + 1))[k], 2)} / "
+                f"{_f((floor['tstr'].get('dice_synthetic') or [None] * (k + 1))[k], 2)}"
             )  # fmt: skip
             lines.append(
                 f"| {name} | {_f(t['samples_ml'], 0)} | {_f(t['reference_ml'], 0)} "

@@ -485,7 +485,11 @@ def write_cohort_preview(
     if not vols:
         return None
     lo, hi = (float(np.asarray(intensity.from_unit(np.float32(v)))) for v in (-1.0, 1.0))
-    return save_slice_grid(vols, Path(out) / PREVIEW, vmin=lo, vmax=hi, titles=titles)
+    units = "HU" if getattr(intensity, "units", None) == "HU" else "source units"
+    caption = f"black..white: {lo:g}..{hi:g} {units} ({getattr(intensity, 'kind', 'window')})"
+    return save_slice_grid(
+        vols, Path(out) / PREVIEW, vmin=lo, vmax=hi, titles=titles, caption=caption
+    )
 
 
 def intact_indices(out: str | os.PathLike, identity: Mapping[str, Any] | None = None) -> set[int]:
