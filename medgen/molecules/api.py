@@ -99,7 +99,7 @@ class MoleculeVAE:
     def from_checkpoint(
         cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
     ) -> MoleculeVAE:
-        """Load ``path`` (a ``.ckpt`` or a run dir) with ``weights_only=True``
+        """Load ``path`` (a ``.ckpt``, a run dir or ``pretrained:moses``) with ``weights_only=True``
         (:meth:`GraphVAEModule.from_checkpoint`)."""
         return cls(GraphVAEModule.from_checkpoint(path, map_location=map_location))
 

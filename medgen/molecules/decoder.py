@@ -28,6 +28,7 @@ from torch import nn
 
 from medgen.molecules.graph import MAX_BOND_ORDER, GraphBatch
 from medgen.molecules.masks import (
+    FAR,
     MAX_RING,
     ChemistryMasks,
     add_atom,
@@ -117,14 +118,21 @@ class GraphStateDecoder(nn.Module):
         return self.read_out(g / scale.unsqueeze(-1) if scale.dim() else g / scale)
 
     def _type_ok(self, t_prev, rem, cnt, present) -> torch.Tensor:
-        """(..., K) atom types that some built atom can bond to. ``t_prev, rem, present (..., n)``,
-        ``cnt (..., n, 3)``."""
-        types = torch.arange(self.n_types, device=rem.device)
-        zeros = torch.zeros(MAX_BOND_ORDER, dtype=torch.long, device=rem.device)
-        ok = self._orders_ok(
-            t_prev.unsqueeze(-1), types, rem.unsqueeze(-1), self.capacity, cnt.unsqueeze(-2), zeros
-        )  # (..., n, K, 3)
-        return (ok.any(-1) & present.unsqueeze(-1)).any(-2)
+        """(B, K) atom types that some built atom can bond to (the masks of :meth:`_orders_ok`
+        for a new atom of each type). ``t_prev, rem, present (B, n)``, ``cnt (B, n, 3)``.
+
+        Factored as two small matmuls instead of a (B, n, K, 3) tensor: which orders each built
+        atom still accepts, pooled by its type, times the pair table of a newcomer type.
+        """
+        orders = _ORDERS.to(rem.device)
+        accepts = (orders <= rem.unsqueeze(-1)) & (cnt < self.max_bonds[t_prev])
+        accepts = accepts & (cnt.sum(-1) < self.max_degree[t_prev]).unsqueeze(-1)
+        accepts = accepts & present.unsqueeze(-1)  # (B, n, 3)
+        by_type = F.one_hot(t_prev, self.n_types).transpose(1, 2).float() @ accepts.float()
+        newcomer = (orders <= self.capacity.unsqueeze(-1)) & (self.max_bonds > 0)
+        newcomer = newcomer & (self.max_degree > 0).unsqueeze(-1)  # (K, 3) for the new atom
+        table = (self.pair_orders & newcomer.unsqueeze(0)).transpose(1, 2)  # (K_i, 3, K_new)
+        return (by_type.flatten(1) @ table.flatten(0, 1).float()) > 0
 
     def _atom_mask(self, step, type_ok: torch.Tensor) -> torch.Tensor:
         """(..., K + 1) allowed classes: any type at step 0, STOP or a bondable type later,
@@ -381,9 +389,9 @@ class GraphStateDecoder(nn.Module):
                     self.msg_type(t).unsqueeze(1) + self.msg_order(row)
                 )
                 nb[:, j] = (nbr.unsqueeze(-1) * (self.msg_type(built) + self.msg_order(row))).sum(1)
-                add_atom(dist, j, F.pad(nbr, (0, m - j)), reach)
+                add_atom(dist, j, torch.where(nbr.any(-1, True), reach + 1, FAR))
             else:
-                add_atom(dist, 0, torch.zeros_like(atoms, dtype=torch.bool))
+                add_atom(dist, 0, dist.new_full((bsz, 1), FAR))
             rem[:, j] = torch.where(live, rem_j, 0)
             cnt[:, j] = cnt_j
             x = self.in_type(t) + self.in_order(p_order) + self.in_closures(n_clos.clamp(max=3))

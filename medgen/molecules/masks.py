@@ -135,27 +135,19 @@ class ChemistryMasks:
 # ---------------------------------------------------------------------------- partial graphs
 
 
-def add_atom(
-    dist: torch.Tensor, j: int, neighbours: torch.Tensor, reach: torch.Tensor | None = None
-) -> None:
-    """Add atom ``j`` with bonds to ``neighbours (B, M)`` (bool, atoms ``< j``) to the all-pairs
-    distances ``dist (B, M, M)`` (int64, in place; :data:`FAR` where not connected). ``reach
-    (B, j)``, when the caller has it, is ``min_s dist[s, :j]`` over the neighbours ``s``."""
-    if reach is None:
-        via = dist.masked_fill(~neighbours.unsqueeze(-1), FAR).amin(1) + 1  # (B, M): d(j, x)
-    else:
-        via = torch.full_like(dist[:, 0], FAR)
-        via[:, : reach.shape[1]] = torch.where(neighbours[:, : reach.shape[1]].any(-1, True),
-                                               reach + 1, FAR)  # fmt: skip
-    via = via.clamp(max=FAR)
-    via[:, j] = 0
-    dist[:, j, :] = via
-    dist[:, :, j] = via
-    torch.minimum(dist, (via.unsqueeze(-1) + via.unsqueeze(-2)).clamp(max=FAR), out=dist)
+def add_atom(dist: torch.Tensor, j: int, via: torch.Tensor) -> None:
+    """Add atom ``j`` to the all-pairs distances ``dist (B, M, M)`` (in place; :data:`FAR` where
+    not connected), given ``via (B, n)``: its distances to atoms ``< n`` (``FAR``: none)."""
+    row = torch.full_like(dist[:, 0], FAR)
+    row[:, : via.shape[1]] = via.clamp(max=FAR)
+    row[:, j] = 0
+    dist[:, j, :] = row
+    dist[:, :, j] = row
+    torch.minimum(dist, (row.unsqueeze(-1) + row.unsqueeze(-2)).clamp(max=FAR), out=dist)
 
 
 def empty_distances(bsz: int, m: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.full((bsz, m, m), FAR, dtype=torch.long, device=device)
+    return torch.full((bsz, m, m), FAR, dtype=torch.int32, device=device)
 
 
 @torch.no_grad()
@@ -165,7 +157,7 @@ def prefix_distances(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Returns ``last (B, N, N)``: ``last[b, j, i]`` the distance from atom ``j - 1`` to ``i < j`` in
     the graph of atoms ``< j`` (0 for ``j = 0``), and ``rings (B, N, N)``: for every ring-closure
     candidate ``i`` below ``j``'s parent, the size of the ring a bond ``j - i`` would close given
-    the closures ``j`` actually made to atoms below ``i``; 0 elsewhere.
+    the closures ``j`` actually made to atoms below ``i``; 0 elsewhere. Both int64.
     """
     bsz, n = adj.shape[:2]
     dev = adj.device
@@ -176,18 +168,27 @@ def prefix_distances(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     last = torch.zeros(bsz, n, n, dtype=torch.long, device=dev)
     rings = torch.zeros(bsz, n, n, dtype=torch.long, device=dev)
     for j in range(n):
-        if j > 0:
-            last[:, j] = dist[:, j - 1].clamp(max=FAR)
-            p = parent[:, j]
-            # neighbours s of j that count for candidate i: the parent, and closures below i
-            s_ok = lower[:, j].unsqueeze(-1) & (
-                (idx.unsqueeze(-1) == p.view(-1, 1, 1)) | (idx.unsqueeze(-1) < idx)
-            )  # (B, s, i)
-            reach = dist.masked_fill(~s_ok, FAR).amin(1)  # (B, i)
-            candidate = (idx < p.unsqueeze(-1)) & (p >= 0).unsqueeze(-1)
-            rings[:, j] = torch.where(candidate, (reach + 2).clamp(max=FAR), 0)
-        add_atom(dist, j, lower[:, j])
-    return last, rings
+        nbr = lower[:, j]
+        k = int(nbr.sum(-1).max())
+        if j == 0 or k == 0:
+            add_atom(dist, j, dist.new_full((bsz, 1), FAR))
+            continue
+        last[:, j] = dist[:, j - 1]
+        # j's earlier neighbours as k slots (few: a small gather instead of an (N, N) reduction)
+        slot = torch.sort(nbr.int(), dim=-1, descending=True, stable=True).indices[:, :k]
+        used = nbr.gather(1, slot)  # (B, k)
+        rows = dist.gather(1, slot.unsqueeze(-1).expand(-1, -1, n))  # (B, k, N)
+        p = parent[:, j]
+        # for candidate i: the parent and the closures below i count
+        counts = used.unsqueeze(-1) & (
+            (slot == p.unsqueeze(-1)).unsqueeze(-1) | (slot.unsqueeze(-1) < idx)
+        )
+        reach = rows.masked_fill(~counts, FAR).amin(1)  # (B, N)
+        candidate = (idx < p.unsqueeze(-1)) & (p >= 0).unsqueeze(-1)
+        rings[:, j] = torch.where(candidate, (reach + 2).clamp(max=FAR), 0)
+        via = rows.masked_fill(~used.unsqueeze(-1), FAR).amin(1) + 1
+        add_atom(dist, j, torch.where(idx < j, via, FAR))
+    return last.clamp(max=FAR), rings
 
 
 def closure_rings(adj: torch.Tensor) -> torch.Tensor:

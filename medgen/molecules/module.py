@@ -48,6 +48,9 @@ FROM_DATA = ("capacity", "max_atoms", "masks")
 # 2: graph-aware decoder (medgen.molecules.decoder) and learned chemistry masks; checkpoints
 # without a version are version 1 and load with the sequence decoder they were trained with
 MODEL_VERSION = 2
+# chemistry masks are learned from at most this many training molecules (about 2 min on a core;
+# masks from a subset forbid more, never less, than masks from the whole split)
+MASK_SAMPLE = 200_000
 
 _LIMITS: dict[str, dict[str, float]] = {
     "max_atoms": {"ge": 2},
@@ -168,10 +171,13 @@ class GraphVAEModule(pl.LightningModule):
             if self.hparams["learn_masks"] and self.hparams["network"].get("decoder") == "graph":
                 from medgen.molecules.masks import ChemistryMasks
 
-                tables = ChemistryMasks.learn_from(dm.train_set, len(dm.vocabulary))
+                gen = torch.Generator().manual_seed(0)  # the same sample on every rank
+                picks = torch.randperm(len(dm.train_set), generator=gen)[:MASK_SAMPLE]
+                sample = [dm.train_set[k] for k in sorted(picks.tolist())]
+                tables = ChemistryMasks.learn_from(sample, len(dm.vocabulary))
                 masks = tables.to_plain(dm.vocabulary.tokens)
                 log.info("chemistry masks learned from %d training molecules: ring sizes %s",
-                         len(dm.train_set), masks["ring_sizes"])  # fmt: skip
+                         len(sample), masks["ring_sizes"])  # fmt: skip
             self.build(dm.vocabulary.tokens, max_atoms, masks)
         if dm.max_atoms_seen > max_atoms:
             raise UserError(
@@ -217,6 +223,8 @@ class GraphVAEModule(pl.LightningModule):
                 raise ConfigError(key, shown, "null for a molecule model")
         if settings.guidance_scale != 1.0:
             raise ConfigError("guidance_scale", settings.guidance_scale, "1.0 for a molecule model")
+        if settings.shift != 1.0:
+            raise ConfigError("shift", settings.shift, "1.0 for a molecule model")
         return settings.replace(temperature=check_temperature(settings.temperature))
 
     def generate(self, indices: Sequence[int], settings: SampleSettings) -> Generated:

@@ -165,7 +165,8 @@ def test_network_and_optimizer_are_checked_config_nodes():
 
 def test_checkpoints_with_flat_hyperparameters_still_load(tmp_path):
     torch.manual_seed(0)
-    module = GraphVAEModule(**TINY)
+    # a first-wave checkpoint: flat hyperparameters, the version-1 (sequence) decoder's weights
+    module = GraphVAEModule(**{**TINY, "network": {**TINY["network"], "decoder": "sequence"}})
     old = {"kind": "graph_vae", "vocabulary": ["C", "N", "O"], "max_atoms": 12, "latent_dim": 8,
            "hidden_dim": 16, "encoder_layers": 3, "pair_dim": 8, "lr": 0.002,
            "weight_decay": 0.0, "beta": 1.0, "kl_start_step": 0, "kl_warmup_steps": 5000,

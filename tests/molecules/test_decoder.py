@@ -154,3 +154,12 @@ def test_learned_masks_travel_in_the_checkpoint(tmp_path):
     assert ckpt["hyper_parameters"]["masks"]["ring_sizes"] == plain["ring_sizes"]
     loaded = GraphVAEModule.from_checkpoint(tmp_path / "m.ckpt")
     assert torch.equal(loaded.vae.decoder.pair_orders, module.vae.decoder.pair_orders)
+
+
+def test_filters_metric_counts_molecules_passing_the_moses_filters():
+    from medgen.molecules.callbacks import _filters_pass
+
+    # an 8-membered ring and a charged atom fail the MOSES filters; ethanol and benzamide pass
+    smiles = ["CCO", "NC(=O)c1ccccc1", "C1CCCCCCC1", "C[N+](C)(C)C"]
+    assert _filters_pass(smiles) == 0.5
+    assert _filters_pass([]) == 0.0

@@ -85,6 +85,8 @@ CASES: list[tuple[str, str]] = [
     ("sample ckpt={mol} out={tmp}/o", "out="),
     ("sample ckpt={mol} out={tmp}/m.csv sampler=ddim", "sampler='ddim'"),
     ("sample ckpt={mol} out={tmp}/m.csv temperature=-0.5", "temperature=-0.5"),
+    ("sample ckpt={mol} out={tmp}/m.csv shift=3.0", "shift=3.0"),
+    ("sample ckpt={scan} out={tmp}/o shift=0", "shift=0"),
     ("sample ckpt={mol} out={tmp}/missing/m.csv", "missing"),
     ("sample ckpt={tmp}/nope.ckpt out={tmp}/o", "nope.ckpt"),
     ("sample ckpt={text} out={tmp}/o", "notes.ckpt"),
