@@ -353,7 +353,7 @@ def plain_paths(cfg: Any) -> dict[str, str]:
     """The ``paths`` a data config may refer to (``${paths.data_dir}``) that resolve here."""
     paths = cfg.get("paths") if hasattr(cfg, "get") else None
     found: dict[str, str] = {}
-    for key in ("root_dir", "data_dir", "log_dir"):
+    for key in ("root_dir", "data_dir", "log_dir", "cache_dir"):
         try:
             if paths is not None and paths.get(key) is not None:
                 found[key] = str(paths.get(key))
@@ -444,7 +444,8 @@ def check_train(cfg: Any) -> TrainJob:
         if OmegaConf.is_missing(cfg.model, key):
             raise MissingKeyError(f"model.{key}", "value")
     model = instantiate_checked(cfg.model, "model")
-    instantiate_checked(cfg.data, "data")
+    data = instantiate_checked(cfg.data, "data")
+    check_model_fits_data(model, data)
     for name, node in (cfg.get("callbacks") or {}).items():
         # medgen's own callbacks check their arguments; Lightning's need the run folder's path
         if node is not None and str(node.get("_target_", "")).startswith("medgen."):
@@ -464,6 +465,16 @@ def check_train(cfg: Any) -> TrainJob:
                 "resume with the model config it was trained with"
             )
     return job
+
+
+def check_model_fits_data(model: Any, data: Any) -> None:
+    """A model's ``check_data(meta)`` (channels, sizes) on the data's ``planned_meta()``, where
+    both exist and the datamodule can describe its data from its settings alone (phantoms):
+    e.g. ``data.labels=true`` with a one-channel network is named now, not after the run folder
+    is made. Other data are checked by the model's ``setup`` once the data is read."""
+    plan, fits = getattr(data, "planned_meta", None), getattr(model, "check_data", None)
+    if callable(plan) and callable(fits) and (meta := plan()) is not None:
+        fits(meta)
 
 
 def instantiate_checked(node: Any, group: str) -> Any:
