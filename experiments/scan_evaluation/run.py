@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4, help="volumes per sampling batch")
     p.add_argument("--encoder-steps", type=int, default=300)
+    p.add_argument("--feature-size", type=int, default=None, help="encoder input size per axis")
     p.add_argument("--tstr-steps", type=int, default=150, help="0: no TSTR")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="outputs/scan_evaluation", help="cohorts and caches")
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     generator.eval()
     cache = Path(args.out) / "cache"
     settings = VolumeEvalSettings(
-        encoder_steps=args.encoder_steps, tstr=args.tstr_steps > 0,
+        encoder_steps=args.encoder_steps, feature_size=args.feature_size, tstr=args.tstr_steps > 0,
         tstr_steps=max(1, args.tstr_steps), seed=args.seed, device=args.device, progress=False,
     )  # fmt: skip
     # files map back with the training data's window; data configs use their own (the same)

@@ -271,6 +271,7 @@ class EvaluateJob:
     resnet_depth: Literal[10, 18, 34, 50, 101, 152, 200] | None = None
     slices_per_plane: int = field(default=16, metadata=POSITIVE)
     encoder_steps: int = field(default=300, metadata=POSITIVE)
+    feature_size: int | None = field(default=None, metadata={"ge": 4})
     volume_batch_size: int = field(default=4, metadata=POSITIVE)
     max_pairs: int | None = field(default=1000, metadata=POSITIVE)
     memorization_percentile: float = field(default=1.0, metadata={"gt": 0.0, "le": 100.0})

@@ -105,6 +105,7 @@ def evaluate_volumes(cfg: DictConfig, job: EvaluateJob) -> dict[str, float]:
         resnet_depth=job.resnet_depth,
         slices_per_plane=job.slices_per_plane,
         encoder_steps=job.encoder_steps,
+        feature_size=job.feature_size,
         batch_size=job.volume_batch_size,
         max_pairs=job.max_pairs,
         memorization_percentile=job.memorization_percentile,

@@ -53,6 +53,25 @@ def test_encoder_features_are_deterministic_and_cached_by_the_reference(vols, tm
     assert other.name != a.name
 
 
+def test_feature_size_pools_volumes_for_training_and_extraction(vols):
+    """feature_size=k: the encoder is trained on, and applied to, volumes average-pooled to k^3;
+    a volume and its pooled copy have the same features; the cache key says the size."""
+    size = vols.images.shape[-1] // 2
+    pooled = enc.encoder_extractor(vols, steps=3, seed=1, progress=False, size=size)
+    full = enc.encoder_extractor(vols, steps=3, seed=1, progress=False)
+    assert pooled.name != full.name
+    x = vols.images[:2]
+    small = torch.nn.functional.adaptive_avg_pool3d(x, size)
+    assert torch.allclose(pooled(x), pooled.module.eval()(small).reshape(2, -1), atol=1e-6)
+    # the network saw pooled volumes in training: the same seed on pre-pooled data gives it back
+    again = enc.train_encoder(
+        torch.nn.functional.adaptive_avg_pool3d(vols.images, size), steps=3, seed=1,
+        progress=False,
+    )  # fmt: skip
+    for a, b in zip(again.state_dict().values(), pooled.module.state_dict().values(), strict=True):
+        assert torch.equal(a.cpu(), b.cpu())
+
+
 def test_contrastive_loss_is_low_for_matching_views():
     z = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
     matched = enc.nt_xent(z, z, 0.2)

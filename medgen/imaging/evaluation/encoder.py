@@ -93,9 +93,12 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return y * a + c + noise
 
 
-def encoder_key(keys: list[str], steps: int, seed: int) -> str:
+def encoder_key(keys: list[str], steps: int, seed: int, size: int | None = None) -> str:
     """The cache key of an encoder trained on volumes ``keys`` (sha256, 16 hex digits)."""
-    text = json.dumps({"recipe": RECIPE, "steps": steps, "seed": seed, "volumes": sorted(keys)})
+    spec = {"recipe": RECIPE, "steps": steps, "seed": seed, "volumes": sorted(keys)}
+    if size is not None:  # keys of full-size encoders stay as they were
+        spec["size"] = int(size)
+    text = json.dumps(spec)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -154,10 +157,16 @@ def encoder_extractor(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    size: int | None = None,
 ) -> Extractor:
     """Extractor (c) for a reference :class:`~medgen.imaging.evaluation.loading.VolumeSet`:
-    trained once per reference set (cached), then applied to every set as it is."""
-    key = encoder_key(list(reference.keys), steps, seed)
+    trained once per reference set (cached), then applied to every set as it is, or average-pooled
+    to ``size`` voxels per axis first (training and extraction alike)."""
+    key = encoder_key(list(reference.keys), steps, seed, size)
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        return x if size is None else torch.nn.functional.adaptive_avg_pool3d(x, int(size))
+
     file = None if cache_dir is None else Path(cache_dir) / f"encoder-{key}.pt"
     net = encoder_network()
     if file is not None and file.is_file():
@@ -165,11 +174,11 @@ def encoder_extractor(
         log.info("contrastive encoder from the cache: %s", file)
     else:
         net = train_encoder(
-            reference.images, steps=steps, seed=seed, device=device, progress=progress
+            prepare(reference.images), steps=steps, seed=seed, device=device, progress=progress
         ).cpu()
         if file is not None:
             from medgen.utils.atomic import atomic_path
 
             with atomic_path(file) as tmp:
                 torch.save(net.state_dict(), tmp)
-    return Extractor(f"encoder-{key}", net.to(device).eval(), lambda x: x)
+    return Extractor(f"encoder-{key}", net.to(device).eval(), prepare)

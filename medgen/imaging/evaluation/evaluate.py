@@ -56,6 +56,8 @@ class VolumeEvalSettings:
         resnet_depth: their ResNet depth (None: 10 for ``resnet3d``, 50 for ``slices2d``).
         slices_per_plane: slices per axis of ``slices2d``.
         encoder_steps: training steps of the contrastive encoder.
+        feature_size: the encoder sees volumes average-pooled to this size per axis (None: as
+            they are; large volumes make training it slow).
         batch_size: volumes per feature batch.
         max_pairs: MS-SSIM pairs per set (a seeded random subset beyond; None: all pairs).
         memorization_percentile: the flagging percentile of train-to-train distances.
@@ -71,6 +73,7 @@ class VolumeEvalSettings:
     resnet_depth: int | None = None
     slices_per_plane: int = 16
     encoder_steps: int = 300
+    feature_size: int | None = None
     batch_size: int = 4
     max_pairs: int | None = 1000
     memorization_percentile: float = 1.0
@@ -104,7 +107,7 @@ def build_extractor(
     if kind == ExtractorKind.ENCODER:
         return encoder_extractor(
             reference, cache_dir=cache_dir, steps=settings.encoder_steps, seed=settings.seed,
-            device=device, progress=settings.progress,
+            device=device, progress=settings.progress, size=settings.feature_size,
         )  # fmt: skip
     if settings.weights is None:
         raise ConfigError("weights", None, f"a weights file: extractor={kind} needs one")
