@@ -12,9 +12,12 @@ process (so peak memory is its own):
   decode for the latent model.
 
 Sizes whose estimated pixel-step memory exceeds ``--max-gib`` are skipped and say so. Untrained
-weights: speed and memory do not depend on them.
+weights: speed and memory do not depend on them. ``--only`` runs some measurements only (e.g. the
+autoencoder's four rows); the last column compares pixel with latent and whole with tiled rows.
 
     OMP_NUM_THREADS=1 python benchmarks/imaging_latent.py --sizes 64 128
+    OMP_NUM_THREADS=1 python benchmarks/imaging_latent.py --sizes 256 \
+        --only encode encode_tiled decode decode_tiled
 """
 
 from __future__ import annotations
@@ -25,18 +28,23 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any
 
 # the pixel step at 64^3, batch 1, flash attention + activation checkpointing (this benchmark:
 # 1.4 GiB); the estimate grows with the voxels, an upper bound (128^3 measured 4.9 GiB)
 PIXEL_GIB_AT_64 = 1.4
-UNET = {
+UNET: dict[str, Any] = {
     "channels": [16, 32, 64],
     "attention_levels": [False, False, True],
     "num_head_channels": 32,
     "num_res_blocks": 1,
     "use_flash_attention": True,
 }
-AE = {"channels": [16, 32, 32], "attention_levels": [False] * 3, "latent_channels": 3}
+AE: dict[str, Any] = {
+    "channels": [16, 32, 32],
+    "attention_levels": [False] * 3,
+    "latent_channels": 3,
+}
 
 
 def _unet(channels: int):
@@ -116,17 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="sampling steps (rflow)")
     parser.add_argument("--tile", type=int, default=64, help="tile size in voxels")
     parser.add_argument("--max-gib", type=float, default=12.0)
+    parser.add_argument(
+        "--only", nargs="+", choices=WHAT, default=list(WHAT), help="measurements to run"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(measure(args.one, args.sizes[0], args.steps, args.tile)))
         return 0
-    print("| size | measurement | seconds | peak GiB | pixel / latent |")
+    print("| size | measurement | seconds | peak GiB | pixel / latent, whole / tiled |")
     print("| --- | --- | ---: | ---: | ---: |")
     for size in args.sizes:
         estimate = PIXEL_GIB_AT_64 * (size / 64) ** 3
         results: dict[str, dict[str, float]] = {}
-        for what in WHAT:
+        for what in (w for w in WHAT if w in args.only):
             if what.startswith("pixel") and estimate > args.max_gib:
                 print(f"| {size}^3 | {what} | skipped | ~{estimate:.0f} est. > --max-gib | |")
                 continue
@@ -138,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             results[what] = json.loads(done.stdout.strip().splitlines()[-1])
             r = results[what]
             ratio = ""
-            for kind in ("step", "sample"):
-                if what == f"latent_{kind}" and f"pixel_{kind}" in results:
-                    p = results[f"pixel_{kind}"]
-                    ratio = (
-                        f"{p['seconds'] / r['seconds']:.1f}x time, {p['gib'] / r['gib']:.1f}x mem"
-                    )
+            pairs = {"latent_step": "pixel_step", "latent_sample": "pixel_sample"}
+            pairs |= {"encode_tiled": "encode", "decode_tiled": "decode"}
+            if (ref := results.get(pairs.get(what, ""))) is not None:
+                ratio = (
+                    f"{ref['seconds'] / r['seconds']:.1f}x time, {ref['gib'] / r['gib']:.1f}x mem"
+                )
             print(
                 f"| {size}^3 | {what} | {r['seconds']:.2f} | {r['gib']:.2f} | {ratio} |", flush=True
             )

@@ -14,7 +14,9 @@ trained with offline losses only (no pretrained perceptual network):
 
 Validation logs ``val/loss`` (L1 of the posterior-mean reconstruction), ``val/psnr``,
 ``val/ssim`` and, for CT data with label maps in the batch (phantoms), the mean |HU error|
-overall and per tissue (``val/hu_mae/<tissue>``). :meth:`encode` and :meth:`decode` run through
+overall and per tissue (``val/hu_mae/<tissue>``); for a joint image + label model
+(``data.labels=true``) these are the image channels', and ``val/label_dice`` is the mean Dice of
+the label map decoded from the reconstruction. :meth:`encode` and :meth:`decode` run through
 overlapping tiles when ``tile_size`` is set (:mod:`medgen.imaging.tiling`), so large volumes keep
 memory bounded. The frozen network is what stage 2 (:mod:`medgen.imaging.latent`) reads.
 """
@@ -32,6 +34,7 @@ from torch import nn
 from medgen.errors import ConfigError, InputFileError, UserError
 from medgen.imaging import components as parts
 from medgen.imaging.ema import EMA
+from medgen.imaging.labels import LabelCodec, codec_of, image_channels
 from medgen.imaging.tiling import check_tile, tiled
 from medgen.records import DataMeta
 from medgen.utils.provenance import plain_container
@@ -241,19 +244,36 @@ class AutoencoderModule(pl.LightningModule):
             self.hparams["data_meta"] = meta.to_dict()
         meta = self.data_meta
         if meta is not None:
-            net = self.hparams["network"]
-            for key in ("in_channels", "out_channels"):
-                if int(net.get(key, 1)) != meta.channels:
-                    raise ConfigError(
-                        f"model.network.{key}", net.get(key), f"{meta.channels} (the data's)"
-                    )
-            self.latent_size(meta.spatial_size)
-            if self.patch is not None and any(
-                p > s for p, s in zip(self.patch, meta.spatial_size, strict=True)
-            ):
+            self.check_data(meta)
+
+    def check_data(self, meta: DataMeta) -> None:
+        """Refuse data the networks cannot take (also called before a run folder exists, see
+        :func:`medgen.tasks.checks.check_train`): the autoencoder's ``in_channels`` and
+        ``out_channels`` and the discriminator's ``in_channels`` must be the data's channel
+        count (a joint image + label model: 1 + the label code channels), sizes divisible by
+        the compression, ``patch_size`` within the volume."""
+        nodes = [("network", k, self.hparams["network"]) for k in ("in_channels", "out_channels")]
+        if self.hparams["discriminator"] is not None:
+            nodes.append(("discriminator", "in_channels", self.hparams["discriminator"]))
+        for name, key, node in nodes:
+            if int(node.get(key, 1)) != meta.channels:
+                what = str(list(meta.channel_names))
+                if meta.label_names:  # name the parts, not 16 channel names
+                    codes = meta.channels - image_channels(meta)
+                    what = f"the image and {codes} label-map channels ({meta.label_encoding})"
+                fix = " ".join(f"model.{n}.{k}={meta.channels}" for n, k, _ in nodes)
                 raise ConfigError(
-                    "model.patch_size", list(self.patch), f"<= {list(meta.spatial_size)} (data)"
+                    f"model.{name}.{key}",
+                    node.get(key, 1),
+                    f"{meta.channels}, the data's channel count ({what}): set {fix}",
                 )
+        self.latent_size(meta.spatial_size)
+        if self.patch is not None and any(
+            p > s for p, s in zip(self.patch, meta.spatial_size, strict=True)
+        ):
+            raise ConfigError(
+                "model.patch_size", list(self.patch), f"<= {list(meta.spatial_size)} (data)"
+            )
 
     def on_fit_start(self) -> None:
         if not self.automatic_optimization and self.trainer.gradient_clip_val:
@@ -389,7 +409,11 @@ class AutoencoderModule(pl.LightningModule):
         recon = self.reconstruct(x).clamp(-1.0, 1.0)
         meta = self.data_meta
         metrics = reconstruction_metrics(
-            x, recon, labels=batch.get("label"), intensity=None if meta is None else meta.intensity
+            x,
+            recon,
+            labels=batch.get("label"),
+            intensity=None if meta is None else meta.intensity,
+            codec=None if meta is None else codec_of(meta),
         )
         bs = x.shape[0]
         for key, value in metrics.items():
@@ -440,18 +464,31 @@ def reconstruction_metrics(
     *,
     labels: torch.Tensor | None = None,
     intensity: Mapping[str, Any] | None = None,
+    codec: LabelCodec | None = None,
 ) -> dict[str, torch.Tensor]:
     """Reconstruction quality of ``recon`` against ``x`` (both (B, C, D, H, W) in [-1, 1]).
 
-    ``l1`` (mean |error|), ``psnr`` (dB, peak-to-peak 2) and ``ssim`` (7^3 windows), means over
-    the batch; for a ``ct_window`` intensity mapping also ``hu_mae`` (mean |error| in HU), and
-    with a label map ``labels`` (B, 1, D, H, W) ``hu_mae/<tissue>`` for each phantom tissue
-    present (:data:`medgen.imaging.phantom.LABEL_NAMES`), over that tissue's voxels.
+    ``l1`` (mean |error| over every channel: the training loss's term), ``psnr`` (dB,
+    peak-to-peak 2) and ``ssim`` (7^3 windows), means over the batch; for a ``ct_window``
+    intensity mapping also ``hu_mae`` (mean |error| in HU), and with a label map ``labels``
+    (B, 1, D, H, W) ``hu_mae/<tissue>`` for each phantom tissue present
+    (:data:`medgen.imaging.phantom.LABEL_NAMES`), over that tissue's voxels.
+
+    With ``codec`` (a joint image + label model) the last ``codec.channels`` channels are label
+    codes: ``psnr``, ``ssim`` and the HU errors are the image channels' only, and with
+    ``labels`` ``label_dice`` is the mean Dice of the label map decoded from ``recon`` over the
+    foreground labels present in ``labels`` (MONAI's ``compute_dice``).
     """
     from monai.metrics import PSNRMetric, SSIMMetric
 
     x, recon = x.float(), recon.float()
     out = {"l1": (recon - x).abs().mean()}
+    n = x.shape[1] - (codec.channels if codec is not None else 0)  # image channels
+    if codec is not None and labels is not None:
+        dice = label_dice(recon[:, n:], labels, codec)
+        if dice is not None:
+            out["label_dice"] = dice
+    x, recon = x[:, :n], recon[:, :n]
     out["psnr"] = torch.as_tensor(PSNRMetric(max_val=2.0, reduction="mean")(recon, x)).mean()
     if min(x.shape[2:]) >= 7:
         ssim = SSIMMetric(spatial_dims=3, data_range=2.0, win_size=7, reduction="mean")
@@ -463,11 +500,28 @@ def reconstruction_metrics(
         if labels is not None:
             from medgen.imaging.phantom import LABEL_NAMES
 
-            lab = labels.to(err.device).long()
+            lab = labels.to(err.device).long().expand_as(err)  # one map for every image channel
             for value in torch.unique(lab).tolist():
                 if int(value) in LABEL_NAMES:
                     out[f"hu_mae/{LABEL_NAMES[int(value)]}"] = err[lab == value].mean()
     return out
+
+
+def label_dice(codes: torch.Tensor, labels: torch.Tensor, codec: LabelCodec) -> torch.Tensor | None:
+    """Mean Dice of the label maps decoded from ``codes`` (B, M, D, H, W) against ``labels``
+    (B, 1, D, H, W) ints, over the foreground labels present in ``labels`` (absent ones are
+    left out, not counted as 1 or 0); 1.0 for a perfect map, None when ``labels`` holds only
+    background."""
+    from monai.metrics import compute_dice
+    from monai.networks.utils import one_hot
+
+    pred = torch.stack([torch.from_numpy(codec.decode(c).astype("int64")) for c in codes])
+    k = codec.num_labels
+    y_pred = one_hot(pred[:, None].to(labels.device), num_classes=k)
+    y = one_hot(labels.long(), num_classes=k)
+    dice = compute_dice(y_pred, y, include_background=False, ignore_empty=True)  # (B, K - 1)
+    present = dice[torch.isfinite(dice)].float()  # NaN: the label is absent from `labels`
+    return present.mean() if present.numel() else None
 
 
 def _disc_node(value: Any) -> dict[str, Any]:

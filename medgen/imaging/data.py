@@ -220,6 +220,12 @@ class ScanDataModule(pl.LightningDataModule, abc.ABC):
             return int(hparams["num_classes"])
         return None
 
+    def planned_meta(self) -> DataMeta | None:
+        """The data's description when the settings alone give it (no file read, nothing
+        generated), so a model can refuse the data before a run folder exists
+        (:func:`medgen.tasks.checks.check_train`); None when it takes the data (the default)."""
+        return None
+
     @property
     def data_meta(self) -> DataMeta:
         """The data's description (geometry, intensity, channels, classes); sets up if needed."""
@@ -386,6 +392,15 @@ class PhantomDataModule(ScanDataModule):
 
             folder = self.disk_cache
             train, val, test = (DiskCachedDataset(d, folder) for d in (train, val, test))  # type: ignore[assignment]
+        from medgen.imaging.labels import JointLabels, codec_of
+
+        meta = self.planned_meta()
+        if (codec := codec_of(meta)) is not None:  # data.labels: code channels after the CT
+            train, val, test = (JointLabels(d, codec) for d in (train, val, test))  # type: ignore[assignment]
+        return Splits(train, val, test, meta)
+
+    def planned_meta(self) -> DataMeta:
+        """The phantoms' description, from the settings alone (nothing is generated)."""
         geometry = {
             "affine_from": "the phantom grid",
             "items": self.num_train,
@@ -403,13 +418,12 @@ class PhantomDataModule(ScanDataModule):
             geometry=geometry,
         )
         if self.labels:
-            from medgen.imaging.labels import label_table
+            from medgen.imaging.labels import LabelCodec, joint_meta, label_table
             from medgen.imaging.phantom import LABEL_NAMES
 
             names = list(label_table([LABEL_NAMES[k] for k in sorted(LABEL_NAMES)]).values())
-            sets, meta = _joint(meta, (train, val, test), names, self.label_encoding)
-            return Splits(sets[0], sets[1], sets[2], meta)  # type: ignore[arg-type]
-        return Splits(train, val, test, meta)
+            meta = joint_meta(meta, LabelCodec(tuple(names), self.label_encoding))
+        return meta
 
     def split_seeds(self, split: str, count: int) -> list[int]:
         """The subject seeds of ``split`` (``train``, ``val``, ``test``)."""

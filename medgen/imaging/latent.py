@@ -173,7 +173,7 @@ class LatentDiffusionModule(DiffusionModule):
                 "model.autoencoder",
                 self.hparams["autoencoder"]["file"],
                 f"an autoencoder of {meta.channels} channels, the data's (it has "
-                f"{ae.get('in_channels', 1)})",
+                f"{ae.get('in_channels', 1)}): train stage 1 on the same data settings",
             )
         latent = self.stage1.latent_size(meta.spatial_size)
         factor = parts.spatial_factor(self.hparams["network"])
