@@ -161,8 +161,9 @@ def test_tampered_file_is_rewritten(tmp_path):
     assert ex.intact_indices(out) == {0}
     _export(vols, out)
     # the same sample again (its mark records a new creation time, so compare contents)
-    redone, first = nib.load(out / "images" / "sample_00001.nii.gz"), nib.Nifti1Image.from_bytes(
-        gzip.decompress(good)
+    redone, first = (
+        nib.load(out / "images" / "sample_00001.nii.gz"),
+        nib.Nifti1Image.from_bytes(gzip.decompress(good)),
     )
     np.testing.assert_array_equal(np.asarray(redone.dataobj), np.asarray(first.dataobj))
     np.testing.assert_array_equal(redone.affine, first.affine)
