@@ -9,7 +9,7 @@ file that lists them.
   ``labelsTr/<case>.nii.gz`` and ``dataset.json`` with ``channel_names``, ``labels``
   (``{"background": 0, ...}``), ``numTraining`` and ``file_ending``
   (https://github.com/MIC-DKFZ/nnUNet/blob/master/documentation/dataset_format.md). Put (or
-  link) the folder at ``$nnUNet_raw/DatasetXXX_<Name>``. Only for models that make label maps.
+  link) the folder at ``$nnUNet_raw/Dataset<NNN>_<Name>``. Only for models that make label maps.
   Its ``dataset.json`` also carries a Decathlon ``training`` list, so ``data=nifti`` reads it.
 
 Sidecars sit next to the images (``<case>.json``; nnU-Net lists ``imagesTr`` by file ending and
