@@ -19,6 +19,14 @@ _LIMITS = {
 }
 
 
+def preview_due(trainer: pl.Trainer, pl_module: pl.LightningModule, every: int) -> bool:
+    """A preview callback draws after every ``every``-th validation epoch (0: never), on rank 0,
+    not during the sanity check."""
+    if every <= 0 or trainer.sanity_checking or not trainer.is_global_zero:
+        return False
+    return (pl_module.current_epoch + 1) % every == 0
+
+
 class ScanPreview(pl.Callback):
     """After validation, a PNG of a few samples of the model's EMA weights, from fixed noise (so
     epochs are comparable): ``<run>/previews/epoch_<NNN>.png``, and ``val/preview`` in TensorBoard
@@ -67,10 +75,7 @@ class ScanPreview(pl.Callback):
             raise UserError(f"callbacks.scan_preview: {err}") from err
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        every = self.every_n_epochs
-        if every <= 0 or trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        if (pl_module.current_epoch + 1) % every:
+        if not preview_due(trainer, pl_module, self.every_n_epochs):
             return
         name = f"epoch_{pl_module.current_epoch:03d}.png"
         path = Path(trainer.default_root_dir) / "previews" / name
@@ -130,10 +135,7 @@ class ReconPreview(pl.Callback):
         self.written: list[Path] = []
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        every = self.every_n_epochs
-        if every <= 0 or trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        if (pl_module.current_epoch + 1) % every:
+        if not preview_due(trainer, pl_module, self.every_n_epochs):
             return
         dataset = getattr(getattr(trainer, "datamodule", None), "val_set", None)
         if dataset is None or len(dataset) == 0:

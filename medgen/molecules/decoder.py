@@ -35,7 +35,13 @@ from medgen.molecules.masks import (
     empty_distances,
     prefix_distances,
 )
-from medgen.molecules.vae import MAX_DIST, MAX_REM, NEG, check_temperature
+from medgen.molecules.vae import (
+    MAX_DIST,
+    MAX_REM,
+    NEG,
+    check_temperature,
+    step_log_likelihoods,
+)
 
 _ORDERS = torch.arange(1, MAX_BOND_ORDER + 1)
 
@@ -243,15 +249,9 @@ class GraphStateDecoder(nn.Module):
         clogits = self.closure_head(F.relu(pre + self.pair_ring(ring)))
         clogits = clogits + self.closure_rem(rem_j.clamp(0, MAX_REM))
         clogits = clogits.masked_fill(~cmask, NEG)
-        in_scope = (idx < parent.unsqueeze(-1)) & has_parent.unsqueeze(-1)
-        ll_clos = -F.cross_entropy(clogits.permute(0, 3, 1, 2), clos_bonds, reduction="none")
-        ll_clos = (ll_clos * in_scope).sum(-1)
-        return {
-            "atoms": ll_atoms.sum(1),
-            "parents": ll_parent.sum(1),
-            "orders": ll_order.sum(1),
-            "closures": ll_clos.sum(1),
-        }
+        return step_log_likelihoods(
+            ll_atoms, ll_parent, ll_order, clogits, clos_bonds, idx, parent, has_parent
+        )
 
     # ----------------------------------------------------------------------------- sampling
     def noise_width(self) -> int:

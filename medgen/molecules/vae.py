@@ -55,6 +55,30 @@ def check_temperature(temperature: float, *, allow_zero: bool = False) -> float:
     return value
 
 
+def step_log_likelihoods(
+    ll_atoms: torch.Tensor,
+    ll_parent: torch.Tensor,
+    ll_order: torch.Tensor,
+    clogits: torch.Tensor,
+    clos_bonds: torch.Tensor,
+    idx: torch.Tensor,
+    parent: torch.Tensor,
+    has_parent: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Per-molecule log-likelihood terms (B,) of teacher-forced decoding: the per-step atom,
+    parent and order terms (B, N) summed, and the closure logits (B, N, N, 1 + orders) scored
+    against ``clos_bonds`` for the candidates ``i < parent(j)`` of atoms that have a parent."""
+    in_scope = (idx < parent.unsqueeze(-1)) & has_parent.unsqueeze(-1)
+    ll_clos = -F.cross_entropy(clogits.permute(0, 3, 1, 2), clos_bonds, reduction="none")
+    ll_clos = (ll_clos * in_scope).sum(-1)
+    return {
+        "atoms": ll_atoms.sum(1),
+        "parents": ll_parent.sum(1),
+        "orders": ll_order.sum(1),
+        "closures": ll_clos.sum(1),
+    }
+
+
 class GraphEncoder(nn.Module):
     """Message passing over atoms and typed bonds, summed into a latent Gaussian.
 
@@ -233,16 +257,9 @@ class GraphDecoder(nn.Module):
         cmask = self._order_mask(torch.minimum(rem, rem_j), with_none=True)
         clogits = self.closure_head(pairs) + self.closure_rem(rem_j.clamp(0, MAX_REM))
         clogits = clogits.masked_fill(~cmask, NEG)
-        in_scope = (idx < parent.unsqueeze(-1)) & has_parent.unsqueeze(-1)
-        ll_clos = -F.cross_entropy(clogits.permute(0, 3, 1, 2), clos_bonds, reduction="none")
-        ll_clos = (ll_clos * in_scope).sum(-1)
-
-        return {
-            "atoms": ll_atoms.sum(1),
-            "parents": ll_parent.sum(1),
-            "orders": ll_order.sum(1),
-            "closures": ll_clos.sum(1),
-        }
+        return step_log_likelihoods(
+            ll_atoms, ll_parent, ll_order, clogits, clos_bonds, idx, parent, has_parent
+        )
 
     # ----------------------------------------------------------------------------- sampling
     def noise_width(self) -> int:
