@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medgen.errors import UserError
 from medgen.molecules.featurize import EMBEDDED_SAMPLE, FeaturizedSource, load_source
@@ -48,6 +48,53 @@ class GraphDataset(Dataset):
         return self.source.graph(self.indices[i], self.remap)
 
 
+class SizeBucketSampler(Sampler[int]):
+    """A random order in which each run of ``batch_size`` indices holds molecules of similar size.
+
+    Batches are padded to their largest molecule, so a batch of like sizes wastes little work
+    (the decoder's pair terms grow with the square of the padded size). Each epoch draws a
+    permutation (seeded by ``seed`` and the epoch), sorts each pool of ``pool * batch_size``
+    indices by size, cuts it into batches and shuffles the batches; a last, smaller batch comes
+    last so that the DataLoader's batch boundaries stay those of the buckets. Every index
+    appears exactly once per epoch. Lightning calls :meth:`set_epoch`; without it each
+    iteration advances the epoch itself.
+    """
+
+    def __init__(self, sizes: Sequence[int] | torch.Tensor, batch_size: int, *,
+                 pool: int = 50, seed: int = 0):  # fmt: skip
+        if batch_size < 1 or pool < 1:
+            raise ValueError(f"batch_size and pool must be >= 1, got {batch_size}, {pool}")
+        self.sizes = torch.as_tensor(sizes, dtype=torch.long)
+        self.batch_size, self.pool, self.seed, self.epoch = batch_size, pool, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        """The index batches of ``epoch``, in the order they are drawn."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.sizes), generator=gen)
+        span = self.pool * self.batch_size
+        full: list[torch.Tensor] = []
+        rest: list[torch.Tensor] = []
+        for lo in range(0, len(order), span):
+            chunk = order[lo : lo + span]
+            chunk = chunk[torch.argsort(self.sizes[chunk], stable=True)]
+            for b in chunk.split(self.batch_size):
+                (full if len(b) == self.batch_size else rest).append(b)
+        shuffled = [full[k] for k in torch.randperm(len(full), generator=gen).tolist()]
+        tail = torch.cat(rest) if rest else order[:0]
+        return shuffled + list(tail.split(self.batch_size))
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        for batch in self.batches(epoch):
+            yield from batch.tolist()
+
+
 class GraphDataModule(pl.LightningDataModule):
     """Molecular graphs from a SMILES source, split into disjoint train / val / test by ``seed``.
 
@@ -66,6 +113,8 @@ class GraphDataModule(pl.LightningDataModule):
         max_atoms: molecules with more heavy atoms are rejected (None: no cap).
         cache_dir: where caches go when the source folder is read-only (None: default).
         featurize_workers: processes for featurization (first run only; then the cache is used).
+        bucket_by_size: training batches of similar-size molecules (:class:`SizeBucketSampler`;
+            less padding, the same molecules each epoch); False: plain shuffling.
     """
 
     def __init__(
@@ -84,6 +133,7 @@ class GraphDataModule(pl.LightningDataModule):
         max_atoms: int | None = None,
         cache_dir: str | None = None,
         featurize_workers: int = 1,
+        bucket_by_size: bool = True,
     ):
         super().__init__()
         if not 0 <= val_fraction < 1:
@@ -99,6 +149,7 @@ class GraphDataModule(pl.LightningDataModule):
         self.fixed_vocabulary = list(vocabulary) if vocabulary else None
         self.min_atom_count, self.max_atoms = min_atom_count, max_atoms
         self.cache_dir, self.featurize_workers = cache_dir, featurize_workers
+        self.bucket_by_size = bucket_by_size
         self.source: FeaturizedSource | None = None
         self.vocabulary: Vocabulary | None = None
         self.rejects_path: Path | None = None
@@ -234,10 +285,15 @@ class GraphDataModule(pl.LightningDataModule):
     def _loader(self, dataset: GraphDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("GraphDataModule: call setup() first")
+        sampler = None
+        if shuffle and self.bucket_by_size:
+            sizes = self._source().n_atoms()[torch.tensor(dataset.indices, dtype=torch.long)]
+            sampler = SizeBucketSampler(sizes, self.batch_size, seed=self.seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_graphs,
             persistent_workers=self.num_workers > 0,

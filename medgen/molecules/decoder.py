@@ -119,8 +119,15 @@ class GraphStateDecoder(nn.Module):
 
     def _readout(self, t: torch.Tensor, node: torch.Tensor, present: torch.Tensor, j):
         """GRU input term from the partial graph: ``(..., H)``; ``j`` atoms built (tensor/int)."""
-        g = (F.relu(self.read_type(t) + node) * present.unsqueeze(-1)).sum(-2)
-        scale = torch.as_tensor(j, device=node.device).clamp(min=1).float().sqrt()
+        return self._read(self._read_terms(t, node, present).sum(-2), j)
+
+    def _read_terms(self, t: torch.Tensor, node: torch.Tensor, present: torch.Tensor):
+        """Each built atom's share of the readout, ``(..., P)`` (0 where not ``present``)."""
+        return F.relu(self.read_type(t) + node) * present.unsqueeze(-1)
+
+    def _read(self, g: torch.Tensor, j) -> torch.Tensor:
+        """The readout of the pooled atom terms ``g (..., P)`` after ``j`` atoms (tensor/int)."""
+        scale = torch.as_tensor(j, device=g.device).clamp(min=1).float().sqrt()
         return self.read_out(g / scale.unsqueeze(-1) if scale.dim() else g / scale)
 
     def _type_ok(self, t_prev, rem, cnt, present) -> torch.Tensor:
@@ -176,15 +183,25 @@ class GraphStateDecoder(nn.Module):
         cnt = torch.einsum("jk,biko->bjio", before, onehot).long()  # (B, N + 1, N, 3)
         cap = self.capacity[t] * valid
         rem_all = cap.unsqueeze(1) - (cnt * _ORDERS.to(dev)).sum(-1)  # (B, N + 1, N)
-        nbrs = (adj > 0).float().unsqueeze(1) * before.unsqueeze(-2)  # (B, j, i, k)
-        nb = (nbrs.flatten(1, 2) @ self.msg_type(t)).view(bsz, n + 1, n, -1)
-        nb = nb + cnt.float() @ self.msg_order.weight[1:]
-        node = self._node(nb, rem_all)  # (B, N + 1, N, P)
         present = (idx < steps.unsqueeze(-1)) & valid.unsqueeze(1)  # (B, N + 1, N)
+        # Pair-space work (P-vectors per (step j, atom i)) only where it is used: i < j. The
+        # pairs are packed row by row, (1, 0), (2, 0), (2, 1), ...; the first n(n-1)/2 of them
+        # have j < N (the pointer and closure candidates), all n(n+1)/2 feed the readout.
+        jj, ii = torch.tril_indices(n + 1, n, offset=-1, device=dev)
+        n_ptr = n * (n - 1) // 2
+        nbrs = (adj > 0)[:, ii, :] & (idx < jj.unsqueeze(-1))  # (B, T, k): k < j bonded to i
+        cnt_p = cnt[:, jj, ii]  # (B, T, 3)
+        # messages from neighbours' types and bond orders in one product
+        nb = torch.cat([nbrs, cnt_p], -1).float() @ torch.cat(
+            [self.msg_type(t), self.msg_order.weight[1:].expand(bsz, -1, -1)], 1
+        )  # (B, T, P)
+        node = self._node(nb, rem_all[:, jj, ii])
+        terms = self._read_terms(t[:, ii], node, valid[:, ii])
+        pooled = terms.new_zeros(bsz, n + 1, terms.shape[-1]).index_add(1, jj, terms)
 
         x = self.in_type(t) + self.in_order(p_order) + self.in_closures(n_clos.clamp(max=3))
         x = torch.cat([self.start.expand(bsz, 1, -1), x], 1)
-        x = x + self._readout(t.unsqueeze(1), node, present, steps)
+        x = x + self._read(pooled, steps)
         zz = z.unsqueeze(1).expand(-1, n + 1, -1)
         h, _ = self.gru(torch.cat([x, zz], -1), torch.tanh(self.init_h(z)).unsqueeze(0))
 
@@ -205,15 +222,15 @@ class GraphStateDecoder(nn.Module):
         # parent pointer and order, at steps j < N, candidates i < j
         q = h[:, :n] + self.query_type(t)
         last, rings = prefix_distances(adj)
-        gap = (idx.unsqueeze(-1) - idx).clamp(0, MAX_DIST)
+        pj, pi = jj[:n_ptr], ii[:n_ptr]
         pre = (
-            self.pair_q(q).unsqueeze(2)
-            + self.pair_k(q).unsqueeze(1)
-            + node[:, :n]
-            + self.pair_gap(gap)
-            + self.pair_path(last.clamp(0, MAX_DIST))
-        )  # (B, j, i, P)
-        par_out = self.parent_head(F.relu(pre))
+            self.pair_q(q)[:, pj]
+            + self.pair_k(q)[:, pi]
+            + node[:, :n_ptr]
+            + self.pair_gap((pj - pi).clamp(max=MAX_DIST))
+            + self.pair_path(last[:, pj, pi].clamp(0, MAX_DIST))
+        )  # (B, T, P) over pairs i < j < N
+        par_out = self._unpack(self.parent_head(F.relu(pre)), pj, pi, n)  # (B, j, i, 4)
         below = (idx < idx.unsqueeze(-1)) & valid.unsqueeze(1) & valid.unsqueeze(-1)
         pfeas = (
             feas[:, :n]
@@ -246,12 +263,19 @@ class GraphStateDecoder(nn.Module):
         ) & self.ring_sizes[ring].unsqueeze(-1)
         cmask = torch.cat([torch.ones_like(ok[..., :1]), ok], -1)
         cmask = cmask | F.one_hot(clos_bonds, 1 + MAX_BOND_ORDER).bool()
-        clogits = self.closure_head(F.relu(pre + self.pair_ring(ring)))
-        clogits = clogits + self.closure_rem(rem_j.clamp(0, MAX_REM))
+        clogits = self.closure_head(F.relu(pre + self.pair_ring(ring[:, pj, pi])))
+        clogits = self._unpack(clogits, pj, pi, n) + self.closure_rem(rem_j.clamp(0, MAX_REM))
         clogits = clogits.masked_fill(~cmask, NEG)
         return step_log_likelihoods(
             ll_atoms, ll_parent, ll_order, clogits, clos_bonds, idx, parent, has_parent
         )
+
+    @staticmethod
+    def _unpack(packed: torch.Tensor, pj: torch.Tensor, pi: torch.Tensor, n: int):
+        """Packed pair values ``(B, T, C)`` into a dense ``(B, n, n, C)`` (0 where i >= j)."""
+        dense = packed.new_zeros(packed.shape[0], n, n, packed.shape[-1])
+        dense[:, pj, pi] = packed
+        return dense
 
     # ----------------------------------------------------------------------------- sampling
     def noise_width(self) -> int:
