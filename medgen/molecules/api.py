@@ -3,7 +3,13 @@
 >>> vae = MoleculeVAE.from_checkpoint("outputs/train/<run>")          # doctest: +SKIP
 >>> z = vae.encode(["CCO", "c1ccccc1O"])                              # (2, L)  # doctest: +SKIP
 >>> vae.decode(z)                                                     # doctest: +SKIP
->>> vae.optimize("qed", n=10, smiles=training_smiles)                 # doctest: +SKIP
+>>> vae.fit_property("logp", training_smiles)                         # doctest: +SKIP
+>>> vae.optimize("logp", n=10)                                        # doctest: +SKIP
+>>> vae.sample(100, condition={"qed": ">=0.8", "sa": "<=3"})          # doctest: +SKIP
+
+Conditioned sampling uses the property heads stored in the checkpoint
+(:mod:`medgen.molecules.conditioning`, ``MoleculeVAE.heads``) or fitted here with
+:meth:`MoleculeVAE.fit_property`.
 
 Sampling is reproducible per molecule (:mod:`medgen.molecules.sampling`): molecule ``i`` of seed
 ``s`` draws its latent and every decoding choice from its own generator seeded with ``(s, i)``, so
@@ -14,12 +20,13 @@ draws the same molecules through :class:`~medgen.molecules.module.GraphVAEModule
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from medgen.errors import UserError
+from medgen.errors import ConfigError, UserError
 from medgen.molecules.graph import (
     FeaturizeError,
     Vocabulary,
@@ -82,6 +89,111 @@ class PropertyHead(nn.Module):
         return self.net(z).squeeze(-1) * self.std + self.mean
 
 
+def train_head(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int = 300,
+    lr: float = 3e-3,
+    seed: int = 0,
+    hidden_dim: int = 128,
+) -> tuple[PropertyHead, dict[str, float]]:
+    """Fit a :class:`PropertyHead` on latents ``z (N, L)`` and values ``y (N,)`` (already in a
+    random order): full-batch Adam on the first 90%, R^2 on those (``r2_train``) and on the last
+    10% (``r2_heldout``). The global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = PropertyHead(z.shape[-1], hidden_dim)
+    n_fit = max(1, int(0.9 * len(y)))
+    head.mean.fill_(float(y[:n_fit].mean()))
+    head.std.fill_(float(y[:n_fit].std().clamp(min=1e-6)))
+    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            loss = ((head(z[:n_fit]) - y[:n_fit]) / head.std).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    head.eval()
+    report: dict[str, float] = {"n_fit": n_fit, "n_heldout": len(y) - n_fit}
+    with torch.no_grad():
+        report["r2_train"] = _r2(head(z[:n_fit]), y[:n_fit])
+        if n_fit < len(y):
+            report["r2_heldout"] = _r2(head(z[n_fit:]), y[n_fit:])
+    return head, report
+
+
+#: optimize: a head whose held-out R^2 is below this cannot steer the search
+WEAK_R2 = 0.5
+
+
+class Usability(NamedTuple):
+    """What makes a decoded molecule unusable as a proposal, from RDKit."""
+
+    sa: float  # synthetic accessibility, 1 (easy) .. 10 (hard)
+    bad_rings: int  # rings of fewer than 5 or more than 8 atoms
+    moses_pass: bool  # medgen.chem.alerts.moses_filters_pass
+    longest_chain: int  # atoms in the longest path of acyclic carbons
+
+
+def usability(mol) -> Usability:
+    """:class:`Usability` of an RDKit molecule."""
+    from medgen.chem.alerts import moses_filters_pass
+    from medgen.chem.properties import sa_score
+
+    rings = mol.GetRingInfo().AtomRings()
+    bad = sum(not 5 <= len(ring) <= 8 for ring in rings)
+    return Usability(float(sa_score(mol)), bad, bool(moses_filters_pass(mol)), longest_chain(mol))
+
+
+def usability_penalty(
+    use: Usability,
+    *,
+    sa_weight: float = 1.0,
+    ring_weight: float = 1.0,
+    filter_weight: float = 1.0,
+    chain_weight: float = 0.5,
+    max_chain: int = 6,
+) -> float:
+    """What :meth:`MoleculeVAE.optimize` subtracts from a score, in standard deviations of the
+    property: ``sa_weight`` per unit of SA above 4, ``ring_weight`` per ring of < 5 or > 8
+    atoms, ``filter_weight`` for failing the MOSES filters, ``chain_weight`` per acyclic carbon
+    beyond ``max_chain`` in a row (0 for a usable drug-like molecule)."""
+    return (
+        sa_weight * max(0.0, use.sa - 4.0)
+        + ring_weight * use.bad_rings
+        + filter_weight * (not use.moses_pass)
+        + chain_weight * max(0, use.longest_chain - max_chain)
+    )
+
+
+def longest_chain(mol) -> int:
+    """Atoms in the longest path through carbons that are in no ring (0 without any): 16 for
+    hexadecane, 4 for butylbenzene. The acyclic carbons form a forest; its longest path is the
+    largest tree diameter (two breadth-first searches per tree)."""
+    chain = {a.GetIdx() for a in mol.GetAtoms() if a.GetSymbol() == "C" and not a.IsInRing()}
+    nbrs = {i: [n.GetIdx() for n in mol.GetAtomWithIdx(i).GetNeighbors() if n.GetIdx() in chain]
+            for i in chain}  # fmt: skip
+
+    def farthest(start: int) -> tuple[int, int, set[int]]:
+        depth, frontier, seen = 1, [start], {start}
+        last = start
+        while frontier:
+            last = frontier[0]
+            frontier = [j for i in frontier for j in nbrs[i] if j not in seen and not seen.add(j)]
+            depth += bool(frontier)
+        return last, depth, seen
+
+    best, done = 0, set()
+    for atom in sorted(chain):
+        if atom in done:
+            continue
+        end, _, tree = farthest(atom)
+        done |= tree
+        best = max(best, farthest(end)[1])
+    return best
+
+
 class MoleculeVAE:
     """A trained :class:`~medgen.molecules.module.GraphVAEModule` behind a SMILES interface."""
 
@@ -92,8 +204,19 @@ class MoleculeVAE:
         self.vae: GraphVAE
         self.vocab: Vocabulary
         self.vae, self.vocab = module.built()
+        #: property heads: the checkpoint's (``property_heads``), then those fitted here
         self.heads: dict[str, PropertyHead] = {}
+        #: per head its fit: ``r2_heldout``, ``r2_train``, ``n_fit``, ``n_heldout``
+        self.head_reports: dict[str, dict[str, Any]] = {}
         self._fitted: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]] = {}
+        record = getattr(module, "property_heads", None)
+        if record is not None:
+            from medgen.molecules.conditioning import check_record, head_from_record
+
+            for name, entry in check_record(record)["heads"].items():
+                self.heads[name] = head_from_record(entry)
+                self.head_reports[name] = {k: v for k, v in entry.items()
+                                           if k.startswith(("r2_", "n_"))}  # fmt: skip
 
     @classmethod
     def from_checkpoint(
@@ -143,12 +266,87 @@ class MoleculeVAE:
         return batch_to_smiles(graphs, self.vocab)
 
     def sample(
-        self, n: int, *, seed: int = 0, temperature: float = 1.0, batch_size: int = 1000
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        temperature: float = 1.0,
+        batch_size: int = 1000,
+        condition: Mapping[str, str] | str | None = None,
     ) -> list[str | None]:
-        """``n`` molecules from the prior (see :func:`sample_smiles`)."""
+        """``n`` molecules from the prior (see :func:`sample_smiles`); with ``condition`` the
+        SMILES of :meth:`sample_conditioned` (all meet the targets; fewer than ``n`` when the
+        budget ran out, which it logs)."""
+        if condition is not None:
+            frame = self.sample_conditioned(
+                n, condition, seed=seed, temperature=temperature, batch_size=batch_size
+            )
+            return list(frame["smiles"])
         return sample_smiles(
             self.vae, self.vocab, n, seed=seed, temperature=temperature, batch_size=batch_size
         )
+
+    def heads_record(self) -> dict[str, Any]:
+        """:attr:`heads` as a checkpoint's ``property_heads`` record."""
+        from medgen.molecules.conditioning import record_from_heads
+
+        return record_from_heads(self.heads, self.head_reports)
+
+    def sample_conditioned(
+        self,
+        n: int,
+        condition: Mapping[str, str] | str,
+        *,
+        seed: int = 0,
+        temperature: float = 1.0,
+        batch_size: int = 1000,
+        budget_factor: int | None = None,
+    ):
+        """Up to ``n`` molecules meeting every target of ``condition`` (e.g. ``{"qed": ">=0.8",
+        "sa": "<=3"}``), as ``medgen sample condition=...`` draws them: a DataFrame ``index,
+        smiles, <property>...`` (the RDKit values) in stream order; ``frame.attrs`` holds the
+        report (guided and unguided success rates, IntDiv, ``shortfall``).
+
+        Candidate ``i`` is the same as in ``medgen sample`` with the same seed, temperature and
+        heads. Raises a ``UserError`` for a bad condition or a property without a head.
+        """
+        import pandas as pd
+
+        from medgen.molecules.conditioning import (
+            BUDGET_FACTOR,
+            guided_decode,
+            resolve_condition,
+            select_targets,
+        )
+
+        if n < 1:
+            raise ConfigError("n", n, "an integer >= 1")
+        record = self.heads_record()
+        condition = resolve_condition(condition, record)
+        kw = {"seed": seed, "temperature": temperature}
+
+        def draw(indices: list[int]) -> dict[int, str | None]:
+            out: dict[int, str | None] = {}
+            for lo in range(0, len(indices), batch_size):
+                chunk = indices[lo : lo + batch_size]
+                found = guided_decode(
+                    self.vae, self.vocab, record, chunk, condition=condition, **kw
+                )
+                out.update(zip(chunk, found, strict=True))
+            return out
+
+        def chance(indices: list[int]) -> list[str | None]:  # unguided: 0..m-1 of the prior
+            start = indices[0] if indices else 0
+            return sample_smiles(self.vae, self.vocab, len(indices), start=start,
+                                 batch_size=batch_size, **kw)  # fmt: skip
+
+        chosen, found = select_targets(
+            {}, n, condition, draw=draw, chance=chance, heads=record["heads"],
+            budget_factor=budget_factor or BUDGET_FACTOR, batch_size=batch_size,
+        )  # fmt: skip
+        frame = pd.DataFrame({"index": chosen.indices, "smiles": chosen.smiles, **found.values})
+        frame.attrs.update(found.report)
+        return frame
 
     def interpolate(self, a: str, b: str, steps: int = 8) -> list[str | None]:
         """Greedy decodes of ``steps`` evenly spaced points from ``encode(a)`` to ``encode(b)``."""
@@ -198,24 +396,10 @@ class MoleculeVAE:
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
         smiles, y = [smiles[k] for k in order.tolist()], y[order]
         z = torch.cat([self.encode(smiles[i : i + 500]) for i in range(0, len(smiles), 500)])
-        torch.manual_seed(seed)
-        head = PropertyHead(self.latent_dim)
-        n_fit = max(1, int(0.9 * len(y)))
-        head.mean.fill_(float(y[:n_fit].mean()))
-        head.std.fill_(float(y[:n_fit].std().clamp(min=1e-6)))
-        opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=1e-4)
-        for _ in range(epochs):
-            loss = ((head(z[:n_fit]) - y[:n_fit]) / head.std).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        head.eval()
+        head, report = train_head(z, y, epochs=epochs, lr=lr, seed=seed)
         self.heads[name] = head
+        self.head_reports[name] = report
         self._fitted[name] = (smiles, z, y)
-        with torch.no_grad():
-            report = {"r2_train": _r2(head(z[:n_fit]), y[:n_fit])}
-            if n_fit < len(y):
-                report["r2_heldout"] = _r2(head(z[n_fit:]), y[n_fit:])
         log.info("property head %s: %s", name, report)
         return report
 
@@ -231,40 +415,149 @@ class MoleculeVAE:
         property: str,
         n: int = 10,
         *,
+        smiles: Sequence[str] | None = None,
         n_starts: int = 32,
         steps: int = 60,
         lr: float = 0.02,
         prior_weight: float = 0.1,
         decode_every: int = 5,
         maximize: bool = True,
+        max_rounds: int = 4,
+        sa_weight: float = 1.0,
+        ring_weight: float = 1.0,
+        chain_weight: float = 0.5,
+        max_chain: int = 6,
     ):
         """Gradient ascent on the property head from the best fitted molecules' latents.
 
-        The objective, in standard deviations of the property, is
-        ``head(z) - prior_weight * |z|^2 / 2``: the prior term keeps ``z`` where the decoder was
-        trained and the head is not extrapolating. Every ``decode_every`` steps all points are
-        decoded greedily; decoded molecules are scored with RDKit when the property is
-        computable (else by the head) and the ``n`` best distinct ones that are not among the
-        fitted molecules are returned as a DataFrame (``smiles, score, predicted, step,
-        start_smiles, start_score``), best first.
+        The latent walk maximizes ``head(z) - prior_weight * |z|^2 / 2`` (in standard deviations
+        of the property): the prior term keeps ``z`` where the decoder was trained and the head is
+        not extrapolating. Every ``decode_every`` steps all points are decoded greedily. Each
+        distinct decoded molecule that is not a fitted one is checked with RDKit: one that fails
+        the MOSES filters or holds an acyclic carbon chain longer than ``2 * max_chain`` is
+        dropped (counted in ``attrs["unusable"]``); the others are scored with RDKit (the head's
+        prediction for a property RDKit cannot compute) less a penalty for what makes a molecule
+        hard to use, in standard deviations ``sd`` of the fitted values
+        (:func:`usability_penalty`)::
+
+            score = property - sd * (sa_weight * max(0, SA - 4) + ring_weight * (rings of < 5 or
+                    > 8 atoms) + chain_weight * max(0, longest acyclic carbon chain - max_chain))
+
+        (the penalty is added when minimizing), so a long alkane chain does not win ``logp``.
+        Rounds of ``n_starts`` further starts (the next best fitted molecules) run until ``n``
+        usable molecules are found or ``max_rounds`` are spent.
+
+        ``smiles``: start from these molecules (encoded and scored here) instead of those given
+        to :meth:`fit_property` (needed for a head that came with the checkpoint).
+
+        Returns a DataFrame (``smiles, score, predicted, property, penalty, sa, bad_rings,
+        moses_pass, longest_chain, step, start_smiles, start_score``), best score first, of
+        ``n`` rows or fewer; ``frame.attrs`` says ``n_found`` and why fewer (``shortfall``),
+        the head's ``r2_heldout`` (``weak_head`` and a logged warning below 0.5: too weak to
+        steer), ``best_score`` (the property of the first row), ``best_training_score`` and
+        ``beats_best_training``.
         """
         import pandas as pd
 
+        from medgen.chem.mol import parse_smiles
+
+        if property not in self.heads:
+            raise KeyError(f"no property head {property!r}; call fit_property({property!r}, ...)")
+        if smiles is not None:
+            starts = list(smiles)
+            computable = property_function(property) is not None
+            z_fit = torch.cat([self.encode(starts[i : i + 500])
+                               for i in range(0, len(starts), 500)])  # fmt: skip
+            scores = score_smiles(property, starts) if computable else self.predict(property, z_fit)
+            self._fitted[property] = (starts, z_fit, torch.as_tensor(scores, dtype=torch.float32))
         if property not in self._fitted:
-            raise KeyError(f"no property head {property!r}; call fit_property first")
-        smiles, z_all, y = self._fitted[property]
+            raise KeyError(f"no molecules to start {property!r} from; call fit_property or pass "
+                           "smiles=")  # fmt: skip
+        fitted, z_all, y = self._fitted[property]
         sign = 1.0 if maximize else -1.0
-        top = torch.argsort(sign * y, descending=True)[:n_starts]
+        r2 = self.head_reports.get(property, {}).get("r2_heldout")
+        weak = r2 is None or not r2 >= WEAK_R2
+        if weak:
+            log.warning("optimize %s: the head's held-out R^2 is %s < %.1f: too weak to steer "
+                        "(the search is close to a random walk)", property,
+                        "unknown" if r2 is None else f"{r2:.2f}", WEAK_R2)  # fmt: skip
+        finite = torch.isfinite(y)
+        order = torch.argsort(torch.where(finite, sign * y, -torch.inf), descending=True)
+        seen = {_canonical(s) for s in fitted}  # decodes are canonical: compare like with like
+        rows: dict[str, dict] = {}  # every distinct new decode, usable or not
+        columns = ["smiles", "score", "predicted", "property", "penalty", *Usability._fields,
+                   "step", "start_smiles", "start_score"]  # fmt: skip
+        sd = float(y[finite].std()) if int(finite.sum()) > 1 else 1.0
+        fn = property_function(property)
+        weights = {"sa_weight": sa_weight, "ring_weight": ring_weight, "filter_weight": 0.0,
+                   "chain_weight": chain_weight, "max_chain": max_chain}  # fmt: skip
+        usable: dict[str, dict] = {}
+        rounds = 0
+        for rounds in range(1, max_rounds + 1):
+            top = order[(rounds - 1) * n_starts : rounds * n_starts]
+            if len(top) == 0:
+                rounds -= 1
+                break
+            new = self._walk(property, top, z_all, y, fitted, seen, rows, sign=sign,
+                             steps=steps, lr=lr, prior_weight=prior_weight,
+                             decode_every=decode_every)  # fmt: skip
+            for s in new:
+                mol = parse_smiles(s)
+                if mol is None:  # a decode RDKit does not read back: not a proposal
+                    continue
+                use = usability(mol)
+                if not use.moses_pass or use.longest_chain > 2 * max_chain:
+                    continue
+                row = rows[s]
+                row["property"] = float(fn(mol)) if fn is not None else row["predicted"]
+                row["penalty"] = sd * usability_penalty(use, **weights)
+                row["score"] = row["property"] - sign * row["penalty"]
+                usable[s] = {**row, **use._asdict()}
+            if len(usable) >= n:
+                break
+        frame = pd.DataFrame(list(usable.values()), columns=columns)
+        frame = frame.sort_values("score", ascending=not maximize, kind="stable")
+        frame = frame.head(n).reset_index(drop=True)
+        best_training = float(sign * (sign * y[finite]).max()) if int(finite.sum()) else None
+        best = float(frame["property"].iloc[0]) if len(frame) else None
+        beats = (
+            best is not None and best_training is not None and sign * best > sign * best_training
+        )
+        shortfall = None
+        if len(frame) < n:
+            shortfall = (f"only {len(frame)} usable distinct new molecules ({len(rows)} decoded, "
+                         f"{len(rows) - len(usable)} unusable) in {rounds} round(s) of {n_starts} "
+                         f"starts x {steps} steps; raise n_starts, steps or max_rounds, or fit "
+                         "more molecules")  # fmt: skip
+            log.warning("optimize %s: %s", property, shortfall)
+        frame.attrs.update(
+            property=property, maximize=maximize, n_requested=n, n_found=len(frame),
+            shortfall=shortfall, rounds=rounds, unusable=len(rows) - len(usable),
+            r2_heldout=r2, weak_head=weak,
+            best_score=best, best_training_score=best_training, beats_best_training=beats,
+            penalty_weights=weights,
+        )  # fmt: skip
+        if best is not None:
+            log.info("optimize %s: best %.3f (%s) %s the best fitted molecule (%.3f); head R^2 "
+                     "held out %s", property, best, frame["smiles"].iloc[0],
+                     "beats" if beats else "does not beat", best_training,
+                     "unknown" if r2 is None else f"{r2:.2f}")  # fmt: skip
+        return frame
+
+    def _walk(self, property, top, z_all, y, fitted, seen, rows, *, sign, steps, lr,
+              prior_weight, decode_every) -> list[str]:  # fmt: skip
+        """One round of :meth:`optimize`: the latent walk from starts ``top``, adding the
+        distinct new decodes to ``rows``; returns them."""
+        new: list[str] = []
         z = z_all[top].clone().requires_grad_(True)
         head = self.heads[property]
-        seen = {_canonical(s) for s in smiles}  # decodes are canonical: compare like with like
-        rows: dict[str, dict] = {}
         opt = torch.optim.Adam([z], lr=lr)
         for step in range(1, steps + 1):
-            objective = sign * head.net(z).squeeze(-1) - prior_weight * 0.5 * z.pow(2).sum(-1)
-            opt.zero_grad()
-            (-objective.sum()).backward()
-            opt.step()
+            with torch.enable_grad():
+                objective = sign * head.net(z).squeeze(-1) - prior_weight * 0.5 * z.pow(2).sum(-1)
+                opt.zero_grad()
+                (-objective.sum()).backward()
+                opt.step()
             if step % decode_every and step != steps:
                 continue
             decoded = self.decode(z.detach())
@@ -276,29 +569,11 @@ class MoleculeVAE:
                         "smiles": s,
                         "predicted": predicted[k],
                         "step": step,
-                        "start_smiles": smiles[start],
+                        "start_smiles": fitted[start],
                         "start_score": float(y[start]),
                     }
-        frame = pd.DataFrame(
-            list(rows.values()),
-            columns=["smiles", "predicted", "step", "start_smiles", "start_score"],
-        )
-        computable = property_function(property) is not None
-        frame.insert(
-            1,
-            "score",
-            score_smiles(property, frame["smiles"]) if computable else frame["predicted"],
-        )
-        frame = frame.sort_values("score", ascending=not maximize).head(n).reset_index(drop=True)
-        if len(frame):
-            log.info(
-                "optimize %s: best %.3f (%s); best fitted molecule %.3f",
-                property,
-                frame["score"].iloc[0],
-                frame["smiles"].iloc[0],
-                float((sign * y).max() * sign),
-            )
-        return frame
+                    new.append(s)
+        return new
 
 
 def _canonical(smiles: str) -> str:

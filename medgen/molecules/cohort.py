@@ -108,6 +108,8 @@ class MoleculeCohort:
             record["dualuse"] = False
         if release_options(self.settings).share:
             record["share"] = True
+        if self.settings.condition is not None:  # property targets (conditioning)
+            record["condition"] = dict(self.settings.condition)
         return record
 
     def check(self, n: int, *, overwrite: bool) -> None:
@@ -182,8 +184,12 @@ class MoleculeCohort:
 
         share = release_options(self.settings).share
         train, reason = self._training_set()
-        chosen = select(found, n, train=train, novel_only=self.options.novel_only,
-                        draw=self._draw_more, batch_size=_DRAW_BATCH)  # fmt: skip
+        conditioned = None
+        if self.settings.condition is not None:
+            chosen, conditioned = self._select_targets(found, n, train)
+        else:
+            chosen = select(found, n, train=train, novel_only=self.options.novel_only,
+                            draw=self._draw_more, batch_size=_DRAW_BATCH)  # fmt: skip
         smiles = chosen.smiles
         alerts = dualuse_column(smiles) if self.options.dualuse else None
         mark = marking_record(
@@ -191,7 +197,8 @@ class MoleculeCohort:
             generator=self._generator_path(), settings=public_settings(self.settings),
             extra={"n": n},
         )  # fmt: skip
-        self._write_file(chosen.indices, smiles, alerts, mark)
+        values = conditioned.values if conditioned is not None else None
+        self._write_file(chosen.indices, smiles, alerts, mark, values)
         summary: dict[str, Any] = {
             "out": str(self.out),
             "n": n,
@@ -205,13 +212,16 @@ class MoleculeCohort:
         }
         memo = novelty_report(chosen, train, novel_only=self.options.novel_only, reason=reason)
         summary["memorization"] = memo
+        if conditioned is not None:  # n asked for; n_found: rows written (all meet the targets)
+            summary.update(n_found=len(smiles), conditioning=conditioned.report)
         if alerts is not None:
             summary["dualuse"] = counts_from_column(alerts).to_dict()
         if preview and (image := molecule_grid([s for s in smiles if s], PREVIEW_SIZE)):
             save_png(image, self.preview)
             summary["preview"] = str(self.preview)
         card = molecule_card(
-            file_name=self.out.name, marking=mark, summary=summary, train=train,
+            file_name=self.out.name, marking=mark, train=train,
+            summary=summary if conditioned is None else {**summary, "n": len(smiles)},
             properties=property_comparison(smiles, train), dualuse=summary.get("dualuse"),
         )  # fmt: skip
         md, _ = write_molecule_card(self.out, card, share=share)
@@ -230,7 +240,7 @@ class MoleculeCohort:
         shutil.rmtree(self.parts, ignore_errors=True)
         log.info(
             "wrote %d molecules to %s (validity %.3f, uniqueness %.3f, novelty %s, dual-use "
-            "alerts %s)", n, self.out, summary["validity"], summary["uniqueness"],
+            "alerts %s)", len(smiles), self.out, summary["validity"], summary["uniqueness"],
             memo.get("novelty"), summary.get("dualuse", {}).get("flagged", "off"),
         )  # fmt: skip
         if self.options.novel_only:
@@ -254,6 +264,22 @@ class MoleculeCohort:
             log.info("no novelty report: no training-set record beside %s", self.checkpoint)
             return None, "no training-set record in the checkpoint's run dir"
         return train, None
+
+    def _select_targets(self, found: dict[int, str | None], n: int, train: Any) -> Any:
+        """``condition``: the first n candidates meeting every target (novel ones only with
+        ``novel_only``), and the unguided chance rate (:mod:`medgen.molecules.conditioning`)."""
+        from medgen.generation import load_generator
+        from medgen.molecules.conditioning import select_targets
+
+        if self._generator is None:
+            self._generator, _ = load_generator(self.checkpoint)
+        unguided = self.settings.replace(condition=None)
+        copy = train.contains if self.options.novel_only and train is not None else None
+        return select_targets(
+            found, n, self.settings.condition, draw=self._draw_more, is_copy=copy,
+            chance=lambda idx: self._generator.generate(idx, unguided).items,
+            heads=(getattr(self._generator, "property_heads", None) or {}).get("heads"),
+        )  # fmt: skip
 
     def _draw_more(self, indices: list[int]) -> dict[int, str | None]:
         """novel_only: draw molecules ``indices`` (>= n) here, keeping them as parts (resume)."""
@@ -281,6 +307,7 @@ class MoleculeCohort:
         smiles: list[str | None],
         alerts: list[str | None] | None,
         mark: dict[str, Any],
+        values: dict[str, list[float]] | None = None,
     ) -> None:
         import pandas as pd
 
@@ -297,6 +324,8 @@ class MoleculeCohort:
             },
             columns=COLUMNS,
         )
+        for name, column in (values or {}).items():  # conditioned: the RDKit property values
+            frame[name] = column
         if alerts is not None:
             frame[COLUMN] = [a or "" for a in alerts]
         if self.out.name.lower().endswith(".sdf"):  # the record title; invalid rows are left out

@@ -126,6 +126,8 @@ class GraphVAEModule(pl.LightningModule):
         self.vae: GraphVAE | None = None
         self.vocab: Vocabulary | None = None
         self._warmup_steps: int | None = None
+        # the checkpoint's `property_heads` record (medgen.molecules.conditioning), if any
+        self.property_heads: dict[str, Any] | None = None
         if vocabulary is not None and max_atoms is not None:
             self.build(vocabulary, max_atoms, masks)
 
@@ -212,11 +214,12 @@ class GraphVAEModule(pl.LightningModule):
         except (TypeError, UserError) as err:
             raise InputFileError(f"checkpoint {file}: hyper_parameters do not fit: {err}") from err
         load_weights(model, ckpt["state_dict"], file)
+        model.property_heads = ckpt.get("property_heads")
         return model.eval()
 
     def resolve_settings(self, settings: SampleSettings) -> SampleSettings:
         """Refuse the diffusion settings (``ConfigError`` naming the key); check temperature."""
-        for key in ("sampler", "steps", "eta", "condition"):
+        for key in ("sampler", "steps", "eta"):
             value = getattr(settings, key)
             if value is not None:
                 shown = str(value) if key == "sampler" else value  # 'ddim', not the enum's repr
@@ -225,6 +228,11 @@ class GraphVAEModule(pl.LightningModule):
             raise ConfigError("guidance_scale", settings.guidance_scale, "1.0 for a molecule model")
         if settings.shift != 1.0:
             raise ConfigError("shift", settings.shift, "1.0 for a molecule model")
+        if settings.condition is not None:  # property targets (medgen.molecules.conditioning)
+            from medgen.molecules.conditioning import resolve_condition
+
+            condition = resolve_condition(settings.condition, self.property_heads)
+            settings = settings.replace(condition=condition)
         return settings.replace(temperature=check_temperature(settings.temperature))
 
     def generate(self, indices: Sequence[int], settings: SampleSettings) -> Generated:
@@ -232,6 +240,13 @@ class GraphVAEModule(pl.LightningModule):
         RDKit rejected a decoded graph); molecule ``i`` depends on ``(seed, i)`` only."""
         vae, vocab = self.built()
         indices = [int(i) for i in indices]
+        if settings.condition is not None:  # guided toward property targets
+            from medgen.molecules.conditioning import guided_decode
+
+            kw = {"seed": settings.seed, "temperature": settings.temperature}
+            heads = self.property_heads
+            smiles = guided_decode(vae, vocab, heads, indices, condition=settings.condition, **kw)
+            return Generated(indices, smiles)
         smiles = decode_indices(
             vae, vocab, indices, seed=settings.seed, temperature=settings.temperature
         )

@@ -35,6 +35,8 @@ KEY = "medgen_pretrained"
 FORMAT = 1
 DEFAULT_MAX_MB = 10.0
 _EMA_BUFFERS = ("num_updates", "last_step")  # medgen.imaging.ema.EMA's own buffers
+# records beside the weights that a shipped file keeps (molecule property heads)
+KEPT = ("property_heads",)
 
 
 # ------------------------------------------------------------------------- the slimmed layout
@@ -101,7 +103,9 @@ def slim(ckpt: Mapping[str, Any], *, name: str, float16: bool = False) -> dict[s
         "storage_dtype": "float16" if float16 else "float32",
         "global_step": ckpt.get("global_step"),
     }
-    return {"state_dict": state, "hyper_parameters": dict(ckpt["hyper_parameters"]), KEY: record}
+    out = {"state_dict": state, "hyper_parameters": dict(ckpt["hyper_parameters"]), KEY: record}
+    out.update({k: ckpt[k] for k in KEPT if k in ckpt})
+    return out
 
 
 def _is_float(value: Any) -> bool:

@@ -50,7 +50,7 @@ class SampleJob:
     eta: float | None = field(default=None, metadata={"ge": 0.0, "le": 1.0})
     shift: float = field(default=1.0, metadata={"gt": 0.0})
     guidance_scale: float = field(default=1.0, metadata={"ge": 0.0})
-    condition: int | str | None = None
+    condition: int | str | dict[str, Any] | None = None  # molecules: property targets
     use_ema: bool = True
     temperature: float = field(default=1.0, metadata={"ge": 0.0})
     # molecule release (medgen.molecules.release): drop training copies, dual-use alerts
@@ -141,6 +141,8 @@ def check_sample(cfg: Any) -> SamplePlan:
     out = job.out.resolve()
     if out == ckpt_file.resolve() or ckpt_file.resolve().is_relative_to(out):
         raise UserError(f"out={job.out} would overwrite the checkpoint {ckpt_file}")
+    if isinstance(job.condition, dict) and str(generator.output) != "molecules":
+        raise ConfigError("condition", job.condition, "an index or a class name (scan models)")
     settings = generator.resolve_settings(job.settings())
     settings = with_release(settings, job.release(generator, ckpt_file))  # share, audit, ...
     settings = molecule_release(settings, generator, ckpt_file, novel_only=job.novel_only,
