@@ -33,7 +33,10 @@ def build(args):
     from medgen.molecules.data import GraphDataModule
     from medgen.molecules.module import GraphVAEModule
 
-    dm = GraphDataModule(path=args.data, batch_size=args.train_batch, val_fraction=0.0)
+    dm = GraphDataModule(
+        path=args.data, batch_size=args.train_batch, val_fraction=0.0,
+        bucket_by_size=not args.no_bucket,
+    )  # fmt: skip
     dm.setup()
     if args.ckpt:
         module = GraphVAEModule.from_checkpoint(args.ckpt)
@@ -41,7 +44,10 @@ def build(args):
     else:
         from medgen.molecules.masks import ChemistryMasks
 
-        module = GraphVAEModule(network={"decoder": args.decoder})
+        network = {"decoder": args.decoder}
+        if args.hidden:  # e.g. the MOSES recipe: --hidden 256 (latent 56, pair 64)
+            network.update(hidden_dim=args.hidden, latent_dim=56, pair_dim=64)
+        module = GraphVAEModule(network=network)
         masks = ChemistryMasks.learn_from(dm.train_set, len(dm.vocabulary))
         module.build(dm.vocabulary.tokens, dm.max_atoms_seen, masks.to_plain(dm.vocabulary.tokens))
     return dm, module
@@ -81,6 +87,8 @@ def main() -> int:
     parser.add_argument("--decoder", default="graph", choices=["graph", "sequence"],
                         help="untrained model's decoder (ignored with --ckpt)")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="top operators of a train step")
+    parser.add_argument("--no-bucket", action="store_true", help="train on randomly mixed sizes")
+    parser.add_argument("--hidden", type=int, default=None, help="untrained model's hidden size")
     parser.add_argument("--round-trip", action="store_true")
     parser.add_argument("--test", default=None, help="round trip: SMILES file (default MOSES test)")
     parser.add_argument("--limit", type=int, default=None, help="round trip: first N molecules")

@@ -395,16 +395,24 @@ def _refuse_other(previous: dict[str, Any], want: dict[str, Any], what: str) -> 
 
 
 def molecule_grid(smiles: list[str], limit: int = PREVIEW_SIZE):
-    """A PIL image of the first ``limit`` molecules of ``smiles`` (6 per row), or None if none
-    parses."""
+    """A PIL image of the first ``limit`` molecules of ``smiles`` (6 per row), each with its
+    SMILES and QED under it, or None if none parses."""
     from rdkit.Chem import Draw
 
     from medgen.chem.mol import parse_smiles
+    from medgen.chem.properties import qed
 
-    mols = [m for m in (parse_smiles(s) for s in smiles[:limit]) if m is not None]
-    if not mols:
+    pairs = [(m, s) for s in smiles[:limit] if (m := parse_smiles(s)) is not None]
+    if not pairs:
         return None
-    return Draw.MolsToGridImage(mols, molsPerRow=6, subImgSize=(220, 180))
+    mols = [m for m, _ in pairs]
+    legends = [f"{_short(s)}\nQED {qed(m):.2f}" for m, s in pairs]
+    return Draw.MolsToGridImage(mols, molsPerRow=6, subImgSize=(240, 200), legends=legends)
+
+
+def _short(smiles: str, width: int = 34) -> str:
+    """A SMILES cut to ``width`` characters for a legend."""
+    return smiles if len(smiles) <= width else smiles[: width - 1] + "…"
 
 
 def save_png(image, path: Path) -> Path:
