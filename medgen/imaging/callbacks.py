@@ -38,6 +38,8 @@ class ScanPreview(pl.Callback):
         sampler: ``ddim`` | ``ddpm`` | ``rflow``; None: the model's default.
         steps: reverse steps (few: a preview, not a sample).
         seed: seed of the fixed noise.
+        labels: a joint image + label model's label maps: ``overlay`` (in colour over the
+            image), ``rows`` (grey rows of their own) or ``none``.
     """
 
     def __init__(
@@ -48,13 +50,19 @@ class ScanPreview(pl.Callback):
         sampler: Sampler | None = None,
         steps: int = 10,
         seed: int = 0,
+        labels: str = "overlay",
     ) -> None:
+        from medgen.imaging.viz import LABEL_VIEWS
+
         args = dict(every_n_epochs=every_n_epochs, num_samples=num_samples, steps=steps, seed=seed)
         prefix = "callbacks.scan_preview."
         check_arguments(ScanPreview.__init__, args, prefix=prefix, limits=_LIMITS)
         if sampler is not None and sampler not in tuple(Sampler):
             names = ", ".join(s.value for s in Sampler)
             raise ConfigError(f"{prefix}sampler", sampler, f"one of {names} or null")
+        if labels not in LABEL_VIEWS:
+            raise ConfigError(f"{prefix}labels", labels, f"one of {', '.join(LABEL_VIEWS)}")
+        self.labels = labels
         self.every_n_epochs, self.num_samples, self.steps, self.seed = (
             every_n_epochs,
             num_samples,
@@ -100,7 +108,7 @@ class ScanPreview(pl.Callback):
             names = list(meta.class_names or [])
             titles = [names[c] if c < len(names) else f"class {c}" for c in labels.tolist()]
         x = module.denoise(x_T, sampler=self.sampler, steps=self.steps, class_labels=labels)
-        path = write_preview(x, meta, path, titles=titles)
+        path = write_preview(x, meta, path, titles=titles, labels=self.labels)
         from pytorch_lightning.loggers import TensorBoardLogger
 
         for lg in trainer.loggers:

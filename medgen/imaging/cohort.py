@@ -279,7 +279,9 @@ class VolumeCohort:
             "preview": None,
         }
         if preview and records:
-            path = write_cohort_preview(self.out, records, self.intensity)
+            labels = str(self.settings.extra.get("preview_labels", "overlay"))
+            path = write_cohort_preview(self.out, records, self.intensity, labels=labels,
+                                        label_names=self.label_names)  # fmt: skip
             summary["preview"] = str(path) if path else None
         summary.update(self.release.finalize(self.out, records, audit))  # card, share checks
         log.info(
@@ -468,28 +470,49 @@ def write_datalist(
 
 
 def write_cohort_preview(
-    out: str | os.PathLike, records: Sequence[Mapping[str, Any]], intensity: Any, *, k: int = 4
+    out: str | os.PathLike,
+    records: Sequence[Mapping[str, Any]],
+    intensity: Any,
+    *,
+    k: int = 4,
+    labels: str = "overlay",
+    label_names: Mapping[int, str] | None = None,
 ) -> Path | None:
     """Write ``out/preview.png``: orthogonal mid-slices of the first ``k`` samples (every channel
-    a row), in source units from the files on disk."""
-    from medgen.imaging.viz import save_slice_grid
+    a row), in source units from the files on disk. A sample's label map, when it has one, is
+    shown as ``labels`` says: ``overlay`` (in colour over its first channel, a legend of
+    ``label_names`` under the grid), ``rows`` (a grey row of its own) or ``none``."""
+    from medgen.imaging.viz import LABEL_VIEWS, save_slice_grid
 
-    vols, titles = [], []
+    if labels not in LABEL_VIEWS:
+        raise ValueError(f"labels={labels!r}: one of {', '.join(LABEL_VIEWS)}")
+    lo, hi = (float(np.asarray(intensity.from_unit(np.float32(v)))) for v in (-1.0, 1.0))
+    vols, titles, overlays = [], [], []
     for r in sorted(records, key=lambda r: r["index"])[:k]:
         data = read_volume(Path(out) / r["file"])
         channels = [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[-1])]
         names = r.get("channel_names") or [""] * len(channels)
+        label = None
+        if r.get("label") and labels != "none":
+            label = np.rint(read_volume(Path(out) / r["label"])).astype(np.int64)
         for c, v in enumerate(channels):
             vols.append(v)
             titles.append(sample_name(r["index"]) + (f" {names[c]}" if len(channels) > 1 else ""))
+            overlays.append(label if labels == "overlay" and c == 0 else None)
+        if label is not None and labels == "rows":  # 0..K-1 spread over the window
+            top = max(1, int(label.max()))
+            vols.append(lo + (hi - lo) * label.astype(np.float32) / top)
+            titles.append(f"{sample_name(r['index'])} labels")
+            overlays.append(None)
     if not vols:
         return None
-    lo, hi = (float(np.asarray(intensity.from_unit(np.float32(v)))) for v in (-1.0, 1.0))
     units = "HU" if getattr(intensity, "units", None) == "HU" else "source units"
     caption = f"black..white: {lo:g}..{hi:g} {units} ({getattr(intensity, 'kind', 'window')})"
+    shown = overlays if any(o is not None for o in overlays) else None
     return save_slice_grid(
-        vols, Path(out) / PREVIEW, vmin=lo, vmax=hi, titles=titles, caption=caption
-    )
+        vols, Path(out) / PREVIEW, vmin=lo, vmax=hi, titles=titles, caption=caption,
+        overlays=shown, label_names=label_names,
+    )  # fmt: skip
 
 
 def intact_indices(out: str | os.PathLike, identity: Mapping[str, Any] | None = None) -> set[int]:

@@ -31,6 +31,7 @@ SCAN_ONLY_KEYS: dict[str, tuple[Any, str]] = {
     "audit_train": (None, "null"),
     "evaluation": (None, "null"),
     "layout": ("decathlon", "decathlon"),
+    "preview_labels": ("overlay", "overlay"),
 }
 
 
@@ -45,6 +46,7 @@ class SampleJob:
     batch_size: int | None = field(default=None, metadata=POSITIVE)
     overwrite: bool = False
     preview: bool = True
+    preview_labels: Literal["overlay", "rows", "none"] = "overlay"
     sampler: Literal["ddpm", "ddim", "dpmpp", "heun", "rflow"] | None = None
     steps: int | None = field(default=None, metadata=POSITIVE)
     eta: float | None = field(default=None, metadata={"ge": 0.0, "le": 1.0})
@@ -110,8 +112,16 @@ class SampleJob:
             condition=self.condition,
             temperature=self.temperature,
             use_ema=self.use_ema,
-            # the cohort folder's layout (scan models); the default stays out of the record
-            extra={} if self.layout == "decathlon" else {"layout": self.layout},
+            # the cohort folder's layout and how its preview shows label maps (scan models);
+            # the defaults stay out of the record
+            extra={
+                k: v
+                for k, v, default in (
+                    ("layout", self.layout, "decathlon"),
+                    ("preview_labels", self.preview_labels, "overlay"),
+                )
+                if v != default
+            },  # fmt: skip
         )
 
 

@@ -197,7 +197,7 @@ def test_a_joint_preview_shows_the_image_and_its_label_map(tmp_path):
     dm = phantom()
     dm.setup()
     x = torch.stack([dm.train_set[i]["image"] for i in range(2)])  # (2, 16, 16^3)
-    joint = Image.open(write_preview(x, dm.data_meta, tmp_path / "joint.png"))
+    joint = Image.open(write_preview(x, dm.data_meta, tmp_path / "joint.png", labels="rows"))
     plain_meta = phantom(labels=False)
     plain_meta.setup()
     four = torch.cat([x[:, :1], x[:, :1]])  # four one-channel volumes: as many rows as 2 x 2
