@@ -216,7 +216,7 @@ class MoleculeVAE:
             for name, entry in check_record(record)["heads"].items():
                 self.heads[name] = head_from_record(entry)
                 self.head_reports[name] = {k: v for k, v in entry.items()
-                                           if k.startswith(("r2_", "n_"))}  # fmt: skip
+                                           if k.startswith(("r2_", "n_", "steer_"))}  # fmt: skip
 
     @classmethod
     def from_checkpoint(
@@ -397,6 +397,10 @@ class MoleculeVAE:
         smiles, y = [smiles[k] for k in order.tolist()], y[order]
         z = torch.cat([self.encode(smiles[i : i + 500]) for i in range(0, len(smiles), 500)])
         head, report = train_head(z, y, epochs=epochs, lr=lr, seed=seed)
+        if values is None:  # a computed property: does moving z along the head move the output?
+            from medgen.molecules.conditioning import steerability
+
+            report["steer_r"] = steerability(self, {name: head}, seed=seed)[name]
         self.heads[name] = head
         self.head_reports[name] = report
         self._fitted[name] = (smiles, z, y)
@@ -481,6 +485,13 @@ class MoleculeVAE:
             log.warning("optimize %s: the head's held-out R^2 is %s < %.1f: too weak to steer "
                         "(the search is close to a random walk)", property,
                         "unknown" if r2 is None else f"{r2:.2f}", WEAK_R2)  # fmt: skip
+        from medgen.molecules.conditioning import WEAK_STEER
+
+        steer = self.head_reports.get(property, {}).get("steer_r")
+        if steer is not None and steer < WEAK_STEER:
+            log.warning("optimize %s: the head's steerability (prior-draw correlation with the "
+                        "decoded molecules' values) is %.2f < %.1f: the decoder, not z, decides "
+                        "what comes out", property, steer, WEAK_STEER)  # fmt: skip
         finite = torch.isfinite(y)
         order = torch.argsort(torch.where(finite, sign * y, -torch.inf), descending=True)
         seen = {_canonical(s) for s in fitted}  # decodes are canonical: compare like with like
@@ -533,7 +544,7 @@ class MoleculeVAE:
         frame.attrs.update(
             property=property, maximize=maximize, n_requested=n, n_found=len(frame),
             shortfall=shortfall, rounds=rounds, unusable=len(rows) - len(usable),
-            r2_heldout=r2, weak_head=weak,
+            r2_heldout=r2, weak_head=weak, steer_r=steer,
             best_score=best, best_training_score=best_training, beats_best_training=beats,
             penalty_weights=weights,
         )  # fmt: skip

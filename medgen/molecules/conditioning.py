@@ -61,6 +61,8 @@ PRIOR_WEIGHT = 0.5
 MARGIN = 0.25  # push this many standard deviations past a target (the heads are not exact)
 BUDGET_FACTOR = 50  # candidates looked at, at most, per molecule asked for
 CHANCE_SAMPLES = 2000  # unguided prior samples for the chance rate (at most)
+STEER_SAMPLES = 1000  # prior draws on which a head's steerability is measured
+WEAK_STEER = 0.3  # below this correlation a head cannot steer the decoder
 DRAW_BATCH = 1000
 _ADD_HEADS = "python -m medgen.molecules.conditioning <ckpt> --out <new .ckpt>"
 
@@ -267,8 +269,43 @@ def fit_heads(
         heads[name], reports[name] = train_head(
             z[finite][order], y[finite][order], epochs=epochs, seed=seed
         )
+    for name, r in steerability(vae, heads, seed=seed).items():
+        reports[name]["steer_r"] = r
     return record_from_heads(heads, reports, source=source, molecules=len(kept), seed=seed,
                              skipped=len(picks) - len(kept))  # fmt: skip
+
+
+@torch.no_grad()
+def steerability(
+    vae: Any, heads: Mapping[str, Any], *, n: int = STEER_SAMPLES, seed: int = 0
+) -> dict[str, float]:
+    """Per head, the Pearson correlation over ``n`` prior draws ``z`` between ``head(z)`` and the
+    RDKit value of the molecule decoded from ``z`` (with its own decoder noise): whether moving
+    ``z`` along the head moves what comes out. A head's held-out R^2 is measured on posterior
+    means of training molecules against *their* values; when the decoder's own randomness, not
+    ``z``, decides the molecule (a collapsed posterior), that R^2 can be fair and this near 0,
+    and guidance cannot beat chance. ``vae``: a :class:`~medgen.molecules.api.MoleculeVAE`."""
+    from medgen.molecules.graph import batch_to_smiles
+    from medgen.molecules.sampling import draw_noise
+
+    model = vae.vae
+    was_training = model.training
+    model.eval()
+    try:
+        z, u = draw_noise(model, range(n), seed)
+        smiles = batch_to_smiles(model.sample(z, temperature=1.0, uniforms=u), vae.vocab)
+    finally:
+        model.train(was_training)
+    names = list(heads)
+    table = property_table(smiles, names)
+    out = {}
+    for p, name in enumerate(names):
+        pred = heads[name](z).detach().cpu().numpy().astype(np.float64)
+        y = table[:, p]
+        ok = np.isfinite(y) & np.isfinite(pred)
+        good = ok.sum() >= 3 and np.std(pred[ok]) > 0 and np.std(y[ok]) > 0
+        out[name] = float(np.corrcoef(pred[ok], y[ok])[0, 1]) if good else 0.0
+    return out
 
 
 def encode_many(vae: Any, smiles: Sequence[str]) -> tuple[list[str], torch.Tensor]:
@@ -466,6 +503,8 @@ def _report(targets, n, smiles, candidates, budget, valid, met, chance, heads) -
     }  # fmt: skip
     if heads:
         report["heads_r2_heldout"] = {k: heads[k].get("r2_heldout") for k in targets if k in heads}
+        report["heads_steer_r"] = {k: heads[k].get("steer_r") for k in targets if k in heads}
+    report["guidance_helped"] = above_chance(met, candidates, hits, m)
     if len(smiles) < n:
         report["shortfall"] = (
             f"only {len(smiles)} of n={n} candidates met every target (RDKit values) within the "
@@ -478,7 +517,28 @@ def _report(targets, n, smiles, candidates, budget, valid, met, chance, heads) -
              len(smiles), n, candidates, 100 * guided, 100 * unguided)  # fmt: skip
     if report["shortfall"]:
         log.warning("condition: %s", report["shortfall"])
+    if not report["guidance_helped"]:
+        steer = report.get("heads_steer_r") or {}
+        why = ", ".join(f"{k} {v:.2f}" for k, v in steer.items() if v is not None)
+        log.warning(
+            "condition: guidance did not raise the success rate above chance (%.1f%% vs %.1f%%)%s;"
+            " every molecule returned meets the targets (RDKit), selected from the draws",
+            100 * guided, 100 * unguided,
+            f": the heads barely steer this model (prior-draw correlation {why})" if why else "",
+        )  # fmt: skip
     return report
+
+
+def above_chance(hits: int, total: int, chance_hits: int, chance_total: int) -> bool:
+    """Whether a success rate ``hits / total`` is above the chance rate ``chance_hits /
+    chance_total`` by more than two standard errors of their difference (a two-proportion
+    test); False when either count is 0."""
+    if total == 0 or chance_total == 0:
+        return False
+    p, q = hits / total, chance_hits / chance_total
+    pooled = (hits + chance_hits) / (total + chance_total)
+    se = math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / total + 1 / chance_total))
+    return p - q > 2 * se
 
 
 def internal_diversity(smiles: Sequence[str | None]) -> tuple[float | None, float | None]:
@@ -572,11 +632,24 @@ def _read_smiles(path: Path) -> tuple[list[str], str]:
 
 def r2_table(record: Mapping[str, Any]) -> str:
     """The heads' fit as a text table (property, R^2 held out, R^2 train, molecules)."""
-    lines = [f"{'property':<10}{'R2 held-out':>12}{'R2 train':>10}{'n_fit':>8}{'n_heldout':>11}"]
+    lines = [f"{'property':<10}{'R2 held-out':>12}{'R2 train':>10}{'n_fit':>8}{'n_heldout':>11}"
+             f"{'steer r':>9}"]  # fmt: skip
+    weak = []
     for name, entry in record["heads"].items():
+        steer = entry.get("steer_r")
         lines.append(f"{name:<10}{entry.get('r2_heldout', float('nan')):>12.3f}"
                      f"{entry.get('r2_train', float('nan')):>10.3f}{entry.get('n_fit', 0):>8d}"
-                     f"{entry.get('n_heldout', 0):>11d}")  # fmt: skip
+                     f"{entry.get('n_heldout', 0):>11d}"
+                     f"{'n/a' if steer is None else format(steer, '.3f'):>9}")  # fmt: skip
+        if steer is not None and steer < WEAK_STEER:
+            weak.append(name)
+    lines.append(
+        "steer r: correlation over prior draws between head(z) and the RDKit value of the "
+        "molecule decoded from z"
+    )
+    if weak:
+        lines.append(f"warning: {', '.join(weak)}: steer r < {WEAK_STEER}; guidance along "
+                     "these heads will not beat chance (the decoder, not z, decides)")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -101,11 +101,19 @@ def slim(ckpt: Mapping[str, Any], *, name: str, float16: bool = False) -> dict[s
         "name": name,
         "copies": copies,
         "storage_dtype": "float16" if float16 else "float32",
-        "global_step": ckpt.get("global_step"),
+        "global_step": _global_step(ckpt),
     }
     out = {"state_dict": state, "hyper_parameters": dict(ckpt["hyper_parameters"]), KEY: record}
     out.update({k: ckpt[k] for k in KEPT if k in ckpt})
     return out
+
+
+def _global_step(ckpt: Mapping[str, Any]) -> Any:
+    """A training checkpoint's ``global_step``, or the one a shipped (slimmed) file records."""
+    if ckpt.get("global_step") is not None:
+        return ckpt["global_step"]
+    record = ckpt.get(KEY)
+    return record.get("global_step") if isinstance(record, Mapping) else None
 
 
 def _is_float(value: Any) -> bool:
@@ -210,7 +218,7 @@ def make_pretrained(
         metrics=dict(metrics or {}),
         parameters=sum(v.numel() for v in slimmed["state_dict"].values() if _is_float(v)),
         storage_dtype=slimmed[KEY]["storage_dtype"],
-        global_step=ckpt.get("global_step"),
+        global_step=_global_step(ckpt),
         source_sha256=file_sha256(file),
     )
     write_registry(entries, folder)

@@ -146,6 +146,7 @@ def test_heads_travel_with_the_checkpoint_and_through_the_slim_tool(heads_run, t
         assert entry["n_fit"] + entry["n_heldout"] == record["fitted_on"]["molecules"]
         assert entry["n_heldout"] >= 1 and math.isfinite(entry["r2_heldout"])
         assert entry["std"] > 0 and float(entry["state_dict"]["std"]) == pytest.approx(entry["std"])
+        assert -1.0 <= entry["steer_r"] <= 1.0  # measured on prior draws
     # the weights are the original's: a copy with heads, not another model
     original = torch.load(plain, map_location="cpu", weights_only=True)
     assert all(torch.equal(v, original["state_dict"][k]) for k, v in ckpt["state_dict"].items())
@@ -339,3 +340,44 @@ def test_conditioned_sampling_with_heads_fitted_in_the_session(heads_run):
     vae.fit_property("logp", fitted, epochs=10)
     found = vae.sample(3, condition={"logp": ">=0"}, seed=2)
     assert 0 < len(found) <= 3 and all(v >= 0 for v in score_smiles("logp", found))
+
+
+def test_above_chance_is_a_two_proportion_test():
+    above = conditioning.above_chance
+    assert above(600, 1000, 300, 1000)  # 60% vs 30%: far apart
+    assert not above(310, 1000, 300, 1000)  # 31% vs 30%: within noise
+    assert not above(291, 1000, 347, 1000)  # below chance
+    assert not above(3, 5, 1, 5)  # too few to tell
+    assert not above(0, 0, 10, 100) and not above(10, 100, 0, 0)
+
+
+def test_steerability_is_the_correlation_of_the_head_with_the_decoded_values(heads_run):
+    from medgen.molecules.graph import batch_to_smiles
+    from medgen.molecules.sampling import draw_noise
+
+    vae = MoleculeVAE.from_checkpoint(heads_run[1])
+
+    class Constant(torch.nn.Module):  # predicts nothing about z: correlation undefined -> 0
+        def forward(self, z):
+            return torch.zeros(len(z))
+
+    class FirstLatent(torch.nn.Module):
+        def forward(self, z):
+            return z[:, 0]
+
+    r = conditioning.steerability(vae, {"qed": Constant(), "logp": FirstLatent()}, n=64)
+    assert r["qed"] == 0.0
+    # by hand: the same draws, decoded, and numpy's correlation
+    z, u = draw_noise(vae.vae, range(64), 0)
+    smiles = batch_to_smiles(vae.vae.sample(z, temperature=1.0, uniforms=u), vae.vocab)
+    y = np.array(score_smiles("logp", smiles), dtype=float)
+    ok = np.isfinite(y)
+    assert r["logp"] == pytest.approx(np.corrcoef(z[ok, 0].numpy(), y[ok])[0, 1], abs=1e-6)
+
+
+def test_guidance_that_does_not_beat_chance_says_so(heads_run, caplog):
+    vae = MoleculeVAE.from_checkpoint(heads_run[1])
+    with caplog.at_level("WARNING", logger="medgen.molecules.conditioning"):
+        frame = vae.sample_conditioned(10, {"qed": ">=0.0"})  # every molecule meets it
+    assert frame.attrs["guidance_helped"] is False  # 100% vs 100%: no gain over chance
+    assert "did not raise the success rate above chance" in caplog.text
