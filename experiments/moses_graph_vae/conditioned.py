@@ -45,8 +45,10 @@ def main() -> None:
         with gzip.open(args.train, "rt") as fh:
             next(fh)
             train = {line.split(",", 1)[0].strip() for line in fh}
-    print(f"| condition | n found / asked | candidates | guided success | chance | validity | "
-          f"uniqueness | novelty | IntDiv | steer r | seconds |")
+    print(
+        "| condition | n found / asked | candidates | guided success | chance | validity | "
+        "uniqueness | novelty | IntDiv | steer r | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for cond in CONDITIONS:
         start = time.perf_counter()
