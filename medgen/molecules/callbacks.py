@@ -17,14 +17,14 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from medgen.errors import UserError
+from medgen.errors import ConfigError, UserError
 from medgen.generation import Output
 from medgen.utils.logging import get_logger
 from medgen.utils.validate import check_arguments
 
 log = get_logger(__name__)
 
-_LIMITS = {k: {"ge": 0} for k in ("n_samples", "grid_size", "n_recon", "seed")}
+_LIMITS = {k: {"ge": 0} for k in ("n_samples", "grid_size", "n_recon", "seed", "n_fcd")}
 
 
 class MoleculeSampling(Callback):
@@ -36,26 +36,41 @@ class MoleculeSampling(Callback):
     ``val/filters`` (share of valid samples passing the MOSES filters,
     :func:`medgen.chem.alerts.moses_filters_pass`) and ``val/heavy_atoms`` of ``n_samples``
     molecules drawn from the prior with ``seed`` (fixed, so epochs are compared on the
-    same latents; the same values on every rank). Rank 0 writes ``molecules/epoch_<NNN>.smi`` and a
-    PNG grid of the first ``grid_size`` valid ones into the run dir, and sends the grid to loggers
-    that take images (TensorBoard).
+    same latents; the same values on every rank). With ``n_fcd``, ``val/fcd`` too: the Fréchet
+    ChemNet distance of the valid samples to the first ``n_fcd`` validation molecules (a fixed
+    subset; its statistics are computed once per fit), for keeping the best checkpoint by sample
+    quality (``callbacks.best_fcd`` in ``experiment=moses_graph_vae``). Rank 0 writes
+    ``molecules/epoch_<NNN>.smi`` and a PNG grid of the first ``grid_size`` valid ones into the run
+    dir, and sends the grid to loggers that take images (TensorBoard).
 
     Args:
         n_samples: prior samples per validation epoch (0: none).
         grid_size: molecules drawn in the grid.
         n_recon: validation molecules encoded and decoded for ``val/recon_exact`` (0: none).
         seed: seed of the prior samples.
+        n_fcd: validation molecules ``val/fcd`` compares the samples with (0: no ``val/fcd``;
+            at least 2, and ``n_samples`` >= 2).
     """
 
     def __init__(
-        self, *, n_samples: int = 256, grid_size: int = 24, n_recon: int = 100, seed: int = 0
+        self,
+        *,
+        n_samples: int = 256,
+        grid_size: int = 24,
+        n_recon: int = 100,
+        seed: int = 0,
+        n_fcd: int = 0,
     ) -> None:
-        args = dict(n_samples=n_samples, grid_size=grid_size, n_recon=n_recon, seed=seed)
+        args = dict(n_samples=n_samples, grid_size=grid_size, n_recon=n_recon, seed=seed,
+                    n_fcd=n_fcd)  # fmt: skip
         prefix = "callbacks.molecule_sampling."
         check_arguments(MoleculeSampling.__init__, args, prefix=prefix, limits=_LIMITS)
+        if n_fcd == 1 or (n_fcd and n_samples < 2):
+            raise ConfigError(f"{prefix}n_fcd", n_fcd, "0, or >= 2 with n_samples >= 2")
         self.n_samples, self.grid_size = n_samples, grid_size
-        self.n_recon, self.seed = n_recon, seed
+        self.n_recon, self.seed, self.n_fcd = n_recon, seed, n_fcd
         self._train_smiles: set[str] | None = None
+        self._fcd_reference: tuple[Any, Any] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if getattr(type(pl_module), "output", None) != Output.MOLECULES:
@@ -64,6 +79,7 @@ class MoleculeSampling(Callback):
                 f"{type(pl_module).__name__}; set callbacks.molecule_sampling=null"
             )
         self._train_smiles = None  # read once the module has settled the data's vocabulary
+        self._fcd_reference = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Rank 0 writes ``train_set.npz`` into the run dir (after the data's ``setup`` and the
@@ -107,10 +123,32 @@ class MoleculeSampling(Callback):
             "val/filters": _filters_pass(valid),
             "val/heavy_atoms": _mean_atoms(valid),
         }
+        if self.n_fcd:
+            metrics["val/fcd"] = self._fcd(dm, valid)
         for key, value in metrics.items():
             pl_module.log(key, float(value))
         if trainer.is_global_zero:
             self._write_grid(trainer, valid)
+
+    def _fcd(self, dm: Any, valid: list[str]) -> float:
+        """FCD of ``valid`` samples to the first ``n_fcd`` validation molecules (inf when fewer
+        than 2 samples are valid: the worst score, so such a checkpoint is never the best)."""
+        from medgen.chem.fcd import activation_statistics, chemnet_activations, frechet_distance
+
+        if self._fcd_reference is None:
+            if not hasattr(dm, "val_smiles"):
+                raise UserError("callbacks.molecule_sampling.n_fcd needs a data module with "
+                                "validation SMILES (data=smiles); set n_fcd=0")  # fmt: skip
+            reference = dm.val_smiles()[: self.n_fcd]
+            if len(reference) < 2:
+                raise UserError(f"callbacks.molecule_sampling.n_fcd={self.n_fcd}: the "
+                                f"validation split holds {len(reference)} molecule(s); need at "
+                                "least 2")  # fmt: skip
+            self._fcd_reference = activation_statistics(chemnet_activations(reference))
+        if len(valid) < 2:
+            return float("inf")
+        mu, sigma = activation_statistics(chemnet_activations(valid))
+        return frechet_distance(mu, sigma, *self._fcd_reference)
 
     def _write_grid(self, trainer: pl.Trainer, smiles: list[str]) -> None:
         """Save ``molecules/epoch_<NNN>.smi`` and ``.png`` in the run dir; send the PNG to TB."""

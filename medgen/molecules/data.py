@@ -266,6 +266,10 @@ class GraphDataModule(pl.LightningDataModule):
         """Canonical SMILES (no stereo) of the training molecules (for novelty)."""
         return [self._source().smiles[k] for k in self.train_indices]
 
+    def val_smiles(self) -> list[str]:
+        """Canonical SMILES (no stereo) of the validation molecules, in split order."""
+        return [self._source().smiles[k] for k in self.val_indices]
+
     def property_values(self, name: str, split: Split = "train") -> torch.Tensor | None:
         """A numeric column of the source for a split, ``(M,)`` float32, or None if absent."""
         values = self._source().properties.get(name)
