@@ -71,6 +71,7 @@ CASES: list[tuple[str, str]] = [
     ("sample ckpt={scan} out={tmp}/o use_ema=maybe", "use_ema='maybe'"),
     ("sample ckpt={scan} out={tmp}/o overwrite=yes", "overwrite='yes'"),
     ("sample ckpt={scan} out={tmp}/o preview=1", "preview=1"),
+    ("sample ckpt={scan} out={tmp}/o preview_labels=both", "preview_labels='both'"),
     ("sample ckpt={scan} out={tmp}/o sampler=foo", "sampler='foo'"),
     ("sample ckpt={scan} out={tmp}/o steps=0", "steps=0"),
     ("sample ckpt={scan} out={tmp}/o steps=2.5", "steps=2.5"),
@@ -99,6 +100,9 @@ CASES: list[tuple[str, str]] = [
     ("sample ckpt={scan} out={tmp}/o allow_memorized=true", "allow_memorized=True"),
     ("sample ckpt={scan} out={tmp}/o evaluation={tmp}/nope.json", "nope.json"),
     ("sample ckpt={mol} out={tmp}/m.csv audit=true", "audit=True"),
+    ("sample ckpt={mol} out={tmp}/m.csv preview_labels=rows", "preview_labels='rows'"),
+    ("train callbacks.scan_preview.labels=both", "callbacks.scan_preview.labels='both'"),
+    ("train model=graph_vae data=smiles callbacks.molecule_sampling.n_fcd=1", "n_fcd=1"),
     ("sample ckpt={mol} out={tmp}/m.csv novel_only=maybe", "novel_only='maybe'"),
     ("sample ckpt={mol} out={tmp}/m.csv novel_only=true", "train_smiles="),  # no training set
     ("sample ckpt={scan} out={tmp}/o novel_only=true", "novel_only=True"),
