@@ -108,7 +108,7 @@ class MoleculeSampling(Callback):
         val_set: Any = getattr(dm, "val_set", None)
         k = min(self.n_recon, len(val_set) if val_set else 0)
         if k > 0:
-            batch = collate_graphs([val_set[i] for i in range(k)]).to(pl_module.device)
+            batch = collate_graphs([val_set.graph(i) for i in range(k)]).to(pl_module.device)
             pl_module.log("val/recon_exact", reconstruction_accuracy(vae, vocab, batch))
         if self.n_samples <= 0:
             return

@@ -180,11 +180,24 @@ def condition_record(targets: Mapping[str, Target]) -> dict[str, str]:
     return {name: t.text() for name, t in sorted(targets.items())}
 
 
-def resolve_condition(value: Any, record: Mapping[str, Any] | None) -> dict[str, str]:
-    """``condition`` checked against the heads a checkpoint holds (its ``property_heads``
-    record); returns :func:`condition_record`. A checkpoint without the heads a target needs is
-    a :class:`~medgen.errors.UserError` that says how to add them."""
+def resolve_condition(
+    value: Any, record: Mapping[str, Any] | None, *, stats: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """``condition`` checked against what the model can condition on: a conditional VAE's
+    properties (``stats``: its ``condition_stats``; a target no training molecule of its table
+    meets is refused), else the heads a checkpoint holds (its ``property_heads`` record);
+    returns :func:`condition_record`. A checkpoint without the heads a target needs is a
+    :class:`~medgen.errors.UserError` that says how to add them."""
     targets = parse_condition(value)
+    if stats is not None:
+        names = list(stats["names"])
+        missing = [name for name in targets if name not in names]
+        if missing:
+            raise UserError(f"condition: the model is conditioned on {names} (not {missing})")
+        if len(condition_rows(stats, condition_record(targets))) == 0:
+            raise UserError(f"condition: no training molecule of the model's condition table "
+                            f"meets {condition_record(targets)}; widen the targets")  # fmt: skip
+        return condition_record(targets)
     heads = dict(check_record(record)["heads"]) if record is not None else {}
     missing = [name for name in targets if name not in heads]
     if missing:
@@ -192,6 +205,19 @@ def resolve_condition(value: Any, record: Mapping[str, Any] | None) -> dict[str,
         raise UserError(f"condition: the checkpoint holds {have} (needed: {missing}); add them "
                         f"with `{_ADD_HEADS}` and sample from the new checkpoint")  # fmt: skip
     return condition_record(targets)
+
+
+def condition_rows(stats: Mapping[str, Any], condition: Any) -> torch.Tensor:
+    """Indices of a conditional VAE's condition-table rows (raw property values of training
+    molecules) that meet every target of ``condition``: the conditions it samples from."""
+    targets = parse_condition(condition)
+    names = list(stats["names"])
+    table = np.asarray(stats["table"], dtype=np.float64)
+    keep = np.ones(len(table), dtype=bool)
+    for name, target in targets.items():
+        column = table[:, names.index(name)]
+        keep &= np.array([target.met(float(v)) for v in column], dtype=bool)
+    return torch.from_numpy(np.flatnonzero(keep))
 
 
 # ------------------------------------------------------------------------------------ heads

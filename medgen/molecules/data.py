@@ -18,7 +18,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -36,16 +36,80 @@ Split = Literal["train", "val", "test"]
 
 
 class GraphDataset(Dataset):
-    """Molecules ``indices`` of a :class:`FeaturizedSource`, as :class:`MolGraph` items."""
+    """Molecules ``indices`` of a :class:`FeaturizedSource`, as :class:`MolGraph` items; with
+    ``values`` (``(len(source), P)`` property values), ``(MolGraph, values row)`` items."""
 
-    def __init__(self, source: FeaturizedSource, indices: Sequence[int], remap: torch.Tensor):
-        self.source, self.indices, self.remap = source, list(indices), remap
+    def __init__(
+        self,
+        source: FeaturizedSource,
+        indices: Sequence[int],
+        remap: torch.Tensor,
+        values: torch.Tensor | None = None,
+    ):
+        self.source, self.indices, self.remap, self.values = source, list(indices), remap, values
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> MolGraph:
+    def __getitem__(self, i: int) -> Any:
+        graph = self.source.graph(self.indices[i], self.remap)
+        return graph if self.values is None else (graph, self.values[self.indices[i]])
+
+    def graph(self, i: int) -> MolGraph:
+        """Item ``i``'s graph (without its property values)."""
         return self.source.graph(self.indices[i], self.remap)
+
+
+class ConditionedBatch(NamedTuple):
+    """Padded graphs and their molecules' property values ``props (B, P)`` (raw units)."""
+
+    graphs: GraphBatch
+    props: torch.Tensor
+
+    def to(self, device: torch.device | str) -> ConditionedBatch:
+        return ConditionedBatch(self.graphs.to(device), self.props.to(device))
+
+
+def collate_items(items: Sequence[Any]) -> GraphBatch | ConditionedBatch:
+    """:func:`collate_graphs`, or a :class:`ConditionedBatch` for ``(graph, values)`` items."""
+    if items and isinstance(items[0], tuple) and not isinstance(items[0], MolGraph):
+        graphs = collate_graphs([g for g, _ in items])
+        return ConditionedBatch(graphs, torch.stack([v for _, v in items]))
+    return collate_graphs(items)
+
+
+def property_values(
+    smiles: Sequence[str], names: Sequence[str], *, workers: int = 1, cache: Path | None = None
+) -> torch.Tensor:
+    """RDKit values ``(len(smiles), P)`` float32 of the properties ``names`` (``qed``, ``sa``,
+    ``logp``, ...; :func:`medgen.molecules.api.property_function`), computed in ``workers``
+    processes and cached in ``cache`` (``.npy``, read with ``allow_pickle=False``). A molecule
+    whose value cannot be computed gets the column mean (reported)."""
+    import numpy as np
+
+    from medgen.chem.parallel import map_chunks
+    from medgen.molecules.conditioning import property_table
+
+    if cache is not None and cache.is_file():
+        table = np.load(cache, allow_pickle=False)
+        if table.shape == (len(smiles), len(names)):
+            return torch.from_numpy(table.astype(np.float32))
+    chunks = [list(smiles[i : i + 5000]) for i in range(0, len(smiles), 5000)]
+    parts = list(map_chunks(property_table, chunks, n_jobs=workers, args=(list(names),)))
+    table = np.concatenate(parts) if parts else np.zeros((0, len(names)))
+    bad = ~np.isfinite(table)
+    if bad.any():
+        means = np.nanmean(np.where(bad, np.nan, table), axis=0)
+        table = np.where(bad, means[None, :], table)
+        log.warning("%d property values could not be computed; they take the column mean",
+                    int(bad.sum()))  # fmt: skip
+    table = table.astype(np.float32)
+    if cache is not None:
+        from medgen.utils.atomic import atomic_path
+
+        with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, table, allow_pickle=False)
+    return torch.from_numpy(table)
 
 
 class SizeBucketSampler(Sampler[int]):
@@ -115,6 +179,9 @@ class GraphDataModule(pl.LightningDataModule):
         featurize_workers: processes for featurization (first run only; then the cache is used).
         bucket_by_size: training batches of similar-size molecules (:class:`SizeBucketSampler`;
             less padding, the same molecules each epoch); False: plain shuffling.
+        condition_properties: RDKit properties (``qed``, ``sa``, ``logp``) computed for every
+            molecule (once, cached beside the graphs) and batched with it
+            (:class:`ConditionedBatch`), for a conditional model (``model.conditions``).
     """
 
     def __init__(
@@ -134,6 +201,7 @@ class GraphDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         featurize_workers: int = 1,
         bucket_by_size: bool = True,
+        condition_properties: list[str] | None = None,
     ):
         super().__init__()
         if not 0 <= val_fraction < 1:
@@ -150,6 +218,15 @@ class GraphDataModule(pl.LightningDataModule):
         self.min_atom_count, self.max_atoms = min_atom_count, max_atoms
         self.cache_dir, self.featurize_workers = cache_dir, featurize_workers
         self.bucket_by_size = bucket_by_size
+        self.condition_properties = list(condition_properties or [])
+        if self.condition_properties:
+            from medgen.molecules.api import property_function
+
+            unknown = [n for n in self.condition_properties if property_function(n) is None]
+            if unknown:
+                raise UserError(f"data.condition_properties: unknown properties {unknown}; "
+                                "use qed, sa, logp, ...")  # fmt: skip
+        self.condition_values: torch.Tensor | None = None
         self.source: FeaturizedSource | None = None
         self.vocabulary: Vocabulary | None = None
         self.rejects_path: Path | None = None
@@ -173,6 +250,15 @@ class GraphDataModule(pl.LightningDataModule):
             )
             if len(self.source) == 0:
                 raise UserError(f"no usable molecules in {self.path or EMBEDDED_SAMPLE}")
+            if self.condition_properties:
+                names = "-".join(self.condition_properties)
+                cache = self._cache.with_name(f"{self._cache.name}.props-{names}.npy")
+                log.info("properties %s of %d molecules (cached in %s)", names,
+                         len(self.source), cache)  # fmt: skip
+                self.condition_values = property_values(
+                    list(self.source.smiles), self.condition_properties,
+                    workers=self.featurize_workers, cache=cache,
+                )  # fmt: skip
             self.use_vocabulary(self.fixed_vocabulary)
 
     def use_vocabulary(self, tokens: Sequence[str] | None) -> None:
@@ -251,9 +337,10 @@ class GraphDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.is_global_zero and trainer.default_root_dir:
             write_rejects(Path(trainer.default_root_dir) / "rejects.csv", self.rejects)
-        self.train_set = GraphDataset(src, self.train_indices, remap)
-        self.val_set = GraphDataset(src, self.val_indices, remap)
-        self.test_set = GraphDataset(src, self.test_indices, remap)
+        values = self.condition_values
+        self.train_set = GraphDataset(src, self.train_indices, remap, values)
+        self.val_set = GraphDataset(src, self.val_indices, remap, values)
+        self.test_set = GraphDataset(src, self.test_indices, remap, values)
         used = self.train_indices + self.val_indices + self.test_indices
         self.max_atoms_seen = int(n_atoms[used].max())
         log.info(
@@ -299,7 +386,7 @@ class GraphDataModule(pl.LightningDataModule):
             shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate_graphs,
+            collate_fn=collate_items,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
         )

@@ -26,7 +26,7 @@ import torch
 
 from medgen.errors import ConfigError, InputFileError, UserError
 from medgen.generation import Generated, Output
-from medgen.molecules.graph import GraphBatch, Vocabulary
+from medgen.molecules.graph import Vocabulary
 from medgen.molecules.sampling import decode_indices
 from medgen.molecules.vae import DECODERS, GraphVAE, check_temperature
 from medgen.records import SampleSettings
@@ -44,7 +44,9 @@ NETWORK = {"_target_": NETWORK_TARGET, "latent_dim": 56, "hidden_dim": 256, "enc
            "pair_dim": 64, "decoder": "graph"}  # fmt: skip
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.0}
 # filled in from the data when the network is built, never set in the config
-FROM_DATA = ("capacity", "max_atoms", "masks")
+FROM_DATA = ("capacity", "max_atoms", "masks", "condition_dim", "condition_table")
+# training molecules whose property rows a conditional model keeps as the prior of its condition
+CONDITION_TABLE_ROWS = 5000
 # 2: graph-aware decoder (medgen.molecules.decoder) and learned chemistry masks; checkpoints
 # without a version are version 1 and load with the sequence decoder they were trained with
 MODEL_VERSION = 2
@@ -90,6 +92,15 @@ class GraphVAEModule(pl.LightningModule):
         masks: learned masks as plain lists (set from the data and stored in the checkpoint).
         free_bits: KL floor per latent dimension in nats (batch mean); 0 = plain ELBO. Counters
             posterior collapse (the decoder ignoring ``z``); ``val/loss`` stays the plain ELBO.
+        conditions: RDKit properties (``qed``, ``sa``, ``logp``) the decoder is conditioned on
+            (a conditional VAE, see :class:`~medgen.molecules.vae.GraphVAE`); the data must
+            compute the same (``data.condition_properties``). ``medgen sample condition=...``
+            then draws each molecule's condition from training molecules that meet the targets.
+        condition_stats: ``{"names", "mean", "std", "table"}`` of the training split (set from
+            the data: ``table`` holds the raw property rows of up to 5,000 training molecules).
+        init_from: a checkpoint (``pretrained:<name>``, a file or run dir) whose weights,
+            vocabulary, masks and network sizes the model starts from (fine-tuning); the
+            condition layer, new in a conditional model, starts at zero.
     """
 
     output: ClassVar[Output] = Output.MOLECULES
@@ -110,6 +121,9 @@ class GraphVAEModule(pl.LightningModule):
         free_bits: float = 0.0,
         learn_masks: bool = True,
         masks: dict[str, Any] | None = None,
+        conditions: list[str] | None = None,
+        condition_stats: dict[str, Any] | None = None,
+        init_from: str | None = None,
     ):
         super().__init__()
         args = dict(vocabulary=vocabulary, max_atoms=max_atoms, beta=beta,
@@ -122,6 +136,9 @@ class GraphVAEModule(pl.LightningModule):
         hp.update(vocabulary=None if vocabulary is None else list(vocabulary))
         hp.update(kind=KIND, module=f"{type(self).__module__}.{type(self).__qualname__}")
         hp.update(masks=None if masks is None else dict(masks), model_version=MODEL_VERSION)
+        stats = None if condition_stats is None else dict(condition_stats)
+        hp.update(conditions=checked_conditions(conditions), init_from=init_from,
+                  condition_stats=stats)  # fmt: skip
         self.save_hyperparameters(hp)
         self.vae: GraphVAE | None = None
         self.vocab: Vocabulary | None = None
@@ -147,7 +164,12 @@ class GraphVAEModule(pl.LightningModule):
         self.hparams["masks"] = None if masks is None else dict(masks)
         node = dict(self.hparams["network"])
         tables = None if masks is None else ChemistryMasks.from_plain(masks, self.vocab.tokens)
-        extra = {"masks": tables} if node.get("decoder", "graph") == "graph" else {}
+        extra: dict[str, Any] = {"masks": tables} if node.get("decoder", "graph") == "graph" else {}
+        stats = self.hparams.get("condition_stats")
+        if self.hparams.get("conditions") and stats is not None:
+            mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+            table = (torch.tensor(stats["table"], dtype=torch.float32) - mean) / std
+            extra.update(condition_dim=len(self.hparams["conditions"]), condition_table=table)
         self.vae = hydra.utils.instantiate(
             node, capacity=self.vocab.capacity, max_atoms=max_atoms, **extra
         )
@@ -164,9 +186,22 @@ class GraphVAEModule(pl.LightningModule):
             if self.vae is None:
                 raise RuntimeError("GraphVAEModule needs a vocabulary or a GraphDataModule")
             return
+        conditions = self.hparams.get("conditions") or []
+        if conditions:
+            have = list(getattr(dm, "condition_properties", None) or [])
+            if have != conditions:
+                raise UserError(f"model.conditions={conditions} needs data.condition_properties="
+                                f"{conditions} (the data computes {have or 'none'})")  # fmt: skip
+            if self.hparams.get("condition_stats") is None:
+                self.hparams["condition_stats"] = condition_stats(dm, conditions)
+        init = None
+        if self.vae is None and self.hparams.get("init_from"):
+            init = self._init_checkpoint(dm)
         if self.vocab is not None and dm.vocabulary.tokens != self.vocab.tokens:
             dm.use_vocabulary(self.vocab.tokens)  # the model's vocabulary wins; the data rejects
         max_atoms = self.hparams["max_atoms"]
+        if init is not None:
+            self._load_init(init)
         if self.vae is None:
             max_atoms = max_atoms or dm.max_atoms_seen
             masks = None
@@ -175,7 +210,7 @@ class GraphVAEModule(pl.LightningModule):
 
                 gen = torch.Generator().manual_seed(0)  # the same sample on every rank
                 picks = torch.randperm(len(dm.train_set), generator=gen)[:MASK_SAMPLE]
-                sample = [dm.train_set[k] for k in sorted(picks.tolist())]
+                sample = [dm.train_set.graph(k) for k in sorted(picks.tolist())]
                 tables = ChemistryMasks.learn_from(sample, len(dm.vocabulary))
                 masks = tables.to_plain(dm.vocabulary.tokens)
                 log.info("chemistry masks learned from %d training molecules: ring sizes %s",
@@ -186,6 +221,39 @@ class GraphVAEModule(pl.LightningModule):
                 f"the data has molecules of {dm.max_atoms_seen} heavy atoms but "
                 f"model.max_atoms={max_atoms}; set data.max_atoms to reject them"
             )
+
+    def _init_checkpoint(self, dm: Any) -> tuple[Path, dict[str, Any]]:
+        """Read ``init_from`` and build this network with its vocabulary, masks and sizes."""
+        from medgen.utils.checkpoint import load_medgen_checkpoint
+
+        file, ckpt, kind = load_medgen_checkpoint(self.hparams["init_from"])
+        if kind != KIND:
+            raise UserError(f"model.init_from={self.hparams['init_from']}: holds kind={kind!r}, "
+                            "not a graph_vae")  # fmt: skip
+        hp = upgrade_hparams(ckpt["hyper_parameters"])
+        if hp.get("conditions"):
+            raise UserError(f"model.init_from={self.hparams['init_from']}: a conditional model; "
+                            "start from an unconditional one")  # fmt: skip
+        self.hparams["network"] = checked_network(hp["network"])
+        self.hparams["learn_masks"] = hp.get("learn_masks", True)
+        log.info("model.init_from: %s (step %s), vocabulary %s, max_atoms %s", file,
+                 ckpt.get("global_step"), hp["vocabulary"], hp["max_atoms"])  # fmt: skip
+        self.build(hp["vocabulary"], int(hp["max_atoms"]), hp.get("masks"))
+        return file, ckpt
+
+    def _load_init(self, init: tuple[Path, dict[str, Any]]) -> None:
+        """Copy ``init_from``'s weights; only a conditional model's new condition layer may be
+        missing from it."""
+        file, ckpt = init
+        state = ckpt["state_dict"]
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        allowed = {"vae.condition.weight", "vae.condition.bias"}
+        if unexpected or set(missing) - allowed:
+            raise InputFileError(f"model.init_from {file}: weights do not fit (missing "
+                                 f"{sorted(set(missing) - allowed)[:5]}, unexpected "
+                                 f"{sorted(unexpected)[:5]})")  # fmt: skip
+        new = sorted(missing) or "none"
+        log.info("model.init_from: %d tensors loaded; new: %s", len(state), new)
 
     # ------------------------------------------------------------------------------ generator
     @classmethod
@@ -231,7 +299,9 @@ class GraphVAEModule(pl.LightningModule):
         if settings.condition is not None:  # property targets (medgen.molecules.conditioning)
             from medgen.molecules.conditioning import resolve_condition
 
-            condition = resolve_condition(settings.condition, self.property_heads)
+            condition = resolve_condition(
+                settings.condition, self.property_heads, stats=self.hparams.get("condition_stats")
+            )
             settings = settings.replace(condition=condition)
         return settings.replace(temperature=check_temperature(settings.temperature))
 
@@ -240,6 +310,14 @@ class GraphVAEModule(pl.LightningModule):
         RDKit rejected a decoded graph); molecule ``i`` depends on ``(seed, i)`` only."""
         vae, vocab = self.built()
         indices = [int(i) for i in indices]
+        stats = self.hparams.get("condition_stats") if self.hparams.get("conditions") else None
+        if settings.condition is not None and stats is not None:  # a conditional VAE
+            from medgen.molecules.conditioning import condition_rows
+
+            rows = condition_rows(stats, settings.condition)
+            smiles = decode_indices(vae, vocab, indices, seed=settings.seed,
+                                    temperature=settings.temperature, rows=rows)  # fmt: skip
+            return Generated(indices, smiles)
         if settings.condition is not None:  # guided toward property targets
             from medgen.molecules.conditioning import guided_decode
 
@@ -298,8 +376,22 @@ class GraphVAEModule(pl.LightningModule):
                 f"{prefix}/{key}", out[key], batch_size=bsz, on_step=on_step, on_epoch=not on_step
             )
 
-    def training_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
-        out = self.built()[0](batch)
+    def _forward(self, batch: Any, sample_z: bool | None = None) -> tuple[dict, int]:
+        """The network's terms for a batch (a :class:`ConditionedBatch` for a conditional
+        model: its properties standardized by the training statistics) and its size."""
+        vae = self.built()[0]
+        if hasattr(batch, "props"):
+            cond = None
+            if vae.condition_dim:
+                stats = self.hparams["condition_stats"]
+                mean = torch.tensor(stats["mean"], device=batch.props.device)
+                std = torch.tensor(stats["std"], device=batch.props.device)
+                cond = (batch.props - mean) / std
+            return vae(batch.graphs, sample_z=sample_z, cond=cond), batch.graphs.atoms.shape[0]
+        return vae(batch, sample_z=sample_z), batch.atoms.shape[0]
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        out, bsz = self._forward(batch)
         beta = self.beta_at(self.global_step)
         kl_term = out["kl"]
         free_bits = self.hparams["free_bits"]
@@ -308,20 +400,20 @@ class GraphVAEModule(pl.LightningModule):
         loss = out["recon"] + beta * kl_term
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.global_step}")
-        self._log_terms("train", out, loss, batch.atoms.shape[0])
+        self._log_terms("train", out, loss, bsz)
         self.log("train/beta", beta, on_step=True, on_epoch=False)
         return loss
 
-    def validation_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
-        out = self.built()[0](batch, sample_z=True)
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        out, bsz = self._forward(batch, sample_z=True)
         loss = out["recon"] + out["kl"]
-        self._log_terms("val", out, loss, batch.atoms.shape[0])
+        self._log_terms("val", out, loss, bsz)
         return loss
 
-    def test_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
-        out = self.built()[0](batch, sample_z=True)
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        out, bsz = self._forward(batch, sample_z=True)
         loss = out["recon"] + out["kl"]
-        self._log_terms("test", out, loss, batch.atoms.shape[0])
+        self._log_terms("test", out, loss, bsz)
         return loss
 
     def configure_optimizers(self) -> Any:
@@ -375,6 +467,34 @@ def checked_network(network: Mapping[str, Any] | None) -> dict[str, Any]:
     fn = cls.__init__ if inspect.isclass(cls) else cls
     check_arguments(fn, values, prefix="model.network.", limits=_NETWORK_LIMITS)
     return node
+
+
+def checked_conditions(conditions: Sequence[str] | None) -> list[str] | None:
+    """``model.conditions``: distinct names of computable properties, or None."""
+    if not conditions:
+        return None
+    from medgen.molecules.api import property_function
+
+    names = [str(c) for c in conditions]
+    bad = [n for n in names if property_function(n) is None]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError("model.conditions", names, "distinct property names (qed, sa, logp)")
+    return names
+
+
+def condition_stats(dm: Any, names: Sequence[str]) -> dict[str, Any]:
+    """Mean, std and a seeded table of raw property rows (up to :data:`CONDITION_TABLE_ROWS`) of
+    the training split: what a conditional model standardizes with and draws conditions from."""
+    values = dm.condition_values[torch.tensor(dm.train_indices, dtype=torch.long)]
+    gen = torch.Generator().manual_seed(0)
+    picks = torch.randperm(len(values), generator=gen)[:CONDITION_TABLE_ROWS]
+    std = values.std(0).clamp(min=1e-6)
+    return {
+        "names": list(names),
+        "mean": [round(float(v), 6) for v in values.mean(0)],
+        "std": [round(float(v), 6) for v in std],
+        "table": [[round(float(x), 5) for x in row] for row in values[picks.sort().values]],
+    }
 
 
 def checked_optimizer(optimizer: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -18,21 +18,38 @@ from medgen.utils.seeding import sample_generator
 
 
 def draw_noise(
-    vae: GraphVAE, indices: Sequence[int], seed: int, *, device: torch.device | str = "cpu"
+    vae: GraphVAE,
+    indices: Sequence[int],
+    seed: int,
+    *,
+    device: torch.device | str = "cpu",
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents ``(B, L)`` ~ N(0, I) and decoder uniforms ``(B, max_atoms + 1, W)`` in [0, 1) for
     molecules ``indices`` of ``seed`` (``W = decoder.noise_width()``).
 
     Row ``k`` comes from ``sample_generator(seed, indices[k])`` alone: first the latent, then the
     uniforms. Drawn on the CPU (the same numbers on every device), then moved to ``device``.
+
+    A conditional VAE (``vae.condition_dim`` P > 0) gets ``(B, L + P)``: after ``z``, a row of its
+    ``condition_table`` drawn (by the same generator, after the uniforms) from ``rows`` (indices
+    into the table: the training molecules meeting a condition; None: every row).
     """
     dec = vae.decoder
-    z = torch.empty(len(indices), vae.latent_dim)
+    p = int(getattr(vae, "condition_dim", 0))
+    z = torch.empty(len(indices), vae.latent_dim + p)
     u = torch.empty(len(indices), dec.max_atoms + 1, dec.noise_width())
+    table = vae.condition_table.cpu() if p else None
+    if table is not None and rows is not None and len(rows) == 0:
+        raise ValueError("no condition-table row to draw from")
     for k, i in enumerate(indices):
         gen = sample_generator(seed, int(i))
-        z[k] = torch.randn(vae.latent_dim, generator=gen)
+        z[k, : vae.latent_dim] = torch.randn(vae.latent_dim, generator=gen)
         u[k] = torch.rand(dec.max_atoms + 1, dec.noise_width(), generator=gen)
+        if table is not None:
+            pool = len(table) if rows is None else len(rows)
+            pick = int(torch.randint(pool, (1,), generator=gen))
+            z[k, vae.latent_dim :] = table[pick if rows is None else int(rows[pick])]
     return z.to(device), u.to(device)
 
 
@@ -44,11 +61,13 @@ def decode_indices(
     *,
     seed: int = 0,
     temperature: float = 1.0,
+    rows: torch.Tensor | None = None,
 ) -> list[str | None]:
     """Molecules ``indices`` of ``seed`` from the prior, in one batch, as canonical SMILES.
 
     None only where RDKit rejected a decoded graph (the valence masks make that rare).
-    ``temperature`` must be finite and > 0 (``UserError`` naming the value otherwise).
+    ``temperature`` must be finite and > 0 (``UserError`` naming the value otherwise). ``rows``:
+    a conditional VAE's allowed condition-table rows (:func:`draw_noise`).
     """
     temperature = check_temperature(temperature)
     if len(indices) == 0:
@@ -57,7 +76,7 @@ def decode_indices(
     vae.eval()
     try:
         device = next(vae.parameters()).device
-        z, u = draw_noise(vae, indices, seed, device=device)
+        z, u = draw_noise(vae, indices, seed, device=device, rows=rows)
         graphs = vae.sample(z, temperature=temperature, uniforms=u)
         return batch_to_smiles(graphs, vocab)
     finally:

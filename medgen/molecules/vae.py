@@ -370,6 +370,14 @@ class GraphVAE(nn.Module):
     the partial graph, learned ``masks`` applied) or ``"sequence"`` (:class:`GraphDecoder`, the
     version-1 decoder: a GRU over the atom sequence, valence masks only; ``masks`` ignored).
     ``masks`` (:class:`medgen.molecules.masks.ChemistryMasks`) come from the training data.
+
+    ``condition_dim`` P > 0 makes it a conditional VAE: the decoder reads ``z + W c`` where ``c``
+    (``(B, P)``) holds the molecule's standardized properties and ``W`` starts at zero (so a
+    network fine-tuned from an unconditional one starts as it was). For sampling, the latent
+    carries its condition: :meth:`sample` takes ``(B, L + P)`` (``z`` then ``c``), or ``(B, L)``
+    with ``c = 0`` (the training mean). ``condition_table`` ``(R, P)``: standardized property
+    rows of training molecules, the empirical prior of ``c`` that
+    :func:`medgen.molecules.sampling.draw_noise` draws from.
     """
 
     def __init__(
@@ -383,6 +391,8 @@ class GraphVAE(nn.Module):
         pair_dim: int = 64,
         decoder: str = "graph",
         masks: ChemistryMasks | None = None,
+        condition_dim: int = 0,
+        condition_table: torch.Tensor | None = None,
     ):
         super().__init__()
         if decoder not in DECODERS:
@@ -407,21 +417,47 @@ class GraphVAE(nn.Module):
             self.decoder = GraphStateDecoder(**sizes, masks=masks)
         else:
             self.decoder = GraphDecoder(**sizes)
+        self.condition_dim = int(condition_dim)
+        if self.condition_dim > 0:
+            self.condition = nn.Linear(self.condition_dim, latent_dim)
+            nn.init.zeros_(self.condition.weight)
+            nn.init.zeros_(self.condition.bias)
+            table = condition_table
+            if table is None:
+                table = torch.zeros(1, self.condition_dim)
+            if table.ndim != 2 or table.shape[1] != self.condition_dim or len(table) == 0:
+                raise UserError(f"condition_table must be (R >= 1, {self.condition_dim}), got "
+                                f"{tuple(table.shape)}")  # fmt: skip
+            self.register_buffer("condition_table", table.float().clone(), persistent=False)
+
+    def decoder_latent(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """What the decoder reads: ``z`` (``(B, L)``), plus ``W cond`` for a conditional VAE;
+        ``z`` may also be ``(B, L + P)`` with the condition as its last ``P`` columns."""
+        if self.condition_dim == 0:
+            return z
+        if cond is None and z.shape[-1] == self.latent_dim + self.condition_dim:
+            z, cond = z[..., : self.latent_dim], z[..., self.latent_dim :]
+        if cond is None:  # the training mean of every property
+            return z
+        return z + self.condition(cond.to(z.dtype))
 
     def encode(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)``, each ``(B, L)``."""
         return self.encoder(batch.atoms, batch.adj)
 
-    def forward(self, batch: GraphBatch, sample_z: bool | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, batch: GraphBatch, sample_z: bool | None = None, cond: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Batch means in nats per molecule: ``recon``, ``kl`` and the parts of ``recon``.
 
         ``z`` is drawn from ``q(z|x)`` when ``sample_z`` (default: in training mode), else the mean.
+        ``cond`` ``(B, P)``: the molecules' standardized properties (a conditional VAE).
         """
         mu, logvar = self.encode(batch)
         if sample_z is None:
             sample_z = self.training
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample_z else mu
-        ll = self.decoder.log_likelihood(z, batch)
+        ll = self.decoder.log_likelihood(self.decoder_latent(z, cond), batch)
         kl_dims = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)  # (B, L)
         kl = kl_dims.sum(-1)
         out = {f"nll_{k}": -v.mean() for k, v in ll.items()}
@@ -431,5 +467,6 @@ class GraphVAE(nn.Module):
         return out
 
     def sample(self, z: torch.Tensor, **kwargs) -> GraphBatch:
-        """Decode ``z (B, L)``; see :meth:`GraphDecoder.sample`."""
-        return self.decoder.sample(z, **kwargs)
+        """Decode ``z (B, L)`` (or ``(B, L + P)``, see the class docstring); see
+        :meth:`GraphDecoder.sample`."""
+        return self.decoder.sample(self.decoder_latent(z), **kwargs)
