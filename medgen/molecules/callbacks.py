@@ -70,7 +70,7 @@ class MoleculeSampling(Callback):
         self.n_samples, self.grid_size = n_samples, grid_size
         self.n_recon, self.seed, self.n_fcd = n_recon, seed, n_fcd
         self._train_smiles: set[str] | None = None
-        self._fcd_reference: tuple[Any, Any] | None = None
+        self._fcd_reference: tuple[Any, ...] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if getattr(type(pl_module), "output", None) != Output.MOLECULES:
@@ -141,11 +141,13 @@ class MoleculeSampling(Callback):
                                 "validation SMILES (data=smiles); set n_fcd=0")  # fmt: skip
             reference = dm.val_smiles()[: self.n_fcd]
             if len(reference) < 2:
-                raise UserError(f"callbacks.molecule_sampling.n_fcd={self.n_fcd}: the "
-                                f"validation split holds {len(reference)} molecule(s); need at "
-                                "least 2")  # fmt: skip
+                log.warning("callbacks.molecule_sampling.n_fcd=%d: the validation split holds %d "
+                            "molecule(s), FCD needs 2; val/fcd is logged as inf",
+                            self.n_fcd, len(reference))  # fmt: skip
+                self._fcd_reference = ()
+                return float("inf")
             self._fcd_reference = activation_statistics(chemnet_activations(reference))
-        if len(valid) < 2:
+        if len(valid) < 2 or not self._fcd_reference:
             return float("inf")
         mu, sigma = activation_statistics(chemnet_activations(valid))
         return frechet_distance(mu, sigma, *self._fcd_reference)

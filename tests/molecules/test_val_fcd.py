@@ -43,8 +43,12 @@ def test_val_fcd_settings_and_data_are_checked():
         MoleculeSampling(n_fcd=1)
     with pytest.raises(ConfigError, match=r"callbacks\.molecule_sampling\.n_fcd"):
         MoleculeSampling(n_samples=0, n_fcd=10)
-    with pytest.raises(UserError, match="validation split holds 1 molecule"):
-        MoleculeSampling(n_fcd=10)._fcd(_Data(MOLECULES[:1]), MORE)
+    with pytest.raises(UserError, match="validation SMILES"):
+        MoleculeSampling(n_fcd=10)._fcd(object(), MORE)
+    # a validation split too small for FCD: inf (never the best checkpoint), said once
+    small = MoleculeSampling(n_fcd=10)
+    assert small._fcd(_Data(MOLECULES[:1]), MORE) == math.inf
+    assert small._fcd(_Data(MOLECULES[:1]), MORE) == math.inf
 
 
 def test_the_moses_recipe_keeps_the_best_checkpoint_by_val_fcd(tmp_path, monkeypatch):
