@@ -37,7 +37,7 @@ from medgen.molecules.graph import (
     smiles_to_tokens,
 )
 from medgen.molecules.module import GraphVAEModule
-from medgen.molecules.sampling import draw_noise, sample_smiles
+from medgen.molecules.sampling import decode_indices, draw_noise, sample_smiles
 from medgen.molecules.vae import GraphVAE
 from medgen.utils.logging import get_logger
 from medgen.utils.seeding import sample_generator
@@ -230,6 +230,13 @@ class MoleculeVAE:
     def latent_dim(self) -> int:
         return self.vae.latent_dim
 
+    @property
+    def condition_stats(self) -> dict[str, Any] | None:
+        """A conditional VAE's ``condition_stats`` (property names, mean, std, the table of
+        training rows its conditions are drawn from); None for an unconditional model."""
+        hp = self.module.hparams
+        return hp.get("condition_stats") if hp.get("conditions") else None
+
     # ---------------------------------------------------------------------------------- codec
     @torch.no_grad()
     def encode(self, smiles: Sequence[str], *, sample: bool = False, seed: int = 0) -> torch.Tensor:
@@ -321,17 +328,24 @@ class MoleculeVAE:
 
         if n < 1:
             raise ConfigError("n", n, "an integer >= 1")
+        from medgen.molecules.conditioning import condition_rows
+
         record = self.heads_record()
-        condition = resolve_condition(condition, record)
+        stats = self.condition_stats
+        condition = resolve_condition(condition, record, stats=stats)
         kw = {"seed": seed, "temperature": temperature}
+        rows = condition_rows(stats, condition) if stats is not None else None
 
         def draw(indices: list[int]) -> dict[int, str | None]:
             out: dict[int, str | None] = {}
             for lo in range(0, len(indices), batch_size):
                 chunk = indices[lo : lo + batch_size]
-                found = guided_decode(
-                    self.vae, self.vocab, record, chunk, condition=condition, **kw
-                )
+                if rows is not None:  # a conditional VAE: conditions of training molecules
+                    found = decode_indices(self.vae, self.vocab, chunk, rows=rows, **kw)
+                else:
+                    found = guided_decode(
+                        self.vae, self.vocab, record, chunk, condition=condition, **kw
+                    )
                 out.update(zip(chunk, found, strict=True))
             return out
 
@@ -341,7 +355,8 @@ class MoleculeVAE:
                                  batch_size=batch_size, **kw)  # fmt: skip
 
         chosen, found = select_targets(
-            {}, n, condition, draw=draw, chance=chance, heads=record["heads"],
+            {}, n, condition, draw=draw, chance=chance,
+            heads=record["heads"] if stats is None else None,
             budget_factor=budget_factor or BUDGET_FACTOR, batch_size=batch_size,
         )  # fmt: skip
         frame = pd.DataFrame({"index": chosen.indices, "smiles": chosen.smiles, **found.values})
