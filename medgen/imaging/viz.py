@@ -242,13 +242,13 @@ def write_preview(
             label_names=label_table(meta.label_names),
         )  # fmt: skip
     rows = [x[b, c].numpy() for b in range(x.shape[0]) for c in range(x.shape[1])]
-    labels = [
+    row_names = [
         names[b] + (f" {meta.channel_names[c]}" if meta.channels > 1 else "")
         for b in range(x.shape[0])
         for c in range(x.shape[1])
     ]
     return save_slice_grid(
-        rows, path, titles=labels if titles or meta.channels > 1 else None, caption=caption
+        rows, path, titles=row_names if titles or meta.channels > 1 else None, caption=caption
     )
 
 

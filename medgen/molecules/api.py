@@ -180,7 +180,8 @@ def longest_chain(mol) -> int:
         last = start
         while frontier:
             last = frontier[0]
-            frontier = [j for i in frontier for j in nbrs[i] if j not in seen and not seen.add(j)]
+            frontier = [j for i in frontier for j in nbrs[i]
+                        if j not in seen and not seen.add(j)]  # type: ignore[func-returns-value]  # fmt: skip
             depth += bool(frontier)
         return last, depth, seen
 
@@ -333,7 +334,7 @@ class MoleculeVAE:
         record = self.heads_record()
         stats = self.condition_stats
         condition = resolve_condition(condition, record, stats=stats)
-        kw = {"seed": seed, "temperature": temperature}
+        kw: dict[str, Any] = {"seed": seed, "temperature": temperature}
         rows = condition_rows(stats, condition) if stats is not None else None
 
         def draw(indices: list[int]) -> dict[int, str | None]:
@@ -515,8 +516,9 @@ class MoleculeVAE:
                    "step", "start_smiles", "start_score"]  # fmt: skip
         sd = float(y[finite].std()) if int(finite.sum()) > 1 else 1.0
         fn = property_function(property)
-        weights = {"sa_weight": sa_weight, "ring_weight": ring_weight, "filter_weight": 0.0,
-                   "chain_weight": chain_weight, "max_chain": max_chain}  # fmt: skip
+        weights: dict[str, Any] = {"sa_weight": sa_weight, "ring_weight": ring_weight,
+                                   "filter_weight": 0.0, "chain_weight": chain_weight,
+                                   "max_chain": max_chain}  # fmt: skip
         usable: dict[str, dict] = {}
         rounds = 0
         for rounds in range(1, max_rounds + 1):

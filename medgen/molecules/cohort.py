@@ -109,7 +109,7 @@ class MoleculeCohort:
         if release_options(self.settings).share:
             record["share"] = True
         if self.settings.condition is not None:  # property targets (conditioning)
-            record["condition"] = dict(self.settings.condition)
+            record["condition"] = dict(self.settings.condition)  # type: ignore[arg-type]
         return record
 
     def check(self, n: int, *, overwrite: bool) -> None:

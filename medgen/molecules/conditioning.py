@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -464,7 +464,7 @@ def select_targets(
 
     targets = parse_condition(condition)
     budget = int(budget_factor) * n
-    pool, kept = dict(found), []
+    pool, kept = dict(found), cast(list[int], [])
     values: dict[str, list[float]] = {name: [] for name in targets}
     i = valid = met = copies = 0  # i: the next candidate of the stream to look at
     while len(kept) < n and i < budget:

@@ -321,7 +321,7 @@ class GraphVAEModule(pl.LightningModule):
         if settings.condition is not None:  # guided toward property targets
             from medgen.molecules.conditioning import guided_decode
 
-            kw = {"seed": settings.seed, "temperature": settings.temperature}
+            kw: dict[str, Any] = {"seed": settings.seed, "temperature": settings.temperature}
             heads = self.property_heads
             smiles = guided_decode(vae, vocab, heads, indices, condition=settings.condition, **kw)
             return Generated(indices, smiles)

@@ -9,6 +9,7 @@ The Lightning module, the scripting API and the validation callback all decode t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 
@@ -39,7 +40,7 @@ def draw_noise(
     p = int(getattr(vae, "condition_dim", 0))
     z = torch.empty(len(indices), vae.latent_dim + p)
     u = torch.empty(len(indices), dec.max_atoms + 1, dec.noise_width())
-    table = vae.condition_table.cpu() if p else None
+    table = cast(torch.Tensor, vae.condition_table).cpu() if p else None
     if table is not None and rows is not None and len(rows) == 0:
         raise ValueError("no condition-table row to draw from")
     for k, i in enumerate(indices):

@@ -109,7 +109,7 @@ class SampleJob:
             eta=self.eta,
             shift=self.shift,
             guidance_scale=self.guidance_scale,
-            condition=self.condition,
+            condition=self.condition,  # type: ignore[arg-type]  # molecules: a dict of targets
             temperature=self.temperature,
             use_ema=self.use_ema,
             # the cohort folder's layout and how its preview shows label maps (scan models);
