@@ -44,7 +44,8 @@ NETWORK = {"_target_": NETWORK_TARGET, "latent_dim": 56, "hidden_dim": 256, "enc
            "pair_dim": 64, "decoder": "graph"}  # fmt: skip
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.0}
 # filled in from the data when the network is built, never set in the config
-FROM_DATA = ("capacity", "max_atoms", "masks", "condition_dim", "condition_table")
+FROM_DATA = ("capacity", "max_atoms", "masks", "condition_dim", "condition_table",
+             "condition_mean", "condition_std")  # fmt: skip
 # training molecules whose property rows a conditional model keeps as the prior of its condition
 CONDITION_TABLE_ROWS = 5000
 # 2: graph-aware decoder (medgen.molecules.decoder) and learned chemistry masks; checkpoints
@@ -167,9 +168,12 @@ class GraphVAEModule(pl.LightningModule):
         extra: dict[str, Any] = {"masks": tables} if node.get("decoder", "graph") == "graph" else {}
         stats = self.hparams.get("condition_stats")
         if self.hparams.get("conditions") and stats is not None:
-            mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
-            table = (torch.tensor(stats["table"], dtype=torch.float32) - mean) / std
-            extra.update(condition_dim=len(self.hparams["conditions"]), condition_table=table)
+            extra.update(
+                condition_dim=len(self.hparams["conditions"]),
+                condition_table=torch.tensor(stats["table"], dtype=torch.float32),
+                condition_mean=torch.tensor(stats["mean"]),
+                condition_std=torch.tensor(stats["std"]),
+            )
         self.vae = hydra.utils.instantiate(
             node, capacity=self.vocab.capacity, max_atoms=max_atoms, **extra
         )
@@ -381,12 +385,7 @@ class GraphVAEModule(pl.LightningModule):
         model: its properties standardized by the training statistics) and its size."""
         vae = self.built()[0]
         if hasattr(batch, "props"):
-            cond = None
-            if vae.condition_dim:
-                stats = self.hparams["condition_stats"]
-                mean = torch.tensor(stats["mean"], device=batch.props.device)
-                std = torch.tensor(stats["std"], device=batch.props.device)
-                cond = (batch.props - mean) / std
+            cond = vae.standardize(batch.props) if vae.condition_dim else None
             return vae(batch.graphs, sample_z=sample_z, cond=cond), batch.graphs.atoms.shape[0]
         return vae(batch, sample_z=sample_z), batch.atoms.shape[0]
 

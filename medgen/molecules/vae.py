@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -375,8 +375,9 @@ class GraphVAE(nn.Module):
     (``(B, P)``) holds the molecule's standardized properties and ``W`` starts at zero (so a
     network fine-tuned from an unconditional one starts as it was). For sampling, the latent
     carries its condition: :meth:`sample` takes ``(B, L + P)`` (``z`` then ``c``), or ``(B, L)``
-    with ``c = 0`` (the training mean). ``condition_table`` ``(R, P)``: standardized property
-    rows of training molecules, the empirical prior of ``c`` that
+    with ``c = 0`` (the training mean). ``condition_table`` ``(R, P)``: property rows of
+    training molecules in raw units, kept standardized by ``condition_mean`` / ``condition_std``
+    (:meth:`standardize`): the empirical prior of ``c`` that
     :func:`medgen.molecules.sampling.draw_noise` draws from.
     """
 
@@ -393,6 +394,8 @@ class GraphVAE(nn.Module):
         masks: ChemistryMasks | None = None,
         condition_dim: int = 0,
         condition_table: torch.Tensor | None = None,
+        condition_mean: torch.Tensor | None = None,
+        condition_std: torch.Tensor | None = None,
     ):
         super().__init__()
         if decoder not in DECODERS:
@@ -428,7 +431,17 @@ class GraphVAE(nn.Module):
             if table.ndim != 2 or table.shape[1] != self.condition_dim or len(table) == 0:
                 raise UserError(f"condition_table must be (R >= 1, {self.condition_dim}), got "
                                 f"{tuple(table.shape)}")  # fmt: skip
-            self.register_buffer("condition_table", table.float().clone(), persistent=False)
+            mean = torch.zeros(self.condition_dim) if condition_mean is None else condition_mean
+            std = torch.ones(self.condition_dim) if condition_std is None else condition_std
+            self.register_buffer("condition_mean", mean.float().clone(), persistent=False)
+            self.register_buffer("condition_std", std.float().clone(), persistent=False)
+            # the table is given in raw units and kept standardized, as the decoder reads it
+            self.register_buffer("condition_table", self.standardize(table), persistent=False)
+
+    def standardize(self, props: torch.Tensor) -> torch.Tensor:
+        """Raw property values ``(B, P)`` in the units the condition layer reads."""
+        mean, std = cast(torch.Tensor, self.condition_mean), cast(torch.Tensor, self.condition_std)
+        return (props.float() - mean) / std
 
     def decoder_latent(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """What the decoder reads: ``z`` (``(B, L)``), plus ``W cond`` for a conditional VAE;
