@@ -235,15 +235,45 @@ class GraphVAEModule(pl.LightningModule):
             raise UserError(f"model.init_from={self.hparams['init_from']}: holds kind={kind!r}, "
                             "not a graph_vae")  # fmt: skip
         hp = upgrade_hparams(ckpt["hyper_parameters"])
-        if hp.get("conditions"):
-            raise UserError(f"model.init_from={self.hparams['init_from']}: a conditional model; "
-                            "start from an unconditional one")  # fmt: skip
+        mine, theirs = self.hparams.get("conditions") or [], hp.get("conditions") or []
+        if theirs and mine != theirs:
+            raise UserError(f"model.init_from={self.hparams['init_from']}: a model conditioned on "
+                            f"{theirs}; set model.conditions={theirs} (and data.condition_properties)"
+                            " to fine-tune it, or start from an unconditional one")  # fmt: skip
+        if theirs:  # the condition layer learned these units: keep them, draw from the new rows
+            old = hp["condition_stats"]
+            self.hparams["condition_stats"] = {**self.hparams["condition_stats"],
+                                               "mean": old["mean"], "std": old["std"]}  # fmt: skip
         self.hparams["network"] = checked_network(hp["network"])
         self.hparams["learn_masks"] = hp.get("learn_masks", True)
         log.info("model.init_from: %s (step %s), vocabulary %s, max_atoms %s", file,
                  ckpt.get("global_step"), hp["vocabulary"], hp["max_atoms"])  # fmt: skip
         self.build(hp["vocabulary"], int(hp["max_atoms"]), hp.get("masks"))
         return file, ckpt
+
+    def prepare_resume(self, ckpt_path: str | os.PathLike) -> None:
+        """Build the network a resumed run continues: the checkpoint's network sizes, vocabulary,
+        masks and condition statistics (not ones learned again from the data), so that Lightning
+        restores its weights and training state into the same model."""
+        from medgen.utils.checkpoint import load_medgen_checkpoint
+
+        file, ckpt, kind = load_medgen_checkpoint(ckpt_path)
+        if kind != KIND:
+            raise UserError(f"ckpt_path={ckpt_path}: holds kind={kind!r}, not a graph_vae")
+        hp = upgrade_hparams(ckpt["hyper_parameters"])
+        mine, theirs = self.hparams.get("conditions") or [], hp.get("conditions") or []
+        if mine != theirs:
+            raise UserError(f"ckpt_path={ckpt_path}: the run was conditioned on {theirs or 'nothing'}"
+                            f"; resume it with model.conditions={theirs or 'null'}")  # fmt: skip
+        if not hp.get("vocabulary") or not hp.get("max_atoms"):
+            raise InputFileError(f"checkpoint {file}: hyper_parameters lack vocabulary/max_atoms")
+        self.hparams["network"] = checked_network(hp["network"])
+        self.hparams["learn_masks"] = hp.get("learn_masks", True)
+        self.hparams["condition_stats"] = hp.get("condition_stats")
+        self.hparams["init_from"] = hp.get("init_from")
+        log.info("resuming %s: vocabulary %s, max_atoms %s", file, hp["vocabulary"],
+                 hp["max_atoms"])  # fmt: skip
+        self.build(hp["vocabulary"], int(hp["max_atoms"]), hp.get("masks"))
 
     def _load_init(self, init: tuple[Path, dict[str, Any]]) -> None:
         """Copy ``init_from``'s weights; only a conditional model's new condition layer may be

@@ -132,3 +132,54 @@ def test_init_from_refuses_a_model_of_another_kind(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="init_from"):
         train_tiny(tmp_path, ["model.init_from=pretrained:phantom32", "data.limit=20",
                               "trainer.max_epochs=1"])  # fmt: skip
+
+
+SMALL = ["model.network.hidden_dim=64", "model.network.latent_dim=8", "model.network.pair_dim=16",
+         "callbacks.molecule_sampling.n_samples=8", "callbacks.molecule_sampling.n_recon=2",
+         "data.batch_size=32", "data.test_fraction=0.0"]  # fmt: skip
+CONDS = ["model.conditions=[logp,qed]", "data.condition_properties=[logp,qed]"]
+
+
+def _hparams(run):
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return ckpt["hyper_parameters"], ckpt["global_step"]
+
+
+def test_a_conditional_model_fine_tunes_a_conditional_one_in_its_units(cvae_run, tmp_path):
+    _, cond, _ = cvae_run
+    with pytest.raises(UserError, match=r"conditioned on \['logp', 'qed'\]; set model.conditions"):
+        train_tiny(tmp_path / "a", [*SMALL, "data.limit=300", f"model.init_from={cond}",
+                                    "trainer.max_epochs=1"])  # fmt: skip
+    train_tiny(tmp_path / "b", [*SMALL, *CONDS, "data.limit=300", f"model.init_from={cond}",
+                                "trainer.max_epochs=1"])  # fmt: skip
+    old, _ = _hparams(cond)
+    new, _ = _hparams(tmp_path / "b" / "run")
+    # the condition layer was learned against the first model's standardization: it is kept,
+    # while the conditions are drawn from the new data's rows
+    assert new["condition_stats"]["mean"] == old["condition_stats"]["mean"]
+    assert new["condition_stats"]["std"] == old["condition_stats"]["std"]
+    assert len(new["condition_stats"]["table"]) != len(old["condition_stats"]["table"])
+    assert new["masks"] == old["masks"] and new["network"] == old["network"]
+
+
+def test_a_resumed_run_continues_the_checkpoint_model_not_one_built_from_new_data(
+    cvae_run, tmp_path
+):
+    import shutil
+
+    _, cond, _ = cvae_run
+    run = tmp_path / "run"
+    shutil.copytree(cond, run)
+    old, step = _hparams(run)
+    # other data than the run's: masks and statistics learned again would differ, and a model
+    # built from them would not fit the checkpoint's weights
+    train_tiny(tmp_path / "resume", [*SMALL, *CONDS, "data.limit=300", "trainer.max_epochs=16",
+                                     "trainer.limit_train_batches=1.0",
+                                     f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])  # fmt: skip
+    new, new_step = _hparams(tmp_path / "resume" / "run")
+    assert new_step > step
+    assert new["masks"] == old["masks"] and new["condition_stats"] == old["condition_stats"]
+    assert MoleculeVAE.from_checkpoint(run).sample(4, seed=0)
+    with pytest.raises(UserError, match="resume it with model.conditions"):
+        train_tiny(tmp_path / "r2", [*SMALL, "data.limit=300", "trainer.max_epochs=17",
+                                     f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])  # fmt: skip
