@@ -1,6 +1,7 @@
 """Score the runs of a decoder ablation the same way (one row per run folder).
 
-    python experiments/moses_graph_vae/ablation.py outputs/ablation/masks_true outputs/ablation/masks_false
+    python experiments/moses_graph_vae/ablation.py outputs/ablation/masks_true \
+        outputs/ablation/masks_false
 
 For each run's ``last.ckpt``: ``--n`` prior samples (seed 0, temperature 1); exact reconstruction
 of the first ``--recon`` validation molecules of the run's own split (greedy decode of the

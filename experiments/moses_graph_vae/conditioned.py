@@ -5,7 +5,8 @@
 
 For each condition: ``n`` molecules drawn as ``medgen sample condition=...`` draws them (seed 0;
 every returned molecule meets every target by RDKit), the guided success rate (candidates that
-met the targets / candidates looked at; ``--seed``, default 0) beside the unguided (chance) rate of plain prior draws,
+met the targets / candidates looked at; ``--seed``, default 0) beside the unguided (chance) rate
+of plain prior draws,
 and what was returned: validity, uniqueness, novelty against MOSES train (canonical SMILES as
 stored, as MOSES computes it; ``medgen data moses`` first) and IntDiv. ``steer r`` is the heads'
 correlation over prior draws between ``head(z)`` and the decoded molecules' RDKit values.
