@@ -239,7 +239,8 @@ class GraphVAEModule(pl.LightningModule):
         if theirs and mine != theirs:
             raise UserError(f"model.init_from={self.hparams['init_from']}: a model conditioned on "
                             f"{theirs}; set model.conditions={theirs} (and data."
-                            "condition_properties) to fine-tune it, or start from an unconditional one")  # fmt: skip
+                            "condition_properties) to fine-tune it, or start from an "
+                            "unconditional one")  # fmt: skip
         if theirs:  # the condition layer learned these units: keep them, draw from the new rows
             old = hp["condition_stats"]
             self.hparams["condition_stats"] = {**self.hparams["condition_stats"],
@@ -264,7 +265,8 @@ class GraphVAEModule(pl.LightningModule):
         mine, theirs = self.hparams.get("conditions") or [], hp.get("conditions") or []
         if mine != theirs:
             raise UserError(f"ckpt_path={ckpt_path}: the run was conditioned on "
-                            f"{theirs or 'nothing'}; resume it with model.conditions={theirs or 'null'}")  # fmt: skip
+                            f"{theirs or 'nothing'}; resume it with "
+                            f"model.conditions={theirs or 'null'}")  # fmt: skip
         if not hp.get("vocabulary") or not hp.get("max_atoms"):
             raise InputFileError(f"checkpoint {file}: hyper_parameters lack vocabulary/max_atoms")
         self.hparams["network"] = checked_network(hp["network"])
