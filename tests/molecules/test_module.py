@@ -196,3 +196,21 @@ def test_overfit_model_reconstructs_its_molecules_and_logs_it(tmp_path):
     # an untrained model of the same size does not reconstruct them
     untrained = GraphVAEModule(vocabulary=vocab, max_atoms=30, network=NET)
     assert MoleculeVAE(untrained).reconstruction_accuracy(neutral) < 0.5
+
+
+def test_last_ckpt_is_the_latest_state_not_the_best_one(tmp_path, monkeypatch):
+    """What a resume reads is the last step: with a monitored metric that never improves after
+    the first validation (validity is 1.0 every time), the best checkpoint stays at epoch 0 and
+    ``last.ckpt`` still moves on (Lightning's own ``save_last`` would leave it at the best)."""
+    monkeypatch.setenv("MEDGEN_CACHE_DIR", str(tmp_path / "cache"))
+    metrics = train_tiny(tmp_path, ["data.limit=32", "data.batch_size=16", "trainer.max_epochs=3",
+                                    "callbacks.molecule_sampling.n_samples=4",
+                                    "callbacks.model_checkpoint.monitor=val/validity",
+                                    "callbacks.model_checkpoint.mode=max"])  # fmt: skip
+    folder = tmp_path / "run" / "checkpoints"
+    (best,) = folder.glob("epoch_*.ckpt")
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    first = torch.load(best, map_location="cpu", weights_only=True)
+    assert best.name.startswith("epoch_000") and metrics["val/validity"] == 1.0
+    assert last["global_step"] == metrics["global_step"] > first["global_step"]
+    assert last["epoch"] == 2

@@ -111,7 +111,8 @@ def test_debug_fast_is_small_and_on_cpu(compose_cfg):
 def test_callbacks_checkpoint_into_run_dir(compose_cfg, tmp_path):
     cfg = compose_cfg("train")
     callbacks = instantiate_group(cfg.callbacks, "callbacks")
-    (ckpt,) = [c for c in callbacks if type(c).__name__ == "ModelCheckpoint"]
-    assert ckpt.save_last and Path(ckpt.dirpath) == tmp_path / "run" / "checkpoints"
+    best, last = [c for c in callbacks if type(c).__name__ == "ModelCheckpoint"]
+    assert best.monitor == "val/loss" and last.monitor is None and last.filename == "last"
+    assert Path(best.dirpath) == Path(last.dirpath) == tmp_path / "run" / "checkpoints"
     names = {type(c).__name__ for c in callbacks}
     assert {"LearningRateMonitor", "TQDMProgressBar"} <= names
