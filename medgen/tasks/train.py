@@ -96,8 +96,9 @@ def train(cfg: DictConfig) -> Metrics:
     metrics.objective = job.optimized_metric
     try:
         if cfg.get("train", True):
-            if ckpt_path and hasattr(model, "prepare_resume"):  # build what the run continues
-                model.prepare_resume(ckpt_path)
+            prepare = getattr(model, "prepare_resume", None)
+            if ckpt_path and callable(prepare):  # build the model the run continues
+                prepare(ckpt_path)
             trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics.update(_plain_metrics(trainer.callback_metrics))
         if cfg.get("test", False):
