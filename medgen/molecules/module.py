@@ -245,12 +245,17 @@ class GraphVAEModule(pl.LightningModule):
             old = hp["condition_stats"]
             self.hparams["condition_stats"] = {**self.hparams["condition_stats"],
                                                "mean": old["mean"], "std": old["std"]}  # fmt: skip
-        self.hparams["network"] = checked_network(hp["network"])
-        self.hparams["learn_masks"] = hp.get("learn_masks", True)
         log.info("model.init_from: %s (step %s), vocabulary %s, max_atoms %s", file,
                  ckpt.get("global_step"), hp["vocabulary"], hp["max_atoms"])  # fmt: skip
-        self.build(hp["vocabulary"], int(hp["max_atoms"]), hp.get("masks"))
+        self._build_like(hp)
         return file, ckpt
+
+    def _build_like(self, hp: Mapping[str, Any]) -> None:
+        """Build the network of a checkpoint's hyperparameters ``hp``: its sizes, vocabulary and
+        masks (its condition statistics are set by the caller)."""
+        self.hparams["network"] = checked_network(hp["network"])
+        self.hparams["learn_masks"] = hp.get("learn_masks", True)
+        self.build(hp["vocabulary"], int(hp["max_atoms"]), hp.get("masks"))
 
     def prepare_resume(self, ckpt_path: str | os.PathLike) -> None:
         """Build the network a resumed run continues: the checkpoint's network sizes, vocabulary,
@@ -269,13 +274,11 @@ class GraphVAEModule(pl.LightningModule):
                             f"model.conditions={theirs or 'null'}")  # fmt: skip
         if not hp.get("vocabulary") or not hp.get("max_atoms"):
             raise InputFileError(f"checkpoint {file}: hyper_parameters lack vocabulary/max_atoms")
-        self.hparams["network"] = checked_network(hp["network"])
-        self.hparams["learn_masks"] = hp.get("learn_masks", True)
         self.hparams["condition_stats"] = hp.get("condition_stats")
         self.hparams["init_from"] = hp.get("init_from")
         log.info("resuming %s: vocabulary %s, max_atoms %s", file, hp["vocabulary"],
                  hp["max_atoms"])  # fmt: skip
-        self.build(hp["vocabulary"], int(hp["max_atoms"]), hp.get("masks"))
+        self._build_like(hp)
 
     def _load_init(self, init: tuple[Path, dict[str, Any]]) -> None:
         """Copy ``init_from``'s weights; only a conditional model's new condition layer may be

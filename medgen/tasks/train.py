@@ -66,6 +66,9 @@ def train(cfg: DictConfig) -> Metrics:
     log.info("run dir: %s", run_dir)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
+    prepare = getattr(model, "prepare_resume", None)
+    if ckpt_path and cfg.get("train", True) and callable(prepare):
+        prepare(ckpt_path)  # build the model the run continues (a mismatch is found here)
     callbacks = [*instantiate_group(cfg.get("callbacks"), "callbacks"), FitSteps()]
     summary: dict[str, Any] = {}
     if cfg.trainer.get("enable_model_summary", True) and not any(
@@ -96,9 +99,6 @@ def train(cfg: DictConfig) -> Metrics:
     metrics.objective = job.optimized_metric
     try:
         if cfg.get("train", True):
-            prepare = getattr(model, "prepare_resume", None)
-            if ckpt_path and callable(prepare):  # build the model the run continues
-                prepare(ckpt_path)
             trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics.update(_plain_metrics(trainer.callback_metrics))
         if cfg.get("test", False):
