@@ -30,7 +30,6 @@ from medgen.errors import ConfigError, UserError
 from medgen.molecules.graph import (
     FeaturizeError,
     Vocabulary,
-    batch_to_smiles,
     collate_graphs,
     encode_tokens,
     round_trip,
@@ -270,8 +269,7 @@ class MoleculeVAE:
         """SMILES of latents ``z (n, L)``; greedy at ``temperature=0``, else seeded per row."""
         z = torch.as_tensor(z, dtype=torch.float32).reshape(-1, self.latent_dim)
         _, u = draw_noise(self.vae, range(len(z)), seed, device=z.device)
-        graphs = self.vae.sample(z, temperature=temperature, uniforms=u)
-        return batch_to_smiles(graphs, self.vocab)
+        return self.vae.decode_smiles(z, self.vocab, temperature=temperature, uniforms=u)
 
     def sample(
         self,

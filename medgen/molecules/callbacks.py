@@ -109,7 +109,12 @@ class MoleculeSampling(Callback):
         k = min(self.n_recon, len(val_set) if val_set else 0)
         if k > 0:
             batch = collate_graphs([val_set.graph(i) for i in range(k)]).to(pl_module.device)
-            pl_module.log("val/recon_exact", reconstruction_accuracy(vae, vocab, batch))
+            stereo = None
+            if getattr(val_set, "stereo", False):
+                from medgen.molecules.stereo import collate_stereo
+
+                stereo = collate_stereo([val_set[i][2] for i in range(k)]).to(pl_module.device)
+            pl_module.log("val/recon_exact", reconstruction_accuracy(vae, vocab, batch, stereo))
         if self.n_samples <= 0:
             return
         if self._train_smiles is None:

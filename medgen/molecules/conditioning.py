@@ -311,7 +311,6 @@ def steerability(
     means of training molecules against *their* values; when the decoder's own randomness, not
     ``z``, decides the molecule (a collapsed posterior), that R^2 can be fair and this near 0,
     and guidance cannot beat chance. ``vae``: a :class:`~medgen.molecules.api.MoleculeVAE`."""
-    from medgen.molecules.graph import batch_to_smiles
     from medgen.molecules.sampling import draw_noise
 
     model = vae.vae
@@ -319,7 +318,7 @@ def steerability(
     model.eval()
     try:
         z, u = draw_noise(model, range(n), seed)
-        smiles = batch_to_smiles(model.sample(z, temperature=1.0, uniforms=u), vae.vocab)
+        smiles = model.decode_smiles(z, vae.vocab, temperature=1.0, uniforms=u)
     finally:
         model.train(was_training)
     names = list(heads)
@@ -410,7 +409,6 @@ def guided_decode(
     """Candidates ``indices`` of ``seed``: prior latents guided toward ``condition`` by the
     record's heads, decoded with each candidate's own noise (canonical SMILES, None if
     RDKit rejects the graph)."""
-    from medgen.molecules.graph import batch_to_smiles
     from medgen.molecules.sampling import draw_noise
 
     if len(indices) == 0:
@@ -425,8 +423,9 @@ def guided_decode(
     vae.eval()
     try:
         z, u = draw_noise(vae, indices, seed, device=device)
-        graphs = vae.sample(guide(z, heads, targets), temperature=temperature, uniforms=u)
-        return batch_to_smiles(graphs, vocab)
+        return vae.decode_smiles(
+            guide(z, heads, targets), vocab, temperature=temperature, uniforms=u
+        )
     finally:
         vae.train(was_training)
 

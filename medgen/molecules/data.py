@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from medgen.errors import UserError
 from medgen.molecules.featurize import EMBEDDED_SAMPLE, FeaturizedSource, load_source
 from medgen.molecules.graph import GraphBatch, MolGraph, Vocabulary, collate_graphs
+from medgen.molecules.stereo import StereoBatch, collate_stereo
 from medgen.utils.atomic import atomic_write_text
 from medgen.utils.logging import get_logger
 
@@ -37,7 +38,8 @@ Split = Literal["train", "val", "test"]
 
 class GraphDataset(Dataset):
     """Molecules ``indices`` of a :class:`FeaturizedSource`, as :class:`MolGraph` items; with
-    ``values`` (``(len(source), P)`` property values), ``(MolGraph, values row)`` items."""
+    ``values`` (``(len(source), P)`` property values), ``(MolGraph, values row)`` items; with
+    ``stereo``, ``(MolGraph, values row or None, stereo labels)`` items."""
 
     def __init__(
         self,
@@ -45,15 +47,21 @@ class GraphDataset(Dataset):
         indices: Sequence[int],
         remap: torch.Tensor,
         values: torch.Tensor | None = None,
+        stereo: bool = False,
     ):
         self.source, self.indices, self.remap, self.values = source, list(indices), remap, values
+        self.stereo = stereo
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> Any:
-        graph = self.source.graph(self.indices[i], self.remap)
-        return graph if self.values is None else (graph, self.values[self.indices[i]])
+        k = self.indices[i]
+        graph = self.source.graph(k, self.remap)
+        values = None if self.values is None else self.values[k]
+        if self.stereo:
+            return graph, values, self.source.stereo(k)
+        return graph if values is None else (graph, values)
 
     def graph(self, i: int) -> MolGraph:
         """Item ``i``'s graph (without its property values)."""
@@ -61,20 +69,29 @@ class GraphDataset(Dataset):
 
 
 class ConditionedBatch(NamedTuple):
-    """Padded graphs and their molecules' property values ``props (B, P)`` (raw units)."""
+    """Padded graphs, their molecules' property values ``props (B, P)`` (raw units; ``(B, 0)``
+    when none) and their stereo labels (None without ``data.stereo``)."""
 
     graphs: GraphBatch
     props: torch.Tensor
+    stereo: StereoBatch | None = None
 
     def to(self, device: torch.device | str) -> ConditionedBatch:
-        return ConditionedBatch(self.graphs.to(device), self.props.to(device))
+        stereo = None if self.stereo is None else self.stereo.to(device)
+        return ConditionedBatch(self.graphs.to(device), self.props.to(device), stereo)
 
 
 def collate_items(items: Sequence[Any]) -> GraphBatch | ConditionedBatch:
-    """:func:`collate_graphs`, or a :class:`ConditionedBatch` for ``(graph, values)`` items."""
+    """:func:`collate_graphs`, or a :class:`ConditionedBatch` for ``(graph, values)`` and
+    ``(graph, values or None, stereo)`` items."""
     if items and isinstance(items[0], tuple) and not isinstance(items[0], MolGraph):
-        graphs = collate_graphs([g for g, _ in items])
-        return ConditionedBatch(graphs, torch.stack([v for _, v in items]))
+        graphs = collate_graphs([item[0] for item in items])
+        if items[0][1] is None:
+            props = torch.zeros(len(items), 0)
+        else:
+            props = torch.stack([item[1] for item in items])
+        stereo = collate_stereo([item[2] for item in items]) if len(items[0]) == 3 else None
+        return ConditionedBatch(graphs, props, stereo)
     return collate_graphs(items)
 
 
@@ -182,6 +199,9 @@ class GraphDataModule(pl.LightningDataModule):
         condition_properties: RDKit properties (``qed``, ``sa``, ``logp``) computed for every
             molecule (once, cached beside the graphs) and batched with it
             (:class:`ConditionedBatch`), for a conditional model (``model.conditions``).
+        stereo: keep stereochemistry (tetrahedral centres, double bonds) as labels beside each
+            graph (:mod:`medgen.molecules.stereo`), for data sets that carry it; molecules are
+            then compared by isomeric canonical SMILES. False: stereo is dropped.
     """
 
     def __init__(
@@ -202,6 +222,7 @@ class GraphDataModule(pl.LightningDataModule):
         featurize_workers: int = 1,
         bucket_by_size: bool = True,
         condition_properties: list[str] | None = None,
+        stereo: bool = False,
     ):
         super().__init__()
         if not 0 <= val_fraction < 1:
@@ -218,6 +239,7 @@ class GraphDataModule(pl.LightningDataModule):
         self.min_atom_count, self.max_atoms = min_atom_count, max_atoms
         self.cache_dir, self.featurize_workers = cache_dir, featurize_workers
         self.bucket_by_size = bucket_by_size
+        self.stereo = bool(stereo)
         self.condition_properties = list(condition_properties or [])
         if self.condition_properties:
             from medgen.molecules.api import property_function
@@ -247,6 +269,7 @@ class GraphDataModule(pl.LightningDataModule):
                 limit=self.limit,
                 cache_dir=self.cache_dir,
                 workers=self.featurize_workers,
+                stereo=self.stereo,
             )
             if len(self.source) == 0:
                 raise UserError(f"no usable molecules in {self.path or EMBEDDED_SAMPLE}")
@@ -338,9 +361,9 @@ class GraphDataModule(pl.LightningDataModule):
         if trainer is not None and trainer.is_global_zero and trainer.default_root_dir:
             write_rejects(Path(trainer.default_root_dir) / "rejects.csv", self.rejects)
         values = self.condition_values
-        self.train_set = GraphDataset(src, self.train_indices, remap, values)
-        self.val_set = GraphDataset(src, self.val_indices, remap, values)
-        self.test_set = GraphDataset(src, self.test_indices, remap, values)
+        self.train_set = GraphDataset(src, self.train_indices, remap, values, self.stereo)
+        self.val_set = GraphDataset(src, self.val_indices, remap, values, self.stereo)
+        self.test_set = GraphDataset(src, self.test_indices, remap, values, self.stereo)
         used = self.train_indices + self.val_indices + self.test_indices
         self.max_atoms_seen = int(n_atoms[used].max())
         log.info(
@@ -350,11 +373,11 @@ class GraphDataModule(pl.LightningDataModule):
         )  # fmt: skip
 
     def train_smiles(self) -> list[str]:
-        """Canonical SMILES (no stereo) of the training molecules (for novelty)."""
+        """Canonical SMILES (no stereo; isomeric with ``stereo``) of the training molecules."""
         return [self._source().smiles[k] for k in self.train_indices]
 
     def val_smiles(self) -> list[str]:
-        """Canonical SMILES (no stereo) of the validation molecules, in split order."""
+        """Canonical SMILES (isomeric with ``stereo``) of the validation molecules, in order."""
         return [self._source().smiles[k] for k in self.val_indices]
 
     def property_values(self, name: str, split: Split = "train") -> torch.Tensor | None:

@@ -14,7 +14,10 @@ Rows RDKit cannot parse or a graph cannot hold (several fragments, dummy atoms, 
 aromatic after kekulization, or any other error while featurizing) become reject rows
 (``line, smiles, reason``; for SDF ``line`` is the record number). One bad row never stops a run.
 The stored SMILES is the canonical SMILES (no stereo) of the *standardized graph*, the same string
-a decode of that graph gives, so novelty and reconstruction compare like with like.
+a decode of that graph gives, so novelty and reconstruction compare like with like. With
+``stereo=True`` every molecule also carries stereo labels (:mod:`medgen.molecules.stereo`) and the
+stored SMILES is the isomeric one of the graph with its labels (stereo RDKit cannot name as a
+tetrahedral centre or a double bond is dropped, never the molecule).
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class FeaturizedSource:
     lines: ``(M,)`` line (record) numbers in the source; smiles: canonical SMILES, no stereo.
     properties: numeric columns of the source, ``(M,)`` float32 each (NaN where missing).
     rejects: ``[line, smiles, reason]`` rows.
+    chirality: ``(total_atoms,)`` int8 stereo labels per atom, ``bond_stereo``: ``(total_bonds,)``
+    int8 per bond (both None without stereo; see :mod:`medgen.molecules.stereo`).
     """
 
     tokens: list[str]
@@ -68,6 +73,8 @@ class FeaturizedSource:
     smiles: list[str]
     properties: dict[str, torch.Tensor] = field(default_factory=dict)
     rejects: list[list[Any]] = field(default_factory=list)
+    chirality: torch.Tensor | None = None
+    bond_stereo: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.smiles)
@@ -78,6 +85,17 @@ class FeaturizedSource:
         b0, b1 = int(self.bond_ptr[k]), int(self.bond_ptr[k + 1])
         return MolGraph(remap[self.atoms[a0:a1].long()], self.bonds[b0:b1].long())
 
+    def stereo(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Molecule ``k``'s labels: ``chirality (N,)``, candidate bonds ``(E', 2)`` rows
+        ``(i, j)`` and their labels ``(E',)`` (:func:`medgen.molecules.stereo.collate_stereo`)."""
+        if self.chirality is None or self.bond_stereo is None:
+            raise ValueError("these graphs were featurized without stereo (data.stereo=false)")
+        a0, a1 = int(self.atom_ptr[k]), int(self.atom_ptr[k + 1])
+        b0, b1 = int(self.bond_ptr[k]), int(self.bond_ptr[k + 1])
+        labels = self.bond_stereo[b0:b1].long()
+        keep = labels >= 0
+        return self.chirality[a0:a1].long(), self.bonds[b0:b1, :2].long()[keep], labels[keep]
+
     def n_atoms(self) -> torch.Tensor:
         return self.atom_ptr[1:] - self.atom_ptr[:-1]
 
@@ -86,34 +104,53 @@ class FeaturizedSource:
         return Counter(dict(zip(self.tokens, counts, strict=True)))
 
 
-def _featurize_rows(rows: list[tuple[int, str | None]]) -> list[tuple]:
-    """Worker: ``(line, tokens, bonds, canonical smiles)`` or ``(line, None, smiles, reason)``.
+def _featurize_rows(rows: list[tuple[int, str | None]], stereo: bool = False) -> list[tuple]:
+    """Worker: ``(line, tokens, bonds, canonical smiles, labels)`` or ``(line, None, smiles,
+    reason, None)``; ``labels`` is ``(chirality, bond labels)`` with ``stereo``, else None.
 
-    The SMILES kept is that of the standardized graph (rebuilt from tokens and bonds). Any error
-    on a row, expected or not, becomes a reject row with its reason.
+    The SMILES kept is that of the standardized graph (rebuilt from tokens and bonds, with its
+    stereo labels). Any error on a row, expected or not, becomes a reject row with its reason.
     """
     from medgen.molecules.graph import (
         AtomType,
         FeaturizeError,
         _build_mol,
         mol_to_smiles,
+        mol_to_tokens_with_stereo,
         smiles_to_tokens,
     )
 
     out: list[tuple[Any, ...]] = []
     for line, smi in rows:
         if smi is None or not str(smi).strip():
-            out.append((line, None, "" if smi is None else smi, "no SMILES / unreadable record"))
+            out.append((line, None, "" if smi is None else smi, "no SMILES / unreadable record",
+                        None))  # fmt: skip
             continue
         try:
+            if stereo:
+                from rdkit import Chem
+
+                from medgen.chem.mol import parse_smiles_with_reason
+                from medgen.molecules.stereo import assign
+
+                mol, reason = parse_smiles_with_reason(smi)
+                if mol is None:
+                    raise FeaturizeError(reason or "RDKit could not parse the SMILES")
+                tokens, bonds, chirality, on_bonds = mol_to_tokens_with_stereo(mol)
+                built = _build_mol([AtomType.from_token(t) for t in tokens], bonds)
+                chosen = {k: v for k, v in enumerate(chirality) if v > 0}
+                pairs = {(i, j): v for (i, j, _), v in zip(bonds, on_bonds, strict=True) if v > 0}
+                canon = Chem.MolToSmiles(assign(built, chosen, pairs))
+                out.append((line, tokens, bonds, canon, (chirality, on_bonds)))
+                continue
             tokens, bonds = smiles_to_tokens(smi)
             types = [AtomType.from_token(t) for t in tokens]
             canon = mol_to_smiles(_build_mol(types, bonds))
-            out.append((line, tokens, bonds, canon))
+            out.append((line, tokens, bonds, canon, None))
         except FeaturizeError as err:
-            out.append((line, None, smi, str(err)))
+            out.append((line, None, smi, str(err), None))
         except Exception as err:  # noqa: BLE001 - one bad row never stops a run
-            out.append((line, None, smi, f"{type(err).__name__}: {err}"))
+            out.append((line, None, smi, f"{type(err).__name__}: {err}", None))
     return out
 
 
@@ -123,8 +160,12 @@ def featurize_source(
     smiles_column: str | None = None,
     limit: int | None = None,
     workers: int = 1,
+    stereo: bool = False,
 ) -> FeaturizedSource:
-    """Read and featurize a molecule file (no caching); stops after ``limit`` usable molecules."""
+    """Read and featurize a molecule file (no caching); stops after ``limit`` usable molecules;
+    ``stereo``: keep stereo labels (:mod:`medgen.molecules.stereo`)."""
+    import functools
+
     from medgen.chem.io import read_molecules
 
     tokens: dict[str, int] = {}
@@ -135,6 +176,9 @@ def featurize_source(
     smiles: list[str] = []
     rejects: list[list[Any]] = []
     props: dict[str, list[float]] = {}
+    chirality: list[int] = []
+    bond_stereo: list[int] = []
+    work = functools.partial(_featurize_rows, stereo=stereo)
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         for frame in read_molecules(path, smiles_column=smiles_column, chunk_size=_CHUNK * workers):
@@ -145,10 +189,10 @@ def featurize_source(
             step = _CHUNK if limit is None else max(8, min(_CHUNK, 2 * (limit - len(smiles))))
             chunks = [rows[i : i + step] for i in range(0, len(rows), step)]
             # map() is lazy without a pool, so featurizing stops soon after `limit` molecules
-            results = pool.map(_featurize_rows, chunks) if pool else map(_featurize_rows, chunks)
+            results = pool.map(work, chunks) if pool else map(work, chunks)
             row_of_line = {line: r for r, line in enumerate(frame["line"].tolist())}
             for result in results:
-                for line, toks, bnds, text in result:
+                for line, toks, bnds, text, labels in result:
                     if limit is not None and len(smiles) >= limit:
                         break
                     if toks is None:
@@ -156,6 +200,9 @@ def featurize_source(
                         continue
                     atoms.extend(tokens.setdefault(t, len(tokens)) for t in toks)
                     bonds.extend(bnds)
+                    if labels is not None:
+                        chirality.extend(labels[0])
+                        bond_stereo.extend(labels[1])
                     atom_ptr.append(len(atoms))
                     bond_ptr.append(len(bonds))
                     lines.append(int(line))
@@ -183,6 +230,8 @@ def featurize_source(
         smiles=smiles,
         properties={c: torch.tensor(v, dtype=torch.float32) for c, v in props.items()},
         rejects=rejects,
+        chirality=torch.tensor(chirality, dtype=torch.int8) if stereo else None,
+        bond_stereo=torch.tensor(bond_stereo, dtype=torch.int8) if stereo else None,
     )
 
 
@@ -195,10 +244,13 @@ def _to_float(column) -> list[float] | None:
     return values.astype(float).tolist()
 
 
-def cache_file(path: Path, limit: int | None, cache_dir: str | os.PathLike | None) -> Path:
+def cache_file(
+    path: Path, limit: int | None, cache_dir: str | os.PathLike | None, stereo: bool = False
+) -> Path:
     """Where the featurized graphs of ``path`` live (see module docstring)."""
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|v{FEATURIZER_VERSION}|{limit}"
+    key += "|stereo" if stereo else ""  # without: the keys of caches written before the option
     name = f"{path.name}.graphs-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     # never beside the source: a data folder may be read-only, shared or under version control
     return cache_folder("graphs", folder=cache_dir) / name
@@ -211,12 +263,14 @@ def load_source(
     limit: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     workers: int = 1,
+    stereo: bool = False,
 ) -> tuple[FeaturizedSource, Path]:
-    """Featurized graphs of ``path`` (None: the embedded sample), from the cache when present."""
+    """Featurized graphs of ``path`` (None: the embedded sample), from the cache when present;
+    ``stereo``: with stereo labels (a cache of its own)."""
     source = Path(path).expanduser() if path else EMBEDDED_SAMPLE
     if not source.is_file():
         raise FileNotFoundError(f"molecule file not found: {source}")
-    target = cache_file(source, limit, cache_dir)
+    target = cache_file(source, limit, cache_dir, stereo)
     if target.is_file():
         try:  # weights_only: a planted pickle in the cache cannot run code, it is only rebuilt
             data = torch.load(target, weights_only=True)
@@ -227,7 +281,9 @@ def load_source(
             reason = f"needs pickled code ({found.group(1)})" if found else str(err).strip()
             log.warning("ignoring unreadable graph cache %s (rebuilding it): %s", target, reason)
     log.info("featurizing %s (limit=%s, workers=%d)", source, limit, workers)
-    feats = featurize_source(source, smiles_column=smiles_column, limit=limit, workers=workers)
+    feats = featurize_source(
+        source, smiles_column=smiles_column, limit=limit, workers=workers, stereo=stereo
+    )
     buffer = io.BytesIO()
     torch.save(feats.__dict__, buffer)
     try:
@@ -236,7 +292,7 @@ def load_source(
         atomic_write_bytes(target, buffer.getvalue())
     except OSError as err:  # read-only after all: fall back to the cache dir
         target = Path(cache_dir) if cache_dir else default_cache_dir()
-        target = target / cache_file(source, limit, target).name
+        target = target / cache_file(source, limit, target, stereo).name
         atomic_write_bytes(target, buffer.getvalue())
         log.info("source folder not writable (%s); cached in %s", err, target)
     log.info(

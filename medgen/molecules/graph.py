@@ -10,8 +10,9 @@ compute the implicit hydrogens", the usual case, covering e.g. ``[nH]`` in a kek
 count for the same bonds (radicals, unusual valences). Tokens read ``C``, ``N+1``, ``O-1``,
 ``N;H2``.
 
-Stereochemistry, isotopes and atom-map numbers are dropped: graphs are compared by canonical SMILES
-written with ``isomericSmiles=False``.
+Isotopes and atom-map numbers are dropped, and so is stereochemistry unless asked for
+(:func:`mol_to_tokens_with_stereo`, labels of :mod:`medgen.molecules.stereo` beside the graph):
+graphs are compared by canonical SMILES written with ``isomericSmiles=False``.
 
 Atoms are ordered depth-first from the atom of lowest canonical rank, neighbours visited by
 canonical rank (the order of a canonical SMILES string). In that order every atom but the first
@@ -179,12 +180,39 @@ def standardize(mol):
     if mol.GetNumAtoms() == 0:
         raise FeaturizeError("no atoms")
     Chem.RemoveStereochemistry(mol)
+    _clear_atoms(mol)
+    mol = Chem.RemoveHs(mol, sanitize=True)
+    return _kekulized(mol)
+
+
+def standardize_with_stereo(mol):
+    """``(standardized, with_stereo)``: :func:`standardize`'s molecule and the same atoms (same
+    indices) sanitized with their stereochemistry, hydrogens that defined it removed."""
+    from rdkit import Chem
+
+    mol = Chem.Mol(mol)
+    if mol.GetNumAtoms() == 0:
+        raise FeaturizeError("no atoms")
+    _clear_atoms(mol)
+    params = Chem.RemoveHsParameters()
+    params.removeDefiningBondStereo = True
+    with_stereo = Chem.RemoveHs(mol, params, sanitize=True)
+    flat = Chem.Mol(with_stereo)
+    Chem.RemoveStereochemistry(flat)
+    return _kekulized(flat), with_stereo
+
+
+def _clear_atoms(mol) -> None:
     for atom in mol.GetAtoms():
         if atom.GetAtomicNum() == 0:
             raise FeaturizeError(f"dummy/query atom {atom.GetSymbol()!r} (atomic number 0)")
         atom.SetIsotope(0)
         atom.SetAtomMapNum(0)
-    mol = Chem.RemoveHs(mol, sanitize=True)
+
+
+def _kekulized(mol):
+    from rdkit import Chem
+
     n_frags = len(Chem.GetMolFrags(mol))
     if n_frags > 1:
         raise FeaturizeError(f"{n_frags} disconnected fragments (salts/mixtures are not supported)")
@@ -234,8 +262,27 @@ def mol_to_tokens(mol) -> tuple[list[str], list[tuple[int, int, int]]]:
     ``mol`` is any sanitized RDKit molecule; it is standardized first (see :func:`standardize`).
     Raises :class:`FeaturizeError` when it cannot be represented.
     """
+    tokens, bonds, _ = _tokens(standardize(mol))
+    return tokens, bonds
+
+
+def mol_to_tokens_with_stereo(
+    mol,
+) -> tuple[list[str], list[tuple[int, int, int]], list[int], list[int]]:
+    """:func:`mol_to_tokens` plus stereo labels (:mod:`medgen.molecules.stereo`): one per atom and
+    one per bond (aligned with the bonds), ``NOT_CANDIDATE`` where none applies."""
+    from medgen.molecules.stereo import NOT_CANDIDATE, stereo_labels
+
+    flat, with_stereo = standardize_with_stereo(mol)
+    tokens, bonds, order = _tokens(flat)
+    chirality, on_bonds = stereo_labels(with_stereo, order)
+    labels = [on_bonds.get((i, j), NOT_CANDIDATE) for i, j, _ in bonds]
+    return tokens, bonds, chirality, labels
+
+
+def _tokens(mol) -> tuple[list[str], list[tuple[int, int, int]], list[int]]:
+    """Tokens, bonds and decoding order (atoms of ``mol``) of a standardized molecule."""
     to_order, _ = _bond_types()
-    mol = standardize(mol)
     order = dfs_order(mol)
     position = {atom: k for k, atom in enumerate(order)}
     bonds = []
@@ -258,7 +305,7 @@ def mol_to_tokens(mol) -> tuple[list[str], list[tuple[int, int, int]]]:
         ):
             types[k] = AtomType(types[k].symbol, types[k].charge, wanted)
         tokens.append(types[k].token)
-    return tokens, bonds
+    return tokens, bonds, order
 
 
 def smiles_to_tokens(smiles: str) -> tuple[list[str], list[tuple[int, int, int]]]:
@@ -329,8 +376,8 @@ def mol_to_smiles(mol) -> str:
     return Chem.MolToSmiles(mol, isomericSmiles=False)
 
 
-def batch_to_smiles(batch: GraphBatch, vocab: Vocabulary) -> list[str | None]:
-    """Canonical SMILES of each graph in a batch; None where RDKit rejects one (never repaired)."""
+def batch_to_mols(batch: GraphBatch, vocab: Vocabulary) -> list:
+    """The sanitized RDKit molecule of each graph in a batch; None where RDKit rejects one."""
     from rdkit import rdBase
 
     atoms = batch.atoms.cpu().tolist()
@@ -341,15 +388,20 @@ def batch_to_smiles(batch: GraphBatch, vocab: Vocabulary) -> list[str | None]:
     per_mol: list[list[tuple[int, int, int]]] = [[] for _ in atoms]
     for (b, i, j), order in zip(where.tolist(), orders, strict=True):
         per_mol[b].append((i, j, order))
-    out: list[str | None] = []
+    out = []
     with rdBase.BlockLogs():
         for row, bonds in zip(atoms, per_mol, strict=True):
             types = [vocab.types[a] for a in row if a >= 0]
             try:
-                out.append(mol_to_smiles(_build_mol(types, bonds)))
+                out.append(_build_mol(types, bonds))
             except Exception:  # noqa: BLE001 - counted as invalid, never fixed
                 out.append(None)
     return out
+
+
+def batch_to_smiles(batch: GraphBatch, vocab: Vocabulary) -> list[str | None]:
+    """Canonical SMILES of each graph in a batch; None where RDKit rejects one (never repaired)."""
+    return [None if m is None else mol_to_smiles(m) for m in batch_to_mols(batch, vocab)]
 
 
 def round_trip(smiles: str) -> str:

@@ -45,7 +45,7 @@ NETWORK = {"_target_": NETWORK_TARGET, "latent_dim": 56, "hidden_dim": 256, "enc
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.0}
 # filled in from the data when the network is built, never set in the config
 FROM_DATA = ("capacity", "max_atoms", "masks", "condition_dim", "condition_table",
-             "condition_mean", "condition_std")  # fmt: skip
+             "condition_mean", "condition_std", "stereo")  # fmt: skip
 # training molecules whose property rows a conditional model keeps as the prior of its condition
 CONDITION_TABLE_ROWS = 5000
 # 2: graph-aware decoder (medgen.molecules.decoder) and learned chemistry masks; checkpoints
@@ -101,7 +101,10 @@ class GraphVAEModule(pl.LightningModule):
             the data: ``table`` holds the raw property rows of up to 5,000 training molecules).
         init_from: a checkpoint (``pretrained:<name>``, a file or run dir) whose weights,
             vocabulary, masks and network sizes the model starts from (fine-tuning); the
-            condition layer, new in a conditional model, starts at zero.
+            condition layer, new in a conditional model, starts at zero, and so does a stereo
+            head new to it.
+        stereo: learn and sample stereochemistry (:mod:`medgen.molecules.stereo`); None: as the
+            data (``data.stereo``), recorded in the checkpoint.
     """
 
     output: ClassVar[Output] = Output.MOLECULES
@@ -125,6 +128,7 @@ class GraphVAEModule(pl.LightningModule):
         conditions: list[str] | None = None,
         condition_stats: dict[str, Any] | None = None,
         init_from: str | None = None,
+        stereo: bool | None = None,
     ):
         super().__init__()
         args = dict(vocabulary=vocabulary, max_atoms=max_atoms, beta=beta,
@@ -140,6 +144,7 @@ class GraphVAEModule(pl.LightningModule):
         stats = None if condition_stats is None else dict(condition_stats)
         hp.update(conditions=checked_conditions(conditions), init_from=init_from,
                   condition_stats=stats)  # fmt: skip
+        hp.update(stereo=None if stereo is None else bool(stereo))
         self.save_hyperparameters(hp)
         self.vae: GraphVAE | None = None
         self.vocab: Vocabulary | None = None
@@ -174,6 +179,8 @@ class GraphVAEModule(pl.LightningModule):
                 condition_mean=torch.tensor(stats["mean"]),
                 condition_std=torch.tensor(stats["std"]),
             )
+        if self.hparams.get("stereo"):
+            extra["stereo"] = True
         self.vae = hydra.utils.instantiate(
             node, capacity=self.vocab.capacity, max_atoms=max_atoms, **extra
         )
@@ -190,6 +197,13 @@ class GraphVAEModule(pl.LightningModule):
             if self.vae is None:
                 raise RuntimeError("GraphVAEModule needs a vocabulary or a GraphDataModule")
             return
+        have_stereo = bool(getattr(dm, "stereo", False))
+        if self.hparams.get("stereo") is None and self.vae is None:
+            self.hparams["stereo"] = have_stereo
+        if bool(self.hparams.get("stereo")) != have_stereo:
+            raise UserError(f"model.stereo={self.hparams.get('stereo')} needs data.stereo="
+                            f"{bool(self.hparams.get('stereo'))} (the data has "
+                            f"data.stereo={have_stereo})")  # fmt: skip
         conditions = self.hparams.get("conditions") or []
         if conditions:
             have = list(getattr(dm, "condition_properties", None) or [])
@@ -276,6 +290,7 @@ class GraphVAEModule(pl.LightningModule):
             raise InputFileError(f"checkpoint {file}: hyper_parameters lack vocabulary/max_atoms")
         self.hparams["condition_stats"] = hp.get("condition_stats")
         self.hparams["init_from"] = hp.get("init_from")
+        self.hparams["stereo"] = hp.get("stereo")
         log.info("resuming %s: vocabulary %s, max_atoms %s", file, hp["vocabulary"],
                  hp["max_atoms"])  # fmt: skip
         self._build_like(hp)
@@ -287,6 +302,7 @@ class GraphVAEModule(pl.LightningModule):
         state = ckpt["state_dict"]
         missing, unexpected = self.load_state_dict(state, strict=False)
         allowed = {"vae.condition.weight", "vae.condition.bias"}
+        allowed |= {k for k in missing if k.startswith("vae.stereo_head.")}
         if unexpected or set(missing) - allowed:
             raise InputFileError(f"model.init_from {file}: weights do not fit (missing "
                                  f"{sorted(set(missing) - allowed)[:5]}, unexpected "
@@ -410,7 +426,8 @@ class GraphVAEModule(pl.LightningModule):
             f"{prefix}/loss", loss, prog_bar=True, batch_size=bsz, on_step=on_step,
             on_epoch=not on_step,
         )  # fmt: skip
-        for key in ("recon", "kl", "nll_atoms", "nll_parents", "nll_orders", "nll_closures"):
+        keys = ["recon", "kl", "nll_atoms", "nll_parents", "nll_orders", "nll_closures"]
+        for key in keys + (["nll_stereo"] if "nll_stereo" in out else []):
             self.log(
                 f"{prefix}/{key}", out[key], batch_size=bsz, on_step=on_step, on_epoch=not on_step
             )
@@ -421,7 +438,8 @@ class GraphVAEModule(pl.LightningModule):
         vae = self.built()[0]
         if hasattr(batch, "props"):
             cond = vae.standardize(batch.props) if vae.condition_dim else None
-            return vae(batch.graphs, sample_z=sample_z, cond=cond), batch.graphs.atoms.shape[0]
+            out = vae(batch.graphs, sample_z=sample_z, cond=cond, stereo=batch.stereo)
+            return out, batch.graphs.atoms.shape[0]
         return vae(batch, sample_z=sample_z), batch.atoms.shape[0]
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -13,7 +13,8 @@ from typing import cast
 
 import torch
 
-from medgen.molecules.graph import GraphBatch, Vocabulary, batch_to_smiles
+from medgen.molecules.graph import GraphBatch, Vocabulary, batch_to_mols, batch_to_smiles
+from medgen.molecules.stereo import StereoBatch, labelled_smiles
 from medgen.molecules.vae import GraphVAE, check_temperature
 from medgen.utils.seeding import sample_generator
 
@@ -27,7 +28,7 @@ def draw_noise(
     rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents ``(B, L)`` ~ N(0, I) and decoder uniforms ``(B, max_atoms + 1, W)`` in [0, 1) for
-    molecules ``indices`` of ``seed`` (``W = decoder.noise_width()``).
+    molecules ``indices`` of ``seed`` (``W = vae.noise_width()``).
 
     Row ``k`` comes from ``sample_generator(seed, indices[k])`` alone: first the latent, then the
     uniforms. Drawn on the CPU (the same numbers on every device), then moved to ``device``.
@@ -38,15 +39,16 @@ def draw_noise(
     """
     dec = vae.decoder
     p = int(getattr(vae, "condition_dim", 0))
+    width = vae.noise_width()
     z = torch.empty(len(indices), vae.latent_dim + p)
-    u = torch.empty(len(indices), dec.max_atoms + 1, dec.noise_width())
+    u = torch.empty(len(indices), dec.max_atoms + 1, width)
     table = cast(torch.Tensor, vae.condition_table).cpu() if p else None
     if table is not None and rows is not None and len(rows) == 0:
         raise ValueError("no condition-table row to draw from")
     for k, i in enumerate(indices):
         gen = sample_generator(seed, int(i))
         z[k, : vae.latent_dim] = torch.randn(vae.latent_dim, generator=gen)
-        u[k] = torch.rand(dec.max_atoms + 1, dec.noise_width(), generator=gen)
+        u[k] = torch.rand(dec.max_atoms + 1, width, generator=gen)
         if table is not None:
             pool = len(table) if rows is None else len(rows)
             pick = int(torch.randint(pool, (1,), generator=gen))
@@ -78,8 +80,7 @@ def decode_indices(
     try:
         device = next(vae.parameters()).device
         z, u = draw_noise(vae, indices, seed, device=device, rows=rows)
-        graphs = vae.sample(z, temperature=temperature, uniforms=u)
-        return batch_to_smiles(graphs, vocab)
+        return vae.decode_smiles(z, vocab, temperature=temperature, uniforms=u)
     finally:
         vae.train(was_training)
 
@@ -105,19 +106,25 @@ def sample_smiles(
 
 
 @torch.no_grad()
-def reconstruction_accuracy(vae: GraphVAE, vocab: Vocabulary, batch: GraphBatch) -> float:
+def reconstruction_accuracy(
+    vae: GraphVAE, vocab: Vocabulary, batch: GraphBatch, stereo: StereoBatch | None = None
+) -> float:
     """Share of the graphs in ``batch`` whose greedy decode of the posterior mean is the same
-    molecule (canonical SMILES without stereo of both graphs), in [0, 1]."""
+    molecule (canonical SMILES without stereo of both graphs; isomeric, with their ``stereo``
+    labels, for a model with a stereo head), in [0, 1]."""
     was_training = vae.training
     vae.eval()
     try:
-        mu, _ = vae.encode(batch)  # (B, L)
+        mu, _ = vae.encode(batch, stereo)  # (B, L)
         dec = vae.decoder
         # greedy decoding ignores the noise; passing it keeps the global RNG untouched
-        u = torch.full((len(mu), dec.max_atoms + 1, dec.noise_width()), 0.5, device=mu.device)
-        decoded = batch_to_smiles(vae.sample(mu, temperature=0.0, uniforms=u), vocab)
+        u = torch.full((len(mu), dec.max_atoms + 1, vae.noise_width()), 0.5, device=mu.device)
+        decoded = vae.decode_smiles(mu, vocab, temperature=0.0, uniforms=u)
     finally:
         vae.train(was_training)
-    target = batch_to_smiles(batch, vocab)
+    if vae.stereo_head is not None and stereo is not None:
+        target = labelled_smiles(batch_to_mols(batch, vocab), stereo)
+    else:
+        target = batch_to_smiles(batch, vocab)
     hits = sum(d is not None and d == t for d, t in zip(decoded, target, strict=True))
     return hits / max(1, len(target))

@@ -39,6 +39,7 @@ from medgen.molecules.masks import ChemistryMasks
 
 if TYPE_CHECKING:
     from medgen.molecules.decoder import GraphStateDecoder
+    from medgen.molecules.stereo import StereoBatch, StereoHead
 
 NEG = -1e9  # masked logit (finite so that 0 * NEG stays 0 in losses)
 MAX_DIST = 16  # relative-position buckets for (j - i)
@@ -379,6 +380,10 @@ class GraphVAE(nn.Module):
     training molecules in raw units, kept standardized by ``condition_mean`` / ``condition_std``
     (:meth:`standardize`): the empirical prior of ``c`` that
     :func:`medgen.molecules.sampling.draw_noise` draws from.
+
+    ``stereo``: a :class:`medgen.molecules.stereo.StereoHead` labels each finished graph's
+    stereo candidates from the decoder's latent (trained on the data's labels); molecules then
+    decode to isomeric SMILES (:meth:`decode_smiles`).
     """
 
     def __init__(
@@ -396,6 +401,7 @@ class GraphVAE(nn.Module):
         condition_table: torch.Tensor | None = None,
         condition_mean: torch.Tensor | None = None,
         condition_std: torch.Tensor | None = None,
+        stereo: bool = False,
     ):
         super().__init__()
         if decoder not in DECODERS:
@@ -420,6 +426,11 @@ class GraphVAE(nn.Module):
             self.decoder = GraphStateDecoder(**sizes, masks=masks)
         else:
             self.decoder = GraphDecoder(**sizes)
+        self.stereo_head: StereoHead | None = None
+        if stereo:
+            from medgen.molecules.stereo import StereoHead
+
+            self.stereo_head = StereoHead(n_types=n_types, latent_dim=latent_dim)
         self.condition_dim = int(condition_dim)
         if self.condition_dim > 0:
             self.condition = nn.Linear(self.condition_dim, latent_dim)
@@ -454,23 +465,39 @@ class GraphVAE(nn.Module):
             return z
         return z + self.condition(cond.to(z.dtype))
 
-    def encode(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu, logvar)``, each ``(B, L)``."""
-        return self.encoder(batch.atoms, batch.adj)
+    def encode(
+        self, batch: GraphBatch, stereo: StereoBatch | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)``, each ``(B, L)``; with a stereo head and the batch's ``stereo``
+        labels, the mean also carries them (:meth:`StereoHead.encode_offset`)."""
+        mu, logvar = self.encoder(batch.atoms, batch.adj)
+        if self.stereo_head is not None and stereo is not None:
+            mu = mu + self.stereo_head.encode_offset(batch, stereo)
+        return mu, logvar
 
     def forward(
-        self, batch: GraphBatch, sample_z: bool | None = None, cond: torch.Tensor | None = None
+        self,
+        batch: GraphBatch,
+        sample_z: bool | None = None,
+        cond: torch.Tensor | None = None,
+        stereo: StereoBatch | None = None,
     ) -> dict[str, torch.Tensor]:
         """Batch means in nats per molecule: ``recon``, ``kl`` and the parts of ``recon``.
 
         ``z`` is drawn from ``q(z|x)`` when ``sample_z`` (default: in training mode), else the mean.
         ``cond`` ``(B, P)``: the molecules' standardized properties (a conditional VAE).
+        ``stereo``: the molecules' stereo labels (needed by a model with a stereo head).
         """
-        mu, logvar = self.encode(batch)
+        mu, logvar = self.encode(batch, stereo)
         if sample_z is None:
             sample_z = self.training
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample_z else mu
-        ll = self.decoder.log_likelihood(self.decoder_latent(z, cond), batch)
+        z_dec = self.decoder_latent(z, cond)
+        ll = self.decoder.log_likelihood(z_dec, batch)
+        if self.stereo_head is not None:
+            if stereo is None:
+                raise ValueError("a model with a stereo head needs the batch's stereo labels")
+            ll["stereo"] = self.stereo_head.log_likelihood(z_dec, batch, stereo)
         kl_dims = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)  # (B, L)
         kl = kl_dims.sum(-1)
         out = {f"nll_{k}": -v.mean() for k, v in ll.items()}
@@ -483,3 +510,37 @@ class GraphVAE(nn.Module):
         """Decode ``z (B, L)`` (or ``(B, L + P)``, see the class docstring); see
         :meth:`GraphDecoder.sample`."""
         return self.decoder.sample(self.decoder_latent(z), **kwargs)
+
+    def noise_width(self) -> int:
+        """Uniform numbers per decoding step: the decoder's, then 6 for the stereo head."""
+        return self.decoder.noise_width() + (6 if self.stereo_head is not None else 0)
+
+    @torch.no_grad()
+    def decode_smiles(
+        self,
+        z: torch.Tensor,
+        vocab: Any,
+        *,
+        temperature: float = 1.0,
+        uniforms: torch.Tensor | None = None,
+    ) -> list[str | None]:
+        """Canonical SMILES of :meth:`sample`'s graphs (None where RDKit rejects one); with a
+        stereo head, isomeric, the labels drawn from the uniforms' last 6 columns (greedy when
+        they are absent or ``temperature`` is 0)."""
+        from medgen.molecules.graph import batch_to_mols, batch_to_smiles
+
+        graphs = self.sample(z, temperature=temperature, uniforms=uniforms)
+        if self.stereo_head is None:
+            return batch_to_smiles(graphs, vocab)
+        from medgen.molecules.stereo import batch_candidates, labelled_smiles
+
+        mols = batch_to_mols(graphs, vocab)
+        cands = batch_candidates(mols, graphs.atoms.shape[1]).to(z.device)
+        width = self.decoder.noise_width()
+        noise = None
+        if uniforms is not None and uniforms.shape[-1] >= width + 6:
+            noise = uniforms[:, :, width : width + 6]
+        labels = self.stereo_head.choose(
+            self.decoder_latent(z), graphs, cands, temperature=temperature, uniforms=noise
+        )
+        return labelled_smiles(mols, labels)
