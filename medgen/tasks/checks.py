@@ -460,8 +460,10 @@ def check_train(cfg: Any) -> TrainJob:
     data = instantiate_checked(cfg.data, "data")
     check_model_fits_data(model, data)
     for name, node in (cfg.get("callbacks") or {}).items():
-        # medgen's own callbacks check their arguments; Lightning's need the run folder's path
-        if node is not None and str(node.get("_target_", "")).startswith("medgen."):
+        # medgen's own callbacks check their arguments; Lightning's and the checkpoint writers
+        # (a dirpath) need the run folder's path, which is not made yet
+        target = str(node.get("_target_", "")) if node is not None else ""
+        if target.startswith("medgen.") and "dirpath" not in node:
             instantiate_checked(node, f"callbacks.{name}")
     if job.ckpt_path:
         ckpt_file, ckpt, have = load_medgen_checkpoint(job.ckpt_path)

@@ -10,7 +10,7 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, ModelSummary
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ModelSummary
 
 from medgen.errors import UserError
 from medgen.tasks.checks import check_train as check
@@ -46,7 +46,8 @@ def train(cfg: DictConfig) -> Metrics:
     """Fit ``cfg.model`` on ``cfg.data`` with ``cfg.trainer``, optionally test; return metrics.
 
     Writes into the run dir: ``config.yaml`` (composed, resolved), ``provenance.json``,
-    ``checkpoints/`` (from the checkpoint callback, with ``last.ckpt``) and ``metrics.json``
+    ``checkpoints/`` (the best by the monitored metric, and ``last.ckpt``, the latest state, from
+    :class:`~medgen.utils.latest_checkpoint.LatestCheckpoint`) and ``metrics.json``
     (see :func:`metrics_record`: a NaN/inf metric is written as null and named in ``non_finite``).
     A resume into the same run dir keeps the first run's files and adds
     ``config.resume-<k>.yaml`` and ``provenance.resume-<k>.json``. With ``optimized_metric``,
@@ -217,8 +218,10 @@ def metrics_record(metrics: dict[str, float]) -> dict[str, Any]:
 
 
 def _best_checkpoint(trainer) -> str | None:
-    ckpt_cb = getattr(trainer, "checkpoint_callback", None)
-    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""
+    """The first ModelCheckpoint's best file: ``trainer.checkpoint_callback`` may be the
+    LatestCheckpoint, whose ``last.ckpt`` is not a best."""
+    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     return best or None
 
 

@@ -201,7 +201,8 @@ def test_overfit_model_reconstructs_its_molecules_and_logs_it(tmp_path):
 def test_last_ckpt_is_the_latest_state_not_the_best_one(tmp_path, monkeypatch):
     """What a resume reads is the last step: with a monitored metric that never improves after
     the first validation (validity is 1.0 every time), the best checkpoint stays at epoch 0 and
-    ``last.ckpt`` still moves on (Lightning's own ``save_last`` would leave it at the best)."""
+    ``last.ckpt`` (LatestCheckpoint) still moves on (Lightning's own ``save_last`` would leave it
+    at the best)."""
     monkeypatch.setenv("MEDGEN_CACHE_DIR", str(tmp_path / "cache"))
     metrics = train_tiny(tmp_path, ["data.limit=32", "data.batch_size=16", "trainer.max_epochs=3",
                                     "callbacks.molecule_sampling.n_samples=4",

@@ -8,10 +8,12 @@ from pathlib import Path
 import hydra
 import pytest
 from omegaconf import OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from medgen.cli import TASKS
 from medgen.tasks import checks
 from medgen.tasks.instantiate import instantiate_group
+from medgen.utils.latest_checkpoint import LatestCheckpoint
 from tests.conftest import CONFIG_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -111,8 +113,9 @@ def test_debug_fast_is_small_and_on_cpu(compose_cfg):
 def test_callbacks_checkpoint_into_run_dir(compose_cfg, tmp_path):
     cfg = compose_cfg("train")
     callbacks = instantiate_group(cfg.callbacks, "callbacks")
-    best, last = [c for c in callbacks if type(c).__name__ == "ModelCheckpoint"]
-    assert best.monitor == "val/loss" and last.monitor is None and last.filename == "last"
-    assert Path(best.dirpath) == Path(last.dirpath) == tmp_path / "run" / "checkpoints"
+    (best,) = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    (last,) = [c for c in callbacks if isinstance(c, LatestCheckpoint)]
+    assert best.monitor == "val/loss" and last.path.name == "last.ckpt"
+    assert Path(best.dirpath) == last.dirpath == tmp_path / "run" / "checkpoints"
     names = {type(c).__name__ for c in callbacks}
     assert {"LearningRateMonitor", "TQDMProgressBar"} <= names
