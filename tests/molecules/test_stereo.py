@@ -197,6 +197,10 @@ def test_train_with_data_stereo_end_to_end(tmp_path, monkeypatch):
     assert vae.module.hparams["stereo"] is True and vae.vae.stereo_head is not None
     drawn = vae.sample(32, seed=0)
     assert all(s is not None for s in drawn)
+    # the encoder reads the labels: two enantiomers get two latents
+    left, right = vae.encode(["C[C@H](N)C(=O)O", "C[C@@H](N)C(=O)O"])
+    assert not torch.allclose(left, right)
+    assert 0.0 <= vae.reconstruction_accuracy(_isomers(8)) <= 1.0
     metrics = list((tmp_path / "run").rglob("metrics.csv"))
     assert metrics
     assert any("val/nll_stereo" in p.read_text().splitlines()[0] for p in metrics)
