@@ -66,6 +66,14 @@ def _tiny_inputs(data_dir: Path) -> None:
     lines = [line.split()[0] for line in EMBEDDED_SAMPLE.read_text().splitlines() if line.strip()]
     with gzip.open(moses / "train.csv.gz", "wt") as fh:
         fh.write("SMILES\n" + "\n".join(lines[:300]) + "\n")
+    # laid out as `medgen data qm9_stereo` writes it: index, isomeric smiles, QM9's own smiles
+    from tests.molecules.test_stereo import HAND
+
+    stereo = data_dir / "qm9_stereo"
+    stereo.mkdir(parents=True)
+    with gzip.open(stereo / "qm9_stereo.csv.gz", "wt") as fh:
+        rows = [f"{i},{s},{s}" for i, s in enumerate(HAND * 4)]
+        fh.write("index,smiles,smiles_qm9\n" + "\n".join(rows) + "\n")
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
