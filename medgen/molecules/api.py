@@ -519,7 +519,8 @@ class MoleculeVAE:
                         "what comes out", property, steer, WEAK_STEER)  # fmt: skip
         finite = torch.isfinite(y)
         order = torch.argsort(torch.where(finite, sign * y, -torch.inf), descending=True)
-        seen = {_canonical(s) for s in fitted}  # decodes are canonical: compare like with like
+        stereo = self.vae.stereo_head is not None
+        seen = {_canonical(s, stereo) for s in fitted}  # decodes are canonical: like with like
         rows: dict[str, dict] = {}  # every distinct new decode, usable or not
         columns = ["smiles", "score", "predicted", "property", "penalty", *Usability._fields,
                    "step", "start_smiles", "start_score"]  # fmt: skip
@@ -613,10 +614,11 @@ class MoleculeVAE:
         return new
 
 
-def _canonical(smiles: str) -> str:
-    """Canonical SMILES of the standardized graph (as decodes are); the input if unreadable."""
+def _canonical(smiles: str, stereo: bool = False) -> str:
+    """Canonical SMILES of the standardized graph (as decodes are; isomeric for a stereo
+    model); the input if unreadable."""
     try:
-        return round_trip(smiles)
+        return smiles_with_stereo(smiles)[4] if stereo else round_trip(smiles)
     except Exception:  # noqa: BLE001 - an unreadable SMILES simply matches no decode
         return smiles
 

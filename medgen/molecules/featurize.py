@@ -238,7 +238,8 @@ def cache_file(
     """Where the featurized graphs of ``path`` live (see module docstring)."""
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|v{FEATURIZER_VERSION}|{limit}"
-    key += "|stereo" if stereo else ""  # without: the keys of caches written before the option
+    # without stereo: the keys of caches written before the option; 2: ties ordered by chirality
+    key += "|stereo2" if stereo else ""
     name = f"{path.name}.graphs-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     # never beside the source: a data folder may be read-only, shared or under version control
     return cache_folder("graphs", folder=cache_dir) / name

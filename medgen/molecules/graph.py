@@ -271,9 +271,17 @@ def mol_to_tokens_with_stereo(
 ) -> tuple[list[str], list[tuple[int, int, int]], list[int], list[int]]:
     """:func:`mol_to_tokens` plus stereo labels (:mod:`medgen.molecules.stereo`): one per atom and
     one per bond (aligned with the bonds), ``NOT_CANDIDATE`` where none applies."""
+    from rdkit import Chem
+
     from medgen.molecules.stereo import NOT_CANDIDATE, stereo_labels
 
     flat, with_stereo = standardize_with_stereo(mol)
+    # atoms equal by constitution (meso compounds, ring stereo) are ordered by a rank that sees
+    # chirality, never by the input's atom order, so one configuration gets one set of labels
+    ranks = list(Chem.CanonicalRankAtoms(with_stereo, breakTies=True, includeChirality=True))
+    renumber = sorted(range(with_stereo.GetNumAtoms()), key=ranks.__getitem__)
+    flat = Chem.RenumberAtoms(flat, renumber)
+    with_stereo = Chem.RenumberAtoms(with_stereo, renumber)
     tokens, bonds, order = _tokens(flat)
     chirality, on_bonds = stereo_labels(with_stereo, order)
     labels = [on_bonds.get((i, j), NOT_CANDIDATE) for i, j, _ in bonds]

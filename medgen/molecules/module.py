@@ -249,6 +249,9 @@ class GraphVAEModule(pl.LightningModule):
             raise UserError(f"model.init_from={self.hparams['init_from']}: holds kind={kind!r}, "
                             "not a graph_vae")  # fmt: skip
         hp = upgrade_hparams(ckpt["hyper_parameters"])
+        if hp.get("stereo") and not self.hparams.get("stereo"):
+            raise UserError(f"model.init_from={self.hparams['init_from']}: a stereo model; set "
+                            "data.stereo=true to fine-tune it")  # fmt: skip
         mine, theirs = self.hparams.get("conditions") or [], hp.get("conditions") or []
         if theirs and mine != theirs:
             raise UserError(f"model.init_from={self.hparams['init_from']}: a model conditioned on "

@@ -112,6 +112,8 @@ def reconstruction_accuracy(
     """Share of the graphs in ``batch`` whose greedy decode of the posterior mean is the same
     molecule (canonical SMILES without stereo of both graphs; isomeric, with their ``stereo``
     labels, for a model with a stereo head), in [0, 1]."""
+    if vae.stereo_head is not None and stereo is None:
+        raise ValueError("a stereo model's reconstruction needs the batch's stereo labels")
     was_training = vae.training
     vae.eval()
     try:
