@@ -529,7 +529,8 @@ class GraphVAE(nn.Module):
         they are absent or ``temperature`` is 0)."""
         from medgen.molecules.graph import batch_to_mols, batch_to_smiles
 
-        graphs = self.sample(z, temperature=temperature, uniforms=uniforms)
+        z_dec = self.decoder_latent(z)
+        graphs = self.decoder.sample(z_dec, temperature=temperature, uniforms=uniforms)
         if self.stereo_head is None:
             return batch_to_smiles(graphs, vocab)
         from medgen.molecules.stereo import batch_candidates, labelled_smiles
@@ -541,6 +542,6 @@ class GraphVAE(nn.Module):
         if uniforms is not None and uniforms.shape[-1] >= width + 6:
             noise = uniforms[:, :, width : width + 6]
         labels = self.stereo_head.choose(
-            self.decoder_latent(z), graphs, cands, temperature=temperature, uniforms=noise
+            z_dec, graphs, cands, temperature=temperature, uniforms=noise
         )
         return labelled_smiles(mols, labels)

@@ -11,15 +11,18 @@ import torch
 
 from medgen.molecules.featurize import EMBEDDED_SAMPLE, cache_file, load_source
 from medgen.molecules.graph import (
-    AtomType,
     Vocabulary,
-    _build_mol,
     collate_graphs,
     encode_tokens,
     mol_to_tokens,
     mol_to_tokens_with_stereo,
 )
-from medgen.molecules.stereo import NOT_CANDIDATE, assign, collate_stereo
+from medgen.molecules.stereo import (
+    NOT_CANDIDATE,
+    collate_stereo,
+    labels_tensors,
+    smiles_with_stereo,
+)
 
 HAND = [
     "C[C@H](N)C(=O)O",  # L-alanine
@@ -41,13 +44,8 @@ HAND = [
 
 
 def _rebuilt(smiles: str) -> str:
-    from rdkit import Chem
-
-    tokens, bonds, chirality, on_bonds = mol_to_tokens_with_stereo(Chem.MolFromSmiles(smiles))
-    built = _build_mol([AtomType.from_token(t) for t in tokens], bonds)
-    chosen = {k: v for k, v in enumerate(chirality) if v > 0}
-    pairs = {(i, j): v for (i, j, _), v in zip(bonds, on_bonds, strict=True) if v > 0}
-    return Chem.MolToSmiles(assign(built, chosen, pairs))
+    """The isomeric SMILES of the graph and labels featurized from ``smiles``."""
+    return smiles_with_stereo(smiles)[4]
 
 
 def _isomers(n: int) -> list[str]:
@@ -143,11 +141,7 @@ def _tiny_stereo_model(smiles: list[str], steps: int):
     encoded = [mol_to_tokens_with_stereo(Chem.MolFromSmiles(s)) for s in smiles]
     vocab = Vocabulary(sorted({t for toks, *_ in encoded for t in toks}))
     graphs = [encode_tokens(toks, bonds, vocab) for toks, bonds, _, _ in encoded]
-    labels = []
-    for (_, _, chirality, on_bonds), g in zip(encoded, graphs, strict=True):
-        keep = torch.tensor(on_bonds) >= 0
-        rows = g.bonds[:, :2][keep] if len(g.bonds) else torch.zeros(0, 2, dtype=torch.long)
-        labels.append((torch.tensor(chirality), rows, torch.tensor(on_bonds)[keep]))
+    labels = [labels_tensors(bonds, chi, on_bonds) for _, bonds, chi, on_bonds in encoded]
     batch, stereo = collate_graphs(graphs), collate_stereo(labels)
     torch.manual_seed(0)
     vae = GraphVAE(capacity=vocab.capacity, max_atoms=int(batch.n_atoms.max()), latent_dim=8,
