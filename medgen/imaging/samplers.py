@@ -176,7 +176,8 @@ def resolve_settings(
     ``sampler`` None: the objective's default; ``steps`` None: the sampler's; ``eta``: 0 for ddim,
     1 for ddpm, None for the deterministic samplers; ``shift``: > 0, RFlow models only;
     ``condition``: an index or a class name -> the index (refused when ``num_classes`` is 0).
-    Guidance needs a condition; ``temperature`` is a molecule setting (must stay 1.0). Raises a
+    Guidance needs a condition; ``temperature`` and ``latent_prior`` are molecule settings
+    (must stay 1.0 and auto). Raises a
     :class:`~medgen.errors.UserError` naming the setting.
     """
     sampler, steps = resolve_sampler(
@@ -194,6 +195,9 @@ def resolve_settings(
         raise ConfigError(
             "temperature", settings.temperature, "1.0 for a scan model (molecules only)"
         )
+    if settings.extra.get("latent_prior", "auto") != "auto":
+        raise ConfigError("latent_prior", settings.extra["latent_prior"],
+                          "auto for a scan model (molecules only)")  # fmt: skip
     return settings.replace(
         sampler=sampler,
         steps=steps,

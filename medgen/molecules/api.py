@@ -36,7 +36,12 @@ from medgen.molecules.graph import (
     smiles_to_tokens,
 )
 from medgen.molecules.module import GraphVAEModule
-from medgen.molecules.sampling import decode_indices, draw_noise, sample_smiles
+from medgen.molecules.sampling import (
+    decode_indices,
+    draw_noise,
+    latent_prior_choice,
+    sample_smiles,
+)
 from medgen.molecules.stereo import collate_stereo, labels_tensors, smiles_with_stereo
 from medgen.molecules.vae import GraphVAE
 from medgen.utils.logging import get_logger
@@ -288,18 +293,39 @@ class MoleculeVAE:
         temperature: float = 1.0,
         batch_size: int = 1000,
         condition: Mapping[str, str] | str | None = None,
+        latent_prior: str = "auto",
     ) -> list[str | None]:
         """``n`` molecules from the prior (see :func:`sample_smiles`); with ``condition`` the
         SMILES of :meth:`sample_conditioned` (all meet the targets; fewer than ``n`` when the
-        budget ran out, which it logs)."""
+        budget ran out, which it logs). ``latent_prior``: ``auto`` (the fitted prior when the
+        model has one, :meth:`fit_prior`), ``fitted`` or ``normal`` (N(0, I))."""
         if condition is not None:
             frame = self.sample_conditioned(
-                n, condition, seed=seed, temperature=temperature, batch_size=batch_size
-            )
+                n, condition, seed=seed, temperature=temperature, batch_size=batch_size,
+                latent_prior=latent_prior,
+            )  # fmt: skip
             return list(frame["smiles"])
-        return sample_smiles(
-            self.vae, self.vocab, n, seed=seed, temperature=temperature, batch_size=batch_size
-        )
+        with latent_prior_choice(self.vae, latent_prior):
+            return sample_smiles(self.vae, self.vocab, n, seed=seed, temperature=temperature,
+                                 batch_size=batch_size)  # fmt: skip
+
+    def fit_prior(
+        self,
+        smiles: Sequence[str],
+        *,
+        components: int = 8,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Fit a latent prior (:mod:`medgen.molecules.prior`: a Gaussian mixture over posterior
+        draws of ``smiles``, jointly with their properties for a conditional model) and sample
+        from it from now on. Returns the fit's report (held-out log-likelihood of the fit and of
+        N(0, I), ``heldout_ll_z`` / ``normal_ll_z``)."""
+        from medgen.molecules.prior import encode_for_prior, fit_prior
+
+        z, cond, skipped = encode_for_prior(self, smiles, seed=seed)
+        self.vae.latent_prior, report = fit_prior(z, cond, components=components, seed=seed)
+        report["skipped"] = skipped
+        return report
 
     def heads_record(self) -> dict[str, Any]:
         """:attr:`heads` as a checkpoint's ``property_heads`` record."""
@@ -316,14 +342,16 @@ class MoleculeVAE:
         temperature: float = 1.0,
         batch_size: int = 1000,
         budget_factor: int | None = None,
+        latent_prior: str = "auto",
     ):
         """Up to ``n`` molecules meeting every target of ``condition`` (e.g. ``{"qed": ">=0.8",
         "sa": "<=3"}``), as ``medgen sample condition=...`` draws them: a DataFrame ``index,
         smiles, <property>...`` (the RDKit values) in stream order; ``frame.attrs`` holds the
         report (guided and unguided success rates, IntDiv, ``shortfall``).
 
-        Candidate ``i`` is the same as in ``medgen sample`` with the same seed, temperature and
-        heads. Raises a ``UserError`` for a bad condition or a property without a head.
+        Candidate ``i`` is the same as in ``medgen sample`` with the same seed, temperature,
+        heads and ``latent_prior`` (as in :meth:`sample`). Raises a ``UserError`` for a bad
+        condition or a property without a head.
         """
         import pandas as pd
 
@@ -362,11 +390,12 @@ class MoleculeVAE:
             return sample_smiles(self.vae, self.vocab, len(indices), start=start,
                                  batch_size=batch_size, **kw)  # fmt: skip
 
-        chosen, found = select_targets(
-            {}, n, condition, draw=draw, chance=chance,
-            heads=record["heads"] if stats is None else None,
-            budget_factor=budget_factor or BUDGET_FACTOR, batch_size=batch_size,
-        )  # fmt: skip
+        with latent_prior_choice(self.vae, latent_prior):
+            chosen, found = select_targets(
+                {}, n, condition, draw=draw, chance=chance,
+                heads=record["heads"] if stats is None else None,
+                budget_factor=budget_factor or BUDGET_FACTOR, batch_size=batch_size,
+            )  # fmt: skip
         frame = pd.DataFrame({"index": chosen.indices, "smiles": chosen.smiles, **found.values})
         frame.attrs.update(found.report)
         return frame

@@ -27,7 +27,9 @@ import torch
 from medgen.errors import ConfigError, InputFileError, UserError
 from medgen.generation import Generated, Output
 from medgen.molecules.graph import Vocabulary
-from medgen.molecules.sampling import decode_indices
+from medgen.molecules.prior import KEY as PRIOR_KEY
+from medgen.molecules.prior import LatentPrior
+from medgen.molecules.sampling import decode_indices, latent_prior_choice
 from medgen.molecules.vae import DECODERS, GraphVAE, check_temperature
 from medgen.records import SampleSettings
 from medgen.utils.logging import get_logger
@@ -341,6 +343,16 @@ class GraphVAEModule(pl.LightningModule):
             raise InputFileError(f"checkpoint {file}: hyper_parameters do not fit: {err}") from err
         load_weights(model, ckpt["state_dict"], file)
         model.property_heads = ckpt.get("property_heads")
+        prior = ckpt.get(PRIOR_KEY)
+        if prior is not None:
+            vae = model.vae
+            assert vae is not None  # built from the hyper-parameters above
+            try:
+                vae.latent_prior = LatentPrior.from_record(
+                    prior, latent_dim=vae.latent_dim, condition_dim=vae.condition_dim
+                )
+            except InputFileError as err:
+                raise InputFileError(f"checkpoint {file}: {err}") from err
         return model.eval()
 
     def resolve_settings(self, settings: SampleSettings) -> SampleSettings:
@@ -361,13 +373,23 @@ class GraphVAEModule(pl.LightningModule):
                 settings.condition, self.property_heads, stats=self.hparams.get("condition_stats")
             )
             settings = settings.replace(condition=condition)
+        # the latent prior drawn from, as used: fitted (the checkpoint's) or normal
+        choice = settings.extra.get("latent_prior", "auto")
+        if self.vae is not None:
+            with latent_prior_choice(self.vae, choice):
+                used = "fitted" if self.vae.latent_prior is not None else "normal"
+            settings = settings.replace(extra={**settings.extra, "latent_prior": used})
         return settings.replace(temperature=check_temperature(settings.temperature))
 
     def generate(self, indices: Sequence[int], settings: SampleSettings) -> Generated:
         """Molecules ``indices`` of ``settings.seed`` from the prior: canonical SMILES (None where
         RDKit rejected a decoded graph); molecule ``i`` depends on ``(seed, i)`` only."""
         vae, vocab = self.built()
-        indices = [int(i) for i in indices]
+        with latent_prior_choice(vae, settings.extra.get("latent_prior", "auto")):
+            return self._generate([int(i) for i in indices], settings)
+
+    def _generate(self, indices: list[int], settings: SampleSettings) -> Generated:
+        vae, vocab = self.built()
         stats = self.hparams.get("condition_stats") if self.hparams.get("conditions") else None
         if settings.condition is not None and stats is not None:  # a conditional VAE
             from medgen.molecules.conditioning import condition_rows

@@ -8,11 +8,13 @@ The Lightning module, the scripting API and the validation callback all decode t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import cast
 
 import torch
 
+from medgen.errors import ConfigError
 from medgen.molecules.graph import GraphBatch, Vocabulary, batch_to_mols, batch_to_smiles
 from medgen.molecules.stereo import StereoBatch, labelled_smiles
 from medgen.molecules.vae import GraphVAE, check_temperature
@@ -27,8 +29,9 @@ def draw_noise(
     device: torch.device | str = "cpu",
     rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents ``(B, L)`` ~ N(0, I) and decoder uniforms ``(B, max_atoms + 1, W)`` in [0, 1) for
-    molecules ``indices`` of ``seed`` (``W = vae.noise_width()``).
+    """Latents ``(B, L)`` of the prior (N(0, I) or the fitted one) and decoder uniforms
+    ``(B, max_atoms + 1, W)`` in [0, 1) for molecules ``indices`` of ``seed``
+    (``W = vae.noise_width()``).
 
     Row ``k`` comes from ``sample_generator(seed, indices[k])`` alone: first the latent, then the
     uniforms. Drawn on the CPU (the same numbers on every device), then moved to ``device``.
@@ -36,6 +39,11 @@ def draw_noise(
     A conditional VAE (``vae.condition_dim`` P > 0) gets ``(B, L + P)``: after ``z``, a row of its
     ``condition_table`` drawn (by the same generator, after the uniforms) from ``rows`` (indices
     into the table: the training molecules meeting a condition; None: every row).
+
+    A model with a fitted latent prior (``vae.latent_prior``, :mod:`medgen.molecules.prior`)
+    turns each row's normals into a draw of the mixture, conditioned on the row's condition:
+    its generator draws one more uniform, last, to pick the component. Without one, the rows
+    are exactly what they were before priors existed.
     """
     dec = vae.decoder
     p = int(getattr(vae, "condition_dim", 0))
@@ -45,15 +53,45 @@ def draw_noise(
     table = cast(torch.Tensor, vae.condition_table).cpu() if p else None
     if table is not None and rows is not None and len(rows) == 0:
         raise ValueError("no condition-table row to draw from")
+    prior = getattr(vae, "latent_prior", None)
+    pick = torch.empty(len(indices))
     for k, i in enumerate(indices):
         gen = sample_generator(seed, int(i))
         z[k, : vae.latent_dim] = torch.randn(vae.latent_dim, generator=gen)
         u[k] = torch.rand(dec.max_atoms + 1, width, generator=gen)
         if table is not None:
             pool = len(table) if rows is None else len(rows)
-            pick = int(torch.randint(pool, (1,), generator=gen))
-            z[k, vae.latent_dim :] = table[pick if rows is None else int(rows[pick])]
+            row = int(torch.randint(pool, (1,), generator=gen))
+            z[k, vae.latent_dim :] = table[row if rows is None else int(rows[row])]
+        if prior is not None:
+            pick[k] = torch.rand(1, generator=gen)
+    if prior is not None and len(indices):
+        cond = z[:, vae.latent_dim :] if p else None
+        z[:, : vae.latent_dim] = prior.draw(z[:, : vae.latent_dim].contiguous(), pick, cond)
     return z.to(device), u.to(device)
+
+
+@contextmanager
+def latent_prior_choice(vae: GraphVAE, choice: str = "auto") -> Iterator[None]:
+    """Draw with the model's fitted latent prior (``auto``, ``fitted``) or with N(0, I)
+    (``normal``) inside the block; ``fitted`` without one is a ``ConfigError``."""
+    from medgen.molecules.prior import CHOICES
+
+    if choice not in CHOICES:
+        raise ConfigError("latent_prior", choice, " | ".join(CHOICES))
+    prior = getattr(vae, "latent_prior", None)
+    if choice == "fitted" and prior is None:
+        raise ConfigError("latent_prior", choice, "auto or normal: the checkpoint holds no "
+                          "latent prior (fit one: python -m medgen.molecules.prior <ckpt> "
+                          "--out <new .ckpt>)")  # fmt: skip
+    if choice != "normal":
+        yield
+        return
+    vae.latent_prior = None
+    try:
+        yield
+    finally:
+        vae.latent_prior = prior
 
 
 @torch.no_grad()

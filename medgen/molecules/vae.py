@@ -39,6 +39,7 @@ from medgen.molecules.masks import ChemistryMasks
 
 if TYPE_CHECKING:
     from medgen.molecules.decoder import GraphStateDecoder
+    from medgen.molecules.prior import LatentPrior
     from medgen.molecules.stereo import StereoBatch, StereoHead
 
 NEG = -1e9  # masked logit (finite so that 0 * NEG stays 0 in losses)
@@ -431,6 +432,8 @@ class GraphVAE(nn.Module):
             from medgen.molecules.stereo import StereoHead
 
             self.stereo_head = StereoHead(n_types=n_types, latent_dim=latent_dim)
+        #: a prior fitted after training (:mod:`medgen.molecules.prior`); None: N(0, I)
+        self.latent_prior: LatentPrior | None = None
         self.condition_dim = int(condition_dim)
         if self.condition_dim > 0:
             self.condition = nn.Linear(self.condition_dim, latent_dim)

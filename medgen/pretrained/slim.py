@@ -35,8 +35,8 @@ KEY = "medgen_pretrained"
 FORMAT = 1
 DEFAULT_MAX_MB = 10.0
 _EMA_BUFFERS = ("num_updates", "last_step")  # medgen.imaging.ema.EMA's own buffers
-# records beside the weights that a shipped file keeps (molecule property heads)
-KEPT = ("property_heads",)
+# records beside the weights that a shipped file keeps (molecule property heads, latent prior)
+KEPT = ("property_heads", "latent_prior")
 
 
 # ------------------------------------------------------------------------- the slimmed layout

@@ -55,6 +55,7 @@ class SampleJob:
     condition: int | str | dict[str, Any] | None = None  # molecules: property targets
     use_ema: bool = True
     temperature: float = field(default=1.0, metadata={"ge": 0.0})
+    latent_prior: Literal["auto", "fitted", "normal"] = "auto"  # molecules
     # molecule release (medgen.molecules.release): drop training copies, dual-use alerts
     novel_only: bool = False
     dualuse: bool = True
@@ -119,6 +120,7 @@ class SampleJob:
                 for k, v, default in (
                     ("layout", self.layout, "decathlon"),
                     ("preview_labels", self.preview_labels, "overlay"),
+                    ("latent_prior", self.latent_prior, "auto"),
                 )
                 if v != default
             },  # fmt: skip

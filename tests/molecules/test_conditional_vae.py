@@ -4,7 +4,10 @@ conditioned samples meet their targets above chance."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -183,3 +186,42 @@ def test_a_resumed_run_continues_the_checkpoint_model_not_one_built_from_new_dat
     with pytest.raises(UserError, match="resume it with model.conditions"):
         train_tiny(tmp_path / "r2", [*SMALL, "data.limit=300", "trainer.max_epochs=17",
                                      f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])  # fmt: skip
+
+
+def test_a_fitted_latent_prior_lands_in_a_new_checkpoint_and_sampling_draws_from_it(
+    cvae_run, tmp_path
+):
+    from medgen.generation import sample_to
+    from medgen.molecules import prior as prior_cli
+    from medgen.molecules.module import GraphVAEModule
+    from medgen.pretrained.slim import slim
+    from medgen.records import SampleSettings
+
+    _, run, _ = cvae_run
+    out = tmp_path / "prior.ckpt"
+    assert prior_cli.main([str(run), "--out", str(out), "--n", "400", "--components", "2"]) == 0
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    record = ckpt["latent_prior"]
+    assert (record["latent_dim"], record["condition_dim"]) == (8, 2)
+    assert record["fitted_on"]["molecules"] >= 300 and record["fitted_on"]["components"] == 2
+    assert "latent_prior" in slim(ckpt, name="t")  # a shipped model keeps it
+    fitted, plain = MoleculeVAE.from_checkpoint(out), MoleculeVAE.from_checkpoint(run)
+    assert fitted.vae.latent_prior is not None and plain.vae.latent_prior is None
+    drawn = fitted.sample(60, seed=2)
+    assert fitted.sample(60, seed=2, latent_prior="normal") == plain.sample(60, seed=2)
+    assert drawn != plain.sample(60, seed=2) and all(s is not None for s in drawn)
+    # medgen sample: the record says which prior was used; fitted without one is refused
+    module = GraphVAEModule.from_checkpoint(out)
+    assert module.resolve_settings(SampleSettings()).extra["latent_prior"] == "fitted"
+    sample_to(module, SampleSettings(seed=2), out=tmp_path / "m.csv", checkpoint=out, n=60,
+              batch_size=32, preview=False)  # fmt: skip
+    text = "\n".join(r for r in (tmp_path / "m.csv").read_text().splitlines()
+                     if not r.startswith("# "))  # the mark  # fmt: skip
+    written = pd.read_csv(io.StringIO(text)).sort_values("index")["smiles"]
+    assert written.tolist() == drawn
+    with pytest.raises(UserError, match="latent_prior"):
+        GraphVAEModule.from_checkpoint(run).resolve_settings(
+            SampleSettings(extra={"latent_prior": "fitted"})
+        )
+    assert prior_cli.main([str(run), "--out", str(out)]) == 2  # exists: --overwrite
+    assert prior_cli.main([str(out), "--out", str(out), "--overwrite"]) == 2  # an input
