@@ -168,11 +168,16 @@ class LatentPrior:
     @classmethod
     def from_record(cls, record: Any, *, latent_dim: int, condition_dim: int) -> LatentPrior:
         """The prior of a checkpoint's record; ``InputFileError`` when it is malformed or does
-        not fit a model with ``latent_dim`` and ``condition_dim``."""
+        not fit a model with ``latent_dim`` and ``condition_dim`` (a prior without condition
+        columns fits any ``condition_dim``)."""
         if not isinstance(record, Mapping) or record.get("format") != FORMAT:
             raise InputFileError(f"the checkpoint's {KEY} record is not format {FORMAT}; refit "
                                  "it with python -m medgen.molecules.prior")  # fmt: skip
-        if (record.get("latent_dim"), record.get("condition_dim")) != (latent_dim, condition_dim):
+        # a prior over z alone (condition_dim 0) fits a conditional model too (--marginal)
+        if record.get("latent_dim") != latent_dim or record.get("condition_dim") not in (
+            0,
+            condition_dim,
+        ):
             raise InputFileError(
                 f"the checkpoint's {KEY} is for latent_dim={record.get('latent_dim')}, "
                 f"condition_dim={record.get('condition_dim')}; the model has {latent_dim}, "
@@ -277,11 +282,13 @@ def add_prior(
     n: int = DEFAULT_N,
     components: int = DEFAULT_COMPONENTS,
     seed: int = 0,
+    marginal: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fit the prior of ``checkpoint`` on ``n`` molecules of ``data`` (None: the run's training
     split) and write the checkpoint with it to ``out`` (atomically; never over an input).
-    Returns the record's report (without the tensors)."""
+    ``marginal``: a conditional model's prior over ``z`` alone, drawn independently of the
+    condition row. Returns the record's report (without the tensors)."""
     from medgen.molecules.api import MoleculeVAE
     from medgen.molecules.conditioning import _read_smiles, training_smiles
     from medgen.utils.atomic import atomic_path
@@ -312,8 +319,9 @@ def add_prior(
     picks = np.sort(rng.choice(len(smiles), size=min(n, len(smiles)), replace=False))
     log.info("latent prior: encoding %d molecules", len(picks))
     z, cond, skipped = encode_for_prior(vae, [smiles[int(k)] for k in picks], seed=seed)
-    prior, report = fit_prior(z, cond, components=components, seed=seed)
-    report.update(source=source, skipped=int(skipped), checkpoint_sha256=file_sha256(file))
+    prior, report = fit_prior(z, None if marginal else cond, components=components, seed=seed)
+    report.update(source=source, skipped=int(skipped), checkpoint_sha256=file_sha256(file),
+                  marginal=bool(marginal and cond is not None))  # fmt: skip
     ckpt = load_checkpoint(file)  # as stored (a slimmed file stays slimmed)
     ckpt[KEY] = prior.record(fitted_on=report)
     with atomic_path(out) as tmp:
@@ -335,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--components", type=int, default=DEFAULT_COMPONENTS,
                         help="mixture components")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset, draws and split")
+    parser.add_argument("--marginal", action="store_true",
+                        help="fit z alone, drawn independently of the conditions")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     from medgen.utils.logging import configure_logging
@@ -343,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = add_prior(args.checkpoint, args.out, data=args.data, n=args.n,
                            components=args.components, seed=args.seed,
-                           overwrite=args.overwrite)  # fmt: skip
+                           marginal=args.marginal, overwrite=args.overwrite)  # fmt: skip
     except UserError as err:
         text = " ".join(str(err).split())
         print(f"medgen.molecules.prior: error: {text}", file=sys.stderr)

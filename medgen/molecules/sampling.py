@@ -66,7 +66,7 @@ def draw_noise(
         if prior is not None:
             pick[k] = torch.rand(1, generator=gen)
     if prior is not None and len(indices):
-        cond = z[:, vae.latent_dim :] if p else None
+        cond = z[:, vae.latent_dim :] if p and prior.condition_dim else None
         z[:, : vae.latent_dim] = prior.draw(z[:, : vae.latent_dim].contiguous(), pick, cond)
     return z.to(device), u.to(device)
 

@@ -98,6 +98,11 @@ def test_the_record_round_trips_through_a_weights_only_load(tmp_path):
     assert torch.allclose(again.draw(eps, pick, c), prior.draw(eps, pick, c), atol=1e-5)
     with pytest.raises(InputFileError, match="latent_dim=2, condition_dim=1; the model has 4, 1"):
         LatentPrior.from_record(record, latent_dim=4, condition_dim=1)
+    with pytest.raises(InputFileError, match="condition_dim=1; the model has 2, 3"):
+        LatentPrior.from_record(record, latent_dim=2, condition_dim=3)
+    z_only = LatentPrior(prior.weights, prior.means[:, :2], prior.covariances[:, :2, :2], 2)
+    for model_p in (0, 3):  # a prior over z alone fits a conditional model too (--marginal)
+        assert LatentPrior.from_record(z_only.record(), latent_dim=2, condition_dim=model_p)
     with pytest.raises(InputFileError, match="not format 1"):
         LatentPrior.from_record({**record, "format": 7}, latent_dim=2, condition_dim=1)
     broken = {**record, "covariances": -record["covariances"]}
@@ -112,14 +117,15 @@ def _vae(p: int) -> GraphVAE:
                     condition_table=table if p else None)  # fmt: skip
 
 
-@pytest.mark.parametrize("p", [0, 2])
-def test_draw_noise_with_a_prior_is_per_molecule_and_normal_draws_as_before(p):
+@pytest.mark.parametrize("p,joint", [(0, False), (2, True), (2, False)])
+def test_draw_noise_with_a_prior_is_per_molecule_and_normal_draws_as_before(p, joint):
     vae = _vae(p)
     z0, u0 = draw_noise(vae, range(30), 4)
     gen = torch.Generator().manual_seed(2)
     fitted, _ = fit_prior(torch.randn(500, 4, generator=gen) * 0.3 + 3.0,
-                          torch.randn(500, p, generator=gen) if p else None,
+                          torch.randn(500, p, generator=gen) if joint else None,
                           components=2)  # fmt: skip
+    assert fitted.condition_dim == (p if joint else 0)
     vae.latent_prior = fitted
     z1, u1 = draw_noise(vae, range(30), 4)
     assert torch.equal(u1, u0)  # the decoder's noise and the condition rows do not move
