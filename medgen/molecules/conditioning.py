@@ -609,21 +609,9 @@ def add_heads(
     """Fit the heads of ``checkpoint`` on ``data`` (None: the run's training split) and write
     the checkpoint with them to ``out`` (atomically; never over an input). Returns the record."""
     from medgen.molecules.api import MoleculeVAE
-    from medgen.utils.atomic import atomic_path
-    from medgen.utils.checkpoint import load_checkpoint, resolve_checkpoint
     from medgen.utils.provenance import file_sha256
 
-    file = resolve_checkpoint(checkpoint)
-    out = Path(out).expanduser()
-    if not out.name.endswith(".ckpt"):
-        raise ConfigError("--out", str(out), "a .ckpt file")
-    inputs = [file] + ([Path(data).expanduser()] if data is not None else [])
-    if any(out.resolve() == p.resolve() for p in inputs):
-        raise UserError(f"--out {out} is an input; write the new checkpoint elsewhere")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"--out {out} exists; choose another path or pass --overwrite")
-    if not out.parent.is_dir():
-        raise MissingFileError(f"--out {out}: the folder {out.parent} does not exist")
+    file, out = check_new_checkpoint(checkpoint, out, data=data, overwrite=overwrite)
     if not 10 <= n:
         raise ConfigError("--n", n, "an integer >= 10")
     unknown = [p for p in properties if p not in PROPERTIES]
@@ -636,12 +624,43 @@ def add_heads(
         smiles, source = _read_smiles(Path(data).expanduser())
     record = fit_heads(vae, smiles, properties=properties, n=n, seed=seed, source=source)
     record["fitted_on"]["checkpoint_sha256"] = file_sha256(file)
-    ckpt = load_checkpoint(file)  # as stored (a slimmed file stays slimmed)
-    ckpt[KEY] = record
+    write_with_record(file, out, KEY, record)
+    return record
+
+
+def check_new_checkpoint(
+    checkpoint: str | Path, out: str | Path, *, data: str | Path | None, overwrite: bool
+) -> tuple[Path, Path]:
+    """``(checkpoint file, out)`` for a command that writes a copy of ``checkpoint`` with a
+    record added: ``out`` must be a new ``.ckpt`` (or ``overwrite``) in an existing folder and
+    neither the checkpoint nor the ``data`` file (a user mistake naming ``--out`` otherwise)."""
+    from medgen.utils.checkpoint import resolve_checkpoint
+
+    file = resolve_checkpoint(checkpoint)
+    out = Path(out).expanduser()
+    if not out.name.endswith(".ckpt"):
+        raise ConfigError("--out", str(out), "a .ckpt file")
+    inputs = [file] + ([Path(data).expanduser()] if data is not None else [])
+    if any(out.resolve() == p.resolve() for p in inputs):
+        raise UserError(f"--out {out} is an input; write the new checkpoint elsewhere")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"--out {out} exists; choose another path or pass --overwrite")
+    if not out.parent.is_dir():
+        raise MissingFileError(f"--out {out}: the folder {out.parent} does not exist")
+    return file, out
+
+
+def write_with_record(file: Path, out: Path, key: str, record: Any) -> None:
+    """Write checkpoint ``file`` as stored (a slimmed file stays slimmed) plus ``record`` under
+    ``key`` to ``out``, atomically, and only once the copy loads with ``weights_only=True``."""
+    from medgen.utils.atomic import atomic_path
+    from medgen.utils.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(file)
+    ckpt[key] = record
     with atomic_path(out) as tmp:
         torch.save(ckpt, tmp)
         torch.load(tmp, map_location="cpu", weights_only=True)  # it must load before it lands
-    return record
 
 
 def _read_smiles(path: Path) -> tuple[list[str], str]:

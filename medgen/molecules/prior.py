@@ -41,8 +41,6 @@ import torch
 from medgen.errors import (
     ConfigError,
     InputFileError,
-    MissingFileError,
-    OutputExistsError,
     UserError,
 )
 from medgen.utils.logging import get_logger
@@ -290,22 +288,15 @@ def add_prior(
     ``marginal``: a conditional model's prior over ``z`` alone, drawn independently of the
     condition row. Returns the record's report (without the tensors)."""
     from medgen.molecules.api import MoleculeVAE
-    from medgen.molecules.conditioning import _read_smiles, training_smiles
-    from medgen.utils.atomic import atomic_path
-    from medgen.utils.checkpoint import load_checkpoint, resolve_checkpoint
+    from medgen.molecules.conditioning import (
+        _read_smiles,
+        check_new_checkpoint,
+        training_smiles,
+        write_with_record,
+    )
     from medgen.utils.provenance import file_sha256
 
-    file = resolve_checkpoint(checkpoint)
-    out = Path(out).expanduser()
-    if not out.name.endswith(".ckpt"):
-        raise ConfigError("--out", str(out), "a .ckpt file")
-    inputs = [file] + ([Path(data).expanduser()] if data is not None else [])
-    if any(out.resolve() == p.resolve() for p in inputs):
-        raise UserError(f"--out {out} is an input; write the new checkpoint elsewhere")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"--out {out} exists; choose another path or pass --overwrite")
-    if not out.parent.is_dir():
-        raise MissingFileError(f"--out {out}: the folder {out.parent} does not exist")
+    file, out = check_new_checkpoint(checkpoint, out, data=data, overwrite=overwrite)
     if n < 100:
         raise ConfigError("--n", n, "an integer >= 100")
     if components < 1:
@@ -322,11 +313,7 @@ def add_prior(
     prior, report = fit_prior(z, None if marginal else cond, components=components, seed=seed)
     report.update(source=source, skipped=int(skipped), checkpoint_sha256=file_sha256(file),
                   marginal=bool(marginal and cond is not None))  # fmt: skip
-    ckpt = load_checkpoint(file)  # as stored (a slimmed file stays slimmed)
-    ckpt[KEY] = prior.record(fitted_on=report)
-    with atomic_path(out) as tmp:
-        torch.save(ckpt, tmp)
-        torch.load(tmp, map_location="cpu", weights_only=True)  # it must load before it lands
+    write_with_record(file, out, KEY, prior.record(fitted_on=report))
     return report
 
 
