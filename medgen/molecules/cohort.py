@@ -110,6 +110,8 @@ class MoleculeCohort:
             record["share"] = True
         if self.settings.condition is not None:  # property targets (conditioning)
             record["condition"] = dict(self.settings.condition)  # type: ignore[arg-type]
+        # the latent prior drawn from; outputs made before priors existed read as "normal"
+        record["latent_prior"] = str(self.settings.extra.get("latent_prior", "normal"))
         return record
 
     def check(self, n: int, *, overwrite: bool) -> None:
@@ -343,6 +345,7 @@ class MoleculeCohort:
             previous = read_record(self.sidecar)
         except UserError:
             return False
+        previous = {**_IDENTITY_DEFAULTS, **previous}
         return all(previous.get(k) == v for k, v in self.identity().items())
 
     def _plan_matches(self) -> bool:
@@ -350,7 +353,7 @@ class MoleculeCohort:
             plan = read_record(self.parts / PLAN)
         except UserError:
             return False
-        return plan == self.identity()
+        return {**_IDENTITY_DEFAULTS, **plan} == self.identity()
 
     def _part_files(self) -> list[Path]:
         return sorted(self.parts.glob("part-r*.json")) if self.parts.is_dir() else []
@@ -384,8 +387,13 @@ def read_record(path: Path) -> dict[str, Any]:
     return data
 
 
+#: identity keys that older outputs lack, and what they meant then
+_IDENTITY_DEFAULTS = {"latent_prior": "normal"}
+
+
 def _refuse_other(previous: dict[str, Any], want: dict[str, Any], what: str) -> None:
-    changed = {k: previous.get(k) for k, v in want.items() if previous.get(k) != v}
+    before = {**_IDENTITY_DEFAULTS, **previous}
+    changed = {k: before.get(k) for k, v in want.items() if before.get(k) != v}
     if changed:
         wanted = ", ".join(f"{k}={want[k]!r} (was {v!r})" for k, v in changed.items())
         raise OutputExistsError(

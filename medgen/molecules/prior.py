@@ -68,8 +68,12 @@ class LatentPrior:
         covariances: torch.Tensor,
         latent_dim: int,
     ):
-        weights, means, covariances = (torch.as_tensor(t, dtype=torch.float64)
-                                       for t in (weights, means, covariances))  # fmt: skip
+        # on the CPU, where draw_noise draws; float32 values (what the record stores), so a
+        # prior fitted in memory draws what it draws after saving and loading
+        weights, means, covariances = (
+            torch.as_tensor(t).detach().to("cpu", torch.float32).to(torch.float64)
+            for t in (weights, means, covariances)
+        )
         k, d = means.shape if means.ndim == 2 else (0, 0)
         if (k == 0 or weights.shape != (k,) or covariances.shape != (k, d, d)
                 or not 0 < latent_dim <= d):  # fmt: skip
@@ -79,8 +83,10 @@ class LatentPrior:
                 f"{tuple(covariances.shape)}, latent_dim={latent_dim}"
             )
         if not (torch.isfinite(weights).all() and torch.isfinite(means).all()
-                and torch.isfinite(covariances).all()) or (weights < 0).any():  # fmt: skip
+                and torch.isfinite(covariances).all()):  # fmt: skip
             raise ValueError("a latent prior's weights, means and covariances must be finite")
+        if (weights < 0).any() or not weights.sum() > 0:
+            raise ValueError("a latent prior's weights must be >= 0 with a positive sum")
         self.weights = weights / weights.sum()
         self.means = means
         self.covariances = (covariances + covariances.transpose(1, 2)) / 2
@@ -129,7 +135,8 @@ class LatentPrior:
                              f"{tuple(eps.shape)} and {tuple(pick.shape)}")  # fmt: skip
         probs = self.responsibilities(cond if self.condition_dim else eps)
         cum = torch.cumsum(probs, dim=1)
-        comp = torch.searchsorted(cum, pick.to(torch.float64)[:, None]).squeeze(1)
+        # right=True: a pick of exactly 0 never lands on a component of probability 0
+        comp = torch.searchsorted(cum, pick.to(torch.float64)[:, None], right=True).squeeze(1)
         comp = comp.clamp(max=len(self.weights) - 1)  # round-off at the top of the last bin
         z = self.means[comp, : self.latent_dim].clone()
         if self.condition_dim:
@@ -183,7 +190,7 @@ class LatentPrior:
             )
         try:
             return cls(record["weights"], record["means"], record["covariances"], latent_dim)
-        except (KeyError, ValueError, RuntimeError) as err:
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
             raise InputFileError(f"the checkpoint's {KEY} record does not fit: {err}") from err
 
 
@@ -220,7 +227,8 @@ def fit_prior(
     z = torch.as_tensor(z, dtype=torch.float64)
     x = z if cond is None else torch.cat([z, torch.as_tensor(cond, dtype=torch.float64)], 1)
     if not torch.isfinite(x).all():
-        raise ValueError("latent prior: the encoded latents or conditions are not all finite")
+        raise UserError("latent prior: the encoded latents or conditions are not all finite "
+                        "(a diverged model?)")  # fmt: skip
     n = len(x)
     rng = np.random.default_rng(seed)
     order = torch.from_numpy(rng.permutation(n))
@@ -231,9 +239,14 @@ def fit_prior(
                         f"{10 * components} molecules to fit on, got {len(fit_rows)}")  # fmt: skip
     gmm = GaussianMixture(components, covariance_type="full", reg_covar=REG_COVAR,
                           random_state=seed, max_iter=300)  # fmt: skip
-    gmm.fit(x[fit_rows].numpy())
-    prior = LatentPrior(torch.from_numpy(gmm.weights_), torch.from_numpy(gmm.means_),
-                        torch.from_numpy(gmm.covariances_), z.shape[1])  # fmt: skip
+    try:
+        gmm.fit(x[fit_rows].numpy())
+        prior = LatentPrior(torch.from_numpy(gmm.weights_), torch.from_numpy(gmm.means_),
+                            torch.from_numpy(gmm.covariances_), z.shape[1])  # fmt: skip
+    except ValueError as err:  # an ill-conditioned fit (e.g. too many components for the data)
+        raise UserError(f"the {components}-component latent prior did not fit {len(fit_rows)} "
+                        f"molecules ({' '.join(str(err).split())}); use fewer --components "
+                        "or more --n") from err  # fmt: skip
     report: dict[str, Any] = {
         "components": int(components),
         "molecules": int(n),

@@ -75,14 +75,13 @@ class LatestCheckpoint(Checkpoint):
         in the system temp folder, which is a copy, not a rename, when that folder is on another
         file system: write beside the target instead and rename it over ``last.ckpt``."""
         if not isinstance(trainer.strategy.checkpoint_io, TorchCheckpointIO):
-            # another IO plugin (asynchronous) owns its writes; a full state (optimizer too)
-            trainer.save_checkpoint(self.path, weights_only=False)
+            trainer.save_checkpoint(self.path)  # another IO plugin (asynchronous) owns its writes
             self._saved_step = trainer.global_step
             return
         # not *.ckpt, so a leftover from a killed run is never taken for a checkpoint
         tmp = self.path.with_name(f".{self.path.name}{TMP_MARKER}step{trainer.global_step}")
         try:
-            trainer.save_checkpoint(tmp, weights_only=False)
+            trainer.save_checkpoint(tmp)
             if trainer.is_global_zero:
                 with open(tmp, "rb+") as fh:  # contents on disk before the rename is visible
                     os.fsync(fh.fileno())

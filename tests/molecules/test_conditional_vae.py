@@ -219,6 +219,12 @@ def test_a_fitted_latent_prior_lands_in_a_new_checkpoint_and_sampling_draws_from
                      if not r.startswith("# "))  # the mark  # fmt: skip
     written = pd.read_csv(io.StringIO(text)).sort_values("index")["smiles"]
     assert written.tolist() == drawn
+    # the same out with the other prior is refused, not mixed or reused
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        sample_to(GraphVAEModule.from_checkpoint(out),
+                  SampleSettings(seed=2, extra={"latent_prior": "normal"}),
+                  out=tmp_path / "m.csv", checkpoint=out, n=60, batch_size=32,
+                  preview=False)  # fmt: skip
     with pytest.raises(UserError, match="latent_prior"):
         GraphVAEModule.from_checkpoint(run).resolve_settings(
             SampleSettings(extra={"latent_prior": "fitted"})
