@@ -114,14 +114,7 @@ class LatentPrior:
         if cond is None or cond.shape[-1] != self.condition_dim:
             shape = None if cond is None else tuple(cond.shape)
             raise ValueError(f"this prior needs conditions (B, {self.condition_dim}), got {shape}")
-        c = cond.to(torch.float64)
-        diff = c[:, None, :] - self.means[None, :, self.latent_dim :]  # (B, K, P)
-        # log N(c; m, S) with S = C C^T: solve C y = diff
-        y = torch.linalg.solve_triangular(
-            self._chol_cc[None], diff[..., None], upper=False
-        ).squeeze(-1)  # (B, K, P)
-        logdet = 2 * torch.log(torch.diagonal(self._chol_cc, dim1=1, dim2=2)).sum(-1)  # (K,)
-        log_n = -0.5 * ((y * y).sum(-1) + logdet + self.condition_dim * math.log(2 * math.pi))
+        log_n = _log_normal(cond, self.means[:, self.latent_dim :], self._chol_cc)
         return torch.softmax(torch.log(self.weights) + log_n, dim=1)
 
     def draw(
@@ -149,13 +142,7 @@ class LatentPrior:
     # ------------------------------------------------------------------------ density, record
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """``(N,)`` log-density of joint rows ``x (N, L + P)``."""
-        x = torch.as_tensor(x, dtype=torch.float64)
-        chol = _cholesky(self.covariances)
-        diff = x[:, None, :] - self.means[None]  # (N, K, D)
-        y = torch.linalg.solve_triangular(chol[None], diff[..., None], upper=False).squeeze(-1)
-        logdet = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(-1)
-        d = self.means.shape[1]
-        log_n = -0.5 * ((y * y).sum(-1) + logdet + d * math.log(2 * math.pi))
+        log_n = _log_normal(x, self.means, _cholesky(self.covariances))
         return torch.logsumexp(torch.log(self.weights) + log_n, dim=1)
 
     def record(self, **info: Any) -> dict[str, Any]:
@@ -192,6 +179,15 @@ class LatentPrior:
             return cls(record["weights"], record["means"], record["covariances"], latent_dim)
         except (KeyError, ValueError, RuntimeError, TypeError) as err:
             raise InputFileError(f"the checkpoint's {KEY} record does not fit: {err}") from err
+
+
+def _log_normal(x: torch.Tensor, means: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` log N(x_n; means_k, C_k C_k^T) of rows ``x (N, D)``, components ``means (K, D)``
+    with Cholesky factors ``chol (K, D, D)``."""
+    diff = torch.as_tensor(x, dtype=torch.float64)[:, None, :] - means[None]  # (N, K, D)
+    y = torch.linalg.solve_triangular(chol[None], diff[..., None], upper=False).squeeze(-1)
+    logdet = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(-1)  # (K,)
+    return -0.5 * ((y * y).sum(-1) + logdet + means.shape[1] * math.log(2 * math.pi))
 
 
 def _cholesky(cov: torch.Tensor) -> torch.Tensor:
