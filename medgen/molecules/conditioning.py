@@ -14,12 +14,15 @@ property ``>=x``, ``<=x``, ``>x``, ``<x`` or a closed range ``lo..hi``.
 Sampling. Candidate ``i`` of seed ``s`` starts from the prior latent that unconditioned sampling
 draws for molecule ``i`` (``sample_generator(s, i)``) and takes :data:`STEPS` gradient steps on
 
-    sum_t hinge_t(head_t(z)) + PRIOR_WEIGHT * (|z| - sqrt(L))^2 / 2
+    sum_t hinge_t(head_t(z)) + PRIOR_WEIGHT * (|eps| - sqrt(L))^2 / 2
 
-(hinges in standard deviations of the property, :data:`MARGIN` beyond the target; the second
-term keeps ``z`` in the prior's typical set, the shell of radius ``sqrt(L)`` where the decoder was
-trained). Each step is the gradient clipped to norm 1 per row times :data:`STEP_SIZE` ``*
-sqrt(L)``; rows never interact, so candidate ``i`` depends on ``(s, i)`` only. It is then decoded
+over the candidate's standard normals ``eps``, with ``z = eps`` for the ``N(0, I)`` prior and ``z
+= m_k + C_k eps`` for a fitted one (:mod:`medgen.molecules.prior`, the candidate's component
+``k`` kept throughout). Hinges are in standard deviations of the property, :data:`MARGIN` beyond
+the target; the second term keeps ``eps`` in the typical set of ``N(0, I)``, the shell of radius
+``sqrt(L)``, so ``z`` stays where the prior puts mass and the decoder saw latents. Each step is
+the gradient clipped to norm 1 per row times :data:`STEP_SIZE` ``* sqrt(L)``; rows never
+interact, so candidate ``i`` depends on ``(s, i)`` only. It is then decoded
 with its own decoder noise, and kept only if the RDKit values of the decoded molecule meet every
 target: the output is the first ``n`` candidates of the index stream that do, within a budget
 of :data:`BUDGET_FACTOR` ``x n`` candidates.
@@ -376,23 +379,38 @@ def guide(
     step_size: float = STEP_SIZE,
     prior_weight: float = PRIOR_WEIGHT,
     margin: float = MARGIN,
+    shift: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Latents ``z (B, L)`` moved toward the targets (see the module docstring); rows are
-    independent. Works inside ``torch.inference_mode`` (``Trainer.predict``)."""
+    independent. Works inside ``torch.inference_mode`` (``Trainer.predict``).
+
+    With a fitted prior, ``z`` holds the standard normals ``eps`` and ``shift (B, L)``, ``scale
+    (B, L, L)`` each row's component (:func:`medgen.molecules.sampling.draw_whitened`): the
+    steps and the typical-set term act on ``eps``, the heads on ``shift + scale @ eps``, which
+    is returned. Without them ``eps`` is ``z``."""
     radius = math.sqrt(z.shape[-1])
+
+    def latent(eps: torch.Tensor) -> torch.Tensor:
+        if shift is None or scale is None:
+            return eps
+        return (shift + (scale @ eps.to(scale.dtype)[..., None]).squeeze(-1)).to(eps.dtype)
+
     with torch.inference_mode(False), torch.enable_grad():
-        z = z.clone()  # a normal tensor, also when drawn in inference mode
+        eps = z.clone()  # a normal tensor, also when drawn in inference mode
         for _ in range(steps):
-            z.requires_grad_(True)
-            loss = prior_weight * 0.5 * (z.norm(dim=-1) - radius).pow(2)  # (B,)
+            eps.requires_grad_(True)
+            loss = prior_weight * 0.5 * (eps.norm(dim=-1) - radius).pow(2)  # (B,)
+            moved = latent(eps)
             for name, target in targets.items():
                 head = heads[name]
-                loss = loss + target.hinge(head(z), float(head.std), margin)
-            (grad,) = torch.autograd.grad(loss.sum(), z)
+                loss = loss + target.hinge(head(moved), float(head.std), margin)
+            (grad,) = torch.autograd.grad(loss.sum(), eps)
             with torch.no_grad():
                 norm = grad.norm(dim=-1, keepdim=True).clamp(min=1.0)
-                z = z - (step_size * radius) * grad / norm
-    return z.detach()
+                eps = eps - (step_size * radius) * grad / norm
+        with torch.no_grad():
+            return latent(eps).detach()
 
 
 @torch.no_grad()
@@ -409,7 +427,7 @@ def guided_decode(
     """Candidates ``indices`` of ``seed``: prior latents guided toward ``condition`` by the
     record's heads, decoded with each candidate's own noise (canonical SMILES, None if
     RDKit rejects the graph)."""
-    from medgen.molecules.sampling import draw_noise
+    from medgen.molecules.sampling import draw_whitened
 
     if len(indices) == 0:
         return []
@@ -422,10 +440,9 @@ def guided_decode(
     was_training = vae.training
     vae.eval()
     try:
-        z, u = draw_noise(vae, indices, seed, device=device)
-        return vae.decode_smiles(
-            guide(z, heads, targets), vocab, temperature=temperature, uniforms=u
-        )
+        eps, shift, scale, u = draw_whitened(vae, indices, seed, device=device)
+        z = guide(eps, heads, targets, shift=shift, scale=scale)
+        return vae.decode_smiles(z, vocab, temperature=temperature, uniforms=u)
     finally:
         vae.train(was_training)
 

@@ -126,18 +126,30 @@ class LatentPrior:
         if eps.ndim != 2 or eps.shape[1] != self.latent_dim or pick.shape != (len(eps),):
             raise ValueError(f"draw needs eps (B, {self.latent_dim}) and pick (B,); got "
                              f"{tuple(eps.shape)} and {tuple(pick.shape)}")  # fmt: skip
-        probs = self.responsibilities(cond if self.condition_dim else eps)
+        shift, scale = self.affine(pick, cond)
+        z = shift + (scale @ eps.to(torch.float64)[..., None]).squeeze(-1)
+        return z.to(eps.dtype)
+
+    def affine(
+        self, pick: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's draw as an affine map of its normals, ``z = shift + scale @ eps``:
+        ``shift (B, L)`` and ``scale (B, L, L)`` (float64) of the component that ``pick (B,)``
+        chooses, given (a conditional prior) the row's condition ``cond (B, P)``. Guidance works
+        in ``eps``, where the prior is ``N(0, I)`` whatever the mixture."""
+        if pick.ndim != 1:
+            raise ValueError(f"affine needs pick (B,); got {tuple(pick.shape)}")
+        probs = self.responsibilities(cond if self.condition_dim else pick[:, None])
         cum = torch.cumsum(probs, dim=1)
         # right=True: a pick of exactly 0 never lands on a component of probability 0
         comp = torch.searchsorted(cum, pick.to(torch.float64)[:, None], right=True).squeeze(1)
         comp = comp.clamp(max=len(self.weights) - 1)  # round-off at the top of the last bin
-        z = self.means[comp, : self.latent_dim].clone()
+        shift = self.means[comp, : self.latent_dim].clone()
         if self.condition_dim:
             assert cond is not None
             diff = cond.to(torch.float64) - self.means[comp, self.latent_dim :]
-            z += (self._gain[comp] @ diff[..., None]).squeeze(-1)
-        z += (self._chol_z[comp] @ eps.to(torch.float64)[..., None]).squeeze(-1)
-        return z.to(eps.dtype)
+            shift += (self._gain[comp] @ diff[..., None]).squeeze(-1)
+        return shift, self._chol_z[comp]
 
     # ------------------------------------------------------------------------ density, record
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,38 @@ def draw_noise(
     its generator draws one more uniform, last, to pick the component. Without one, the rows
     are exactly what they were before priors existed.
     """
+    z, u, pick = _raw_noise(vae, indices, seed, rows)
+    prior = getattr(vae, "latent_prior", None)
+    if prior is not None and len(indices):
+        p = int(getattr(vae, "condition_dim", 0))
+        cond = z[:, vae.latent_dim :] if p and prior.condition_dim else None
+        z[:, : vae.latent_dim] = prior.draw(z[:, : vae.latent_dim].contiguous(), pick, cond)
+    return z.to(device), u.to(device)
+
+
+def draw_whitened(
+    vae: GraphVAE, indices: Sequence[int], seed: int, *, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """The draws of :func:`draw_noise` for an unconditional VAE, split as ``eps (B, L)``,
+    ``shift (B, L)``, ``scale (B, L, L)`` (float64) and the uniforms, where ``shift + scale @
+    eps`` in float64, cast to float32, is the latent :func:`draw_noise` returns; ``shift`` and
+    ``scale`` are None without a fitted prior (``z = eps``). In ``eps`` the prior is ``N(0, I)``
+    whatever the mixture: guidance moves ``eps``."""
+    if int(getattr(vae, "condition_dim", 0)):
+        raise ValueError("draw_whitened is for unconditional models")
+    eps, u, pick = _raw_noise(vae, indices, seed, None)
+    prior = getattr(vae, "latent_prior", None)
+    if prior is None or not len(indices):
+        return eps.to(device), None, None, u.to(device)
+    shift, scale = prior.affine(pick)
+    return eps.to(device), shift.to(device), scale.to(device), u.to(device)
+
+
+def _raw_noise(
+    vae: GraphVAE, indices: Sequence[int], seed: int, rows: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row, from its own generator: normals (then its condition-table row), uniforms and
+    (a model with a fitted prior) the component pick, on the CPU."""
     dec = vae.decoder
     p = int(getattr(vae, "condition_dim", 0))
     width = vae.noise_width()
@@ -65,10 +97,7 @@ def draw_noise(
             z[k, vae.latent_dim :] = table[row if rows is None else int(rows[row])]
         if prior is not None:
             pick[k] = torch.rand(1, generator=gen)
-    if prior is not None and len(indices):
-        cond = z[:, vae.latent_dim :] if p and prior.condition_dim else None
-        z[:, : vae.latent_dim] = prior.draw(z[:, : vae.latent_dim].contiguous(), pick, cond)
-    return z.to(device), u.to(device)
+    return z, u, pick
 
 
 @contextmanager

@@ -205,6 +205,54 @@ def test_guidance_steers_the_heads_to_the_targets_and_stays_in_the_typical_set(h
     assert torch.allclose(part, moved[5:9], atol=1e-5)
 
 
+def test_guidance_under_a_fitted_prior_stays_in_that_prior_typical_set(heads_run):
+    """With a fitted prior far from the origin, guidance moves each candidate's normals, so the
+    guided latent stays on the shell of its component, not on the N(0, I) shell."""
+    from medgen.molecules.prior import LatentPrior
+    from medgen.molecules.sampling import draw_noise, draw_whitened
+
+    vae = MoleculeVAE.from_checkpoint(heads_run[1])
+    dim = vae.vae.latent_dim
+    mean, sd = torch.full((1, dim), 2.0), 0.5
+    vae.vae.latent_prior = LatentPrior(torch.ones(1), mean, (sd**2 * torch.eye(dim))[None], dim)
+    eps, shift, scale, _ = draw_whitened(vae.vae, range(256), seed=0)
+    z, _ = draw_noise(vae.vae, range(256), seed=0)
+    head = vae.heads["logp"]
+    # no step: the latent sampling draws, exactly
+    assert torch.equal(conditioning.guide(eps, {}, {}, steps=0, shift=shift, scale=scale), z)
+    with torch.no_grad():
+        q = float(torch.quantile(head(z), 0.7))
+    targets = parse_condition({"logp": f">={q}"})
+    moved = conditioning.guide(eps, {"logp": head}, targets, shift=shift, scale=scale)
+    naive = conditioning.guide(z, {"logp": head}, targets)  # as if the prior were N(0, I)
+    with torch.no_grad():
+        before = float((head(z) >= q).float().mean())
+        after = float((head(moved) >= q).float().mean())
+    assert before < 0.35 and after > 0.9, (before, after)
+    radius = math.sqrt(dim)
+
+    def off_shell(x: torch.Tensor) -> float:  # mean distance from the component's shell
+        return float((((x - mean) / sd).norm(dim=-1) - radius).abs().mean())
+
+    assert off_shell(moved) < 0.5 and off_shell(naive) > 2.0, (off_shell(moved), off_shell(naive))
+    part = conditioning.guide(eps[5:9], {"logp": head}, targets, shift=shift[5:9],
+                              scale=scale[5:9])  # fmt: skip
+    assert torch.allclose(part, moved[5:9], atol=1e-5)
+
+
+def test_guided_decoding_under_an_identity_prior_is_that_of_no_prior(heads_run):
+    """A fitted prior equal to N(0, I) guides and decodes exactly as no prior does (the pick
+    it adds is drawn after the decoder's uniforms)."""
+    from medgen.molecules.prior import LatentPrior
+
+    vae = MoleculeVAE.from_checkpoint(heads_run[1])
+    dim, record = vae.vae.latent_dim, vae.heads_record()
+    kw = {"seed": 3, "temperature": 1.0, "condition": {"logp": ">=1"}}
+    plain = conditioning.guided_decode(vae.vae, vae.vocab, record, range(40), **kw)
+    vae.vae.latent_prior = LatentPrior(torch.ones(1), torch.zeros(1, dim), torch.eye(dim)[None], dim)
+    assert conditioning.guided_decode(vae.vae, vae.vocab, record, range(40), **kw) == plain
+
+
 def test_conditioned_sample_keeps_only_molecules_that_meet_the_target(heads_run, tmp_path):
     """Every row meets ``qed >= q`` (q: the 70th percentile of unconditioned QED) by RDKit. The
     tiny model's decoder barely uses z, so the guided success rate is not asserted to beat the
