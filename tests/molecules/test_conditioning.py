@@ -249,7 +249,8 @@ def test_guided_decoding_under_an_identity_prior_is_that_of_no_prior(heads_run):
     dim, record = vae.vae.latent_dim, vae.heads_record()
     kw = {"seed": 3, "temperature": 1.0, "condition": {"logp": ">=1"}}
     plain = conditioning.guided_decode(vae.vae, vae.vocab, record, range(40), **kw)
-    vae.vae.latent_prior = LatentPrior(torch.ones(1), torch.zeros(1, dim), torch.eye(dim)[None], dim)
+    identity = LatentPrior(torch.ones(1), torch.zeros(1, dim), torch.eye(dim)[None], dim)
+    vae.vae.latent_prior = identity
     assert conditioning.guided_decode(vae.vae, vae.vocab, record, range(40), **kw) == plain
 
 
