@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import pytorch_lightning as pl
 import torch
@@ -135,6 +135,8 @@ class AutoencoderModule(pl.LightningModule):
             a CPU step on whole volumes takes ~100 s, on 48^3 crops ~6 s.
         data_meta: the data's :class:`~medgen.records.DataMeta` (set in :meth:`setup`).
     """
+
+    data_kind: ClassVar[str] = "scans"  # what it trains on (checked against the data's)
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 import pytorch_lightning as pl
@@ -155,6 +155,8 @@ class ScanDataModule(pl.LightningDataModule, abc.ABC):
     Arguments are checked here, at instantiation: a bad value raises
     :class:`~medgen.errors.ConfigError` naming its ``data.<key>`` before any work.
     """
+
+    data_kind: ClassVar[str] = "scans"  # what it gives (checked against the model's)
 
     def __init__(
         self,

@@ -77,6 +77,7 @@ class DiffusionModule(pl.LightningModule):
     """
 
     output: ClassVar[Output] = Output.VOLUMES
+    data_kind: ClassVar[str] = "scans"  # what it trains on (checked against the data's)
     # samples per forward pass when `medgen sample batch_size=null` (memory grows with it)
     default_batch_size: ClassVar[int] = 4
 

@@ -18,7 +18,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -204,6 +204,8 @@ class GraphDataModule(pl.LightningDataModule):
             then compared by isomeric canonical SMILES. False: stereo is dropped.
     """
 
+    data_kind: ClassVar[str] = "molecules"  # what it gives (checked against the model's)
+
     def __init__(
         self,
         *,
@@ -261,6 +263,11 @@ class GraphDataModule(pl.LightningDataModule):
         self.test_indices: list[int] = []
 
     # ------------------------------------------------------------------------------------------
+    def planned_meta(self) -> dict[str, Any]:
+        """What the model must fit, from the settings alone (checked before a run folder is
+        made): ``stereo`` and ``condition_properties``."""
+        return {"stereo": self.stereo, "condition_properties": list(self.condition_properties)}
+
     def setup(self, stage: str | None = None) -> None:
         if self.source is None:
             self.source, self._cache = load_source(

@@ -110,6 +110,7 @@ class GraphVAEModule(pl.LightningModule):
     """
 
     output: ClassVar[Output] = Output.MOLECULES
+    data_kind: ClassVar[str] = "molecules"  # what it trains on (checked against the data's)
     # molecules per decoder pass when `medgen sample batch_size=null` (~2,000 valid/s on a core)
     default_batch_size: ClassVar[int] = 1000
 
@@ -187,6 +188,36 @@ class GraphVAEModule(pl.LightningModule):
             node, capacity=self.vocab.capacity, max_atoms=max_atoms, **extra
         )
 
+    def check_data(self, meta: Mapping[str, Any]) -> None:
+        """The data's settings (:meth:`GraphDataModule.planned_meta`) against this model's, before
+        any run folder is made: ``data.stereo`` against ``model.stereo``, the computed condition
+        properties against ``model.conditions``, and a network that takes the arguments they
+        need (a ``UserError`` naming the key)."""
+        have_stereo = bool(meta.get("stereo", False))
+        stereo = self.hparams.get("stereo")
+        if stereo is None and self.vae is not None:  # a built model without the record: none
+            stereo = False
+        if stereo is not None and bool(stereo) != have_stereo:
+            raise UserError(f"model.stereo={stereo} needs data.stereo={bool(stereo)} (the data "
+                            f"has data.stereo={have_stereo})")  # fmt: skip
+        conditions = self.hparams.get("conditions") or []
+        have = list(meta.get("condition_properties") or [])
+        if conditions and have != conditions:
+            raise UserError(f"model.conditions={conditions} needs data.condition_properties="
+                            f"{conditions} (the data computes {have or 'none'})")  # fmt: skip
+        if self.vae is not None or self.hparams.get("init_from"):
+            return  # the network is built already, or comes from the init_from checkpoint
+        target = self.hparams["network"].get("_target_", NETWORK_TARGET)
+        params = inspect.signature(_locate(target, "model.network._target_")).parameters
+        needs = (["stereo"] if stereo or (stereo is None and have_stereo) else []) + (
+            ["condition_dim"] if conditions else []
+        )
+        for key in needs:
+            if key not in params:
+                why = "data.stereo=true" if key == "stereo" else f"model.conditions={conditions}"
+                raise UserError(f"model.network._target_={target} takes no {key!r} argument, "
+                                f"which {why} needs")  # fmt: skip
+
     def built(self) -> tuple[GraphVAE, Vocabulary]:
         """``(network, vocabulary)``; ``RuntimeError`` before :meth:`build` (or ``setup``)."""
         if self.vae is None or self.vocab is None:
@@ -199,19 +230,12 @@ class GraphVAEModule(pl.LightningModule):
             if self.vae is None:
                 raise RuntimeError("GraphVAEModule needs a vocabulary or a GraphDataModule")
             return
-        have_stereo = bool(getattr(dm, "stereo", False))
+        self.check_data({"stereo": getattr(dm, "stereo", False),
+                         "condition_properties": getattr(dm, "condition_properties", None)})  # fmt: skip
         if self.hparams.get("stereo") is None and self.vae is None:
-            self.hparams["stereo"] = have_stereo
-        if bool(self.hparams.get("stereo")) != have_stereo:
-            raise UserError(f"model.stereo={self.hparams.get('stereo')} needs data.stereo="
-                            f"{bool(self.hparams.get('stereo'))} (the data has "
-                            f"data.stereo={have_stereo})")  # fmt: skip
+            self.hparams["stereo"] = bool(getattr(dm, "stereo", False))
         conditions = self.hparams.get("conditions") or []
         if conditions:
-            have = list(getattr(dm, "condition_properties", None) or [])
-            if have != conditions:
-                raise UserError(f"model.conditions={conditions} needs data.condition_properties="
-                                f"{conditions} (the data computes {have or 'none'})")  # fmt: skip
             if self.hparams.get("condition_stats") is None:
                 self.hparams["condition_stats"] = condition_stats(dm, conditions)
         init = None

@@ -490,7 +490,14 @@ def check_model_fits_data(model: Any, data: Any) -> None:
     """A model's ``check_data(meta)`` (channels, sizes) on the data's ``planned_meta()``, where
     both exist and the datamodule can describe its data from its settings alone (phantoms):
     e.g. ``data.labels=true`` with a one-channel network is named now, not after the run folder
-    is made. Other data are checked by the model's ``setup`` once the data is read."""
+    is made. Other data are checked by the model's ``setup`` once the data is read. A model of
+    molecules given scans (or the other way) is named first."""
+    want, have = getattr(model, "data_kind", None), getattr(data, "data_kind", None)
+    if want and have and want != have:
+        hint = {"molecules": "data=smiles", "scans": "data=phantom"}.get(str(want), "")
+        raise UserError(f"{type(model).__name__} (model=) trains on {want}, but "
+                        f"{type(data).__name__} (data=) gives {have}: choose data of {want}"
+                        + (f", e.g. {hint}" if hint else ""))  # fmt: skip
     plan, fits = getattr(data, "planned_meta", None), getattr(model, "check_data", None)
     if callable(plan) and callable(fits) and (meta := plan()) is not None:
         fits(meta)

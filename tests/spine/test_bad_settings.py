@@ -9,8 +9,19 @@ import pytest
 import torch
 
 from medgen.cli import main
+from medgen.molecules.vae import GraphVAE
 
 MOLECULES = "CCO\nc1ccccc1\nCC(=O)Oc1ccccc1C(=O)O\n"
+
+
+class NoStereoVAE(GraphVAE):
+    """A user's network that takes the default keys but no ``stereo`` argument."""
+
+    def __init__(self, *, capacity, max_atoms, latent_dim=56, hidden_dim=256, encoder_layers=3,
+                 pair_dim=64, decoder="graph", masks=None):  # fmt: skip
+        super().__init__(capacity=capacity, max_atoms=max_atoms, latent_dim=latent_dim,
+                         hidden_dim=hidden_dim, encoder_layers=encoder_layers, pair_dim=pair_dim,
+                         decoder=decoder, masks=masks)  # fmt: skip
 
 
 def _save(module, path: Path) -> Path:
@@ -193,6 +204,12 @@ CASES: list[tuple[str, str]] = [
     ("train model=graph_vae data=smiles model.network.latent_dim=0", "model.network.latent_dim=0"),
     ("train model=graph_vae data=smiles model.free_bits=-1", "model.free_bits=-1"),
     ("train model=graph_vae data=smiles data.val_fraction=1.5", "val_fraction"),
+    ("train model=graph_vae data=phantom", "trains on molecules"),
+    ("train model=ddpm3d data=smiles", "trains on scans"),
+    ("train model=autoencoder3d data=smiles", "trains on scans"),
+    ("train model=graph_vae data=smiles data.stereo=true "
+     "model.network._target_=tests.spine.test_bad_settings.NoStereoVAE", "no 'stereo'"),
+    ("train model=graph_vae data=smiles data.stereo=false model.stereo=true", "data.stereo=True"),
     ("train data.size=7", "data.size"),
     ("train data.num_train=0", "data.num_train"),
     ("train data.batch_size=0", "data.batch_size=0"),
