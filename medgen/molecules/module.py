@@ -230,8 +230,8 @@ class GraphVAEModule(pl.LightningModule):
             if self.vae is None:
                 raise RuntimeError("GraphVAEModule needs a vocabulary or a GraphDataModule")
             return
-        self.check_data({"stereo": getattr(dm, "stereo", False),
-                         "condition_properties": getattr(dm, "condition_properties", None)})  # fmt: skip
+        props = getattr(dm, "condition_properties", None)
+        self.check_data({"stereo": getattr(dm, "stereo", False), "condition_properties": props})
         if self.hparams.get("stereo") is None and self.vae is None:
             self.hparams["stereo"] = bool(getattr(dm, "stereo", False))
         conditions = self.hparams.get("conditions") or []
