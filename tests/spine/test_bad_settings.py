@@ -207,8 +207,11 @@ CASES: list[tuple[str, str]] = [
     ("train model=graph_vae data=phantom", "trains on molecules"),
     ("train model=ddpm3d data=smiles", "trains on scans"),
     ("train model=autoencoder3d data=smiles", "trains on scans"),
-    ("train model=graph_vae data=smiles data.stereo=true "
-     "model.network._target_=tests.spine.test_bad_settings.NoStereoVAE", "no 'stereo'"),
+    (
+        "train model=graph_vae data=smiles data.stereo=true "
+        "model.network._target_=tests.spine.test_bad_settings.NoStereoVAE",
+        "no 'stereo'",
+    ),
     ("train model=graph_vae data=smiles data.stereo=false model.stereo=true", "data.stereo=True"),
     ("train data.size=7", "data.size"),
     ("train data.num_train=0", "data.num_train"),
