@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 
 from medgen.errors import ConfigError, UserError
@@ -25,6 +26,9 @@ from medgen.utils.validate import check_arguments
 log = get_logger(__name__)
 
 _LIMITS = {k: {"ge": 0} for k in ("n_samples", "grid_size", "n_recon", "seed", "n_fcd")}
+_LIMITS.update(n_prior={"ge": 0}, prior_components={"ge": 1})
+#: how validation samples are drawn (``latent_prior``)
+VAL_PRIORS = ("normal", "fitted")
 
 
 class MoleculeSampling(Callback):
@@ -39,7 +43,17 @@ class MoleculeSampling(Callback):
     same latents; the same values on every rank). With ``n_fcd``, ``val/fcd`` too: the Fréchet
     ChemNet distance of the valid samples to the first ``n_fcd`` validation molecules (a fixed
     subset; its statistics are computed once per fit), for keeping the best checkpoint by sample
-    quality (``callbacks.best_fcd`` in ``experiment=moses_graph_vae``). Rank 0 writes
+    quality (``callbacks.best_fcd`` in ``experiment=moses_graph_vae``).
+
+    The samples come from ``N(0, I)`` (``latent_prior=normal``) or, with ``latent_prior=fitted``,
+    from a Gaussian mixture fitted at each validation to posterior draws of the first ``n_prior``
+    training molecules (:func:`medgen.molecules.prior.fit_prior`; a conditional model's jointly
+    with their standardized properties), the prior ``medgen sample`` draws from once one is fitted
+    (``python -m medgen.molecules.prior``). A model trained with a weak KL term (small
+    ``model.beta``) has a posterior far from ``N(0, I)``: its ``N(0, I)`` samples measure that
+    hole, not the model, and can worsen while the model improves. ``val/prior_gain`` is the fit's
+    held-out log-likelihood per molecule minus that of ``N(0, I)`` (nats): how far the posterior
+    is from the standard normal. Rank 0 writes
     ``molecules/epoch_<NNN>.smi`` and a PNG grid of the first ``grid_size`` valid ones into the run
     dir, and sends the grid to loggers that take images (TensorBoard).
 
@@ -50,6 +64,10 @@ class MoleculeSampling(Callback):
         seed: seed of the prior samples.
         n_fcd: validation molecules ``val/fcd`` compares the samples with (0: no ``val/fcd``;
             at least 2, and ``n_samples`` >= 2).
+        latent_prior: ``normal`` or ``fitted`` (see above).
+        n_prior: training molecules the fitted prior is fitted on (``latent_prior=fitted``; at
+            least ``20 * prior_components``; fewer in the training split: ``N(0, I)``, said once).
+        prior_components: mixture components of the fitted prior.
     """
 
     def __init__(
@@ -60,15 +78,27 @@ class MoleculeSampling(Callback):
         n_recon: int = 100,
         seed: int = 0,
         n_fcd: int = 0,
+        latent_prior: str = "normal",
+        n_prior: int = 5000,
+        prior_components: int = 1,
     ) -> None:
         args = dict(n_samples=n_samples, grid_size=grid_size, n_recon=n_recon, seed=seed,
-                    n_fcd=n_fcd)  # fmt: skip
+                    n_fcd=n_fcd, latent_prior=latent_prior, n_prior=n_prior,
+                    prior_components=prior_components)  # fmt: skip
         prefix = "callbacks.molecule_sampling."
         check_arguments(MoleculeSampling.__init__, args, prefix=prefix, limits=_LIMITS)
         if n_fcd == 1 or (n_fcd and n_samples < 2):
             raise ConfigError(f"{prefix}n_fcd", n_fcd, "0, or >= 2 with n_samples >= 2")
+        if latent_prior not in VAL_PRIORS:
+            raise ConfigError(f"{prefix}latent_prior", latent_prior, " | ".join(VAL_PRIORS))
+        if latent_prior == "fitted" and n_prior < 20 * prior_components:
+            raise ConfigError(f"{prefix}n_prior", n_prior,
+                              f">= 20 * prior_components = {20 * prior_components}")  # fmt: skip
         self.n_samples, self.grid_size = n_samples, grid_size
         self.n_recon, self.seed, self.n_fcd = n_recon, seed, n_fcd
+        self.latent_prior, self.n_prior, self.prior_components = (
+            latent_prior, n_prior, prior_components)  # fmt: skip
+        self._warned_prior = False
         self._train_smiles: set[str] | None = None
         self._fcd_reference: tuple[Any, ...] | None = None
 
@@ -119,7 +149,13 @@ class MoleculeSampling(Callback):
             return
         if self._train_smiles is None:
             self._train_smiles = set(dm.train_smiles()) if hasattr(dm, "train_smiles") else set()
-        smiles = sample_smiles(vae, vocab, self.n_samples, seed=self.seed)
+        prior, gain = self._fit_prior(vae, dm) if self.latent_prior == "fitted" else (None, None)
+        kept = getattr(vae, "latent_prior", None)
+        vae.latent_prior = prior  # N(0, I) when None, whatever the module carries
+        try:
+            smiles = sample_smiles(vae, vocab, self.n_samples, seed=self.seed)
+        finally:
+            vae.latent_prior = kept
         valid = [s for s in smiles if s]
         metrics = {
             "val/validity": fraction_valid(smiles),
@@ -130,10 +166,48 @@ class MoleculeSampling(Callback):
         }
         if self.n_fcd:
             metrics["val/fcd"] = self._fcd(dm, valid)
+        if gain is not None:
+            metrics["val/prior_gain"] = gain
         for key, value in metrics.items():
             pl_module.log(key, float(value))
         if trainer.is_global_zero:
             self._write_grid(trainer, valid)
+
+    @torch.no_grad()
+    def _fit_prior(self, vae: Any, dm: Any) -> tuple[Any, float | None]:
+        """The validation prior: a mixture over posterior draws (seeded) of the first
+        ``n_prior`` training molecules, and its held-out gain over ``N(0, I)`` in nats per
+        molecule; ``(None, None)`` (``N(0, I)``, warned once) when the split holds too few."""
+        from medgen.molecules.data import ConditionedBatch, collate_items
+        from medgen.molecules.prior import fit_prior
+
+        train_set: Any = getattr(dm, "train_set", None)
+        k = min(self.n_prior, len(train_set) if train_set is not None else 0)
+        if k < 20 * self.prior_components:
+            if not self._warned_prior:
+                log.warning("callbacks.molecule_sampling.latent_prior=fitted: the training split "
+                            "holds %d molecule(s), a %d-component prior needs %d; validation "
+                            "samples come from N(0, I)", k, self.prior_components,
+                            20 * self.prior_components)  # fmt: skip
+                self._warned_prior = True
+            return None, None
+        device = next(vae.parameters()).device
+        gen = torch.Generator().manual_seed(self.seed)
+        zs, conds = [], []
+        for lo in range(0, k, 500):
+            batch = collate_items([train_set[i] for i in range(lo, min(k, lo + 500))])
+            batch = batch.to(device)
+            graphs, stereo = (batch.graphs, batch.stereo) if isinstance(
+                batch, ConditionedBatch) else (batch, None)  # fmt: skip
+            mu, logvar = vae.encode(graphs, stereo)
+            eps = torch.randn(mu.shape, generator=gen).to(device)
+            zs.append((mu + torch.exp(0.5 * logvar) * eps).cpu())
+            if vae.condition_dim and isinstance(batch, ConditionedBatch):
+                conds.append(vae.standardize(batch.props).cpu())
+        cond = torch.cat(conds) if conds else None
+        prior, report = fit_prior(torch.cat(zs), cond, components=self.prior_components,
+                                  seed=self.seed)  # fmt: skip
+        return prior, report["heldout_ll_z"] - report["normal_ll_z"]
 
     def _fcd(self, dm: Any, valid: list[str]) -> float:
         """FCD of ``valid`` samples to the first ``n_fcd`` validation molecules (inf when fewer

@@ -230,8 +230,7 @@ class GraphVAEModule(pl.LightningModule):
             if self.vae is None:
                 raise RuntimeError("GraphVAEModule needs a vocabulary or a GraphDataModule")
             return
-        props = getattr(dm, "condition_properties", None)
-        self.check_data({"stereo": getattr(dm, "stereo", False), "condition_properties": props})
+        self.check_data(dm.planned_meta())
         if self.hparams.get("stereo") is None and self.vae is None:
             self.hparams["stereo"] = bool(getattr(dm, "stereo", False))
         conditions = self.hparams.get("conditions") or []

@@ -52,8 +52,9 @@ def test_val_fcd_settings_and_data_are_checked():
 
 
 def test_the_moses_recipe_keeps_the_best_checkpoint_by_val_fcd(tmp_path, monkeypatch):
-    """experiment=moses_graph_vae, shrunk to the embedded sample: val/fcd is logged every
-    validation and checkpoints/best_fcd-*.ckpt is the checkpoint of its lowest value."""
+    """experiment=moses_graph_vae, shrunk to the embedded sample: val/fcd (of samples from a
+    prior fitted at each validation) is logged every validation and checkpoints/best_fcd-*.ckpt
+    is the checkpoint of its lowest value."""
     monkeypatch.setenv("MEDGEN_CACHE_DIR", str(tmp_path / "cache"))
     overrides = ["experiment=moses_graph_vae", "data.path=null", "data.limit=40",
                  "data.val_fraction=0.25", "data.test_fraction=0.0", "data.batch_size=16",
@@ -63,6 +64,7 @@ def test_the_moses_recipe_keeps_the_best_checkpoint_by_val_fcd(tmp_path, monkeyp
                  "callbacks.molecule_sampling.n_fcd=10", "trainer.max_epochs=2"]  # fmt: skip
     metrics = train_tiny(tmp_path, overrides)
     assert "val/fcd" in metrics and metrics["val/fcd"] >= 0
+    assert "val/prior_gain" in metrics  # the recipe draws them from a fitted prior
     best = list((tmp_path / "run" / "checkpoints").glob("best_fcd-*.ckpt"))
     assert len(best) == 1
     state = torch.load(best[0], map_location="cpu", weights_only=True)
