@@ -40,12 +40,12 @@ from medgen.molecules.sampling import (
     decode_indices,
     draw_noise,
     latent_prior_choice,
+    posterior_draws,
     sample_smiles,
 )
 from medgen.molecules.stereo import collate_stereo, labels_tensors, smiles_with_stereo
 from medgen.molecules.vae import GraphVAE
 from medgen.utils.logging import get_logger
-from medgen.utils.seeding import sample_generator
 
 log = get_logger(__name__)
 
@@ -266,15 +266,7 @@ class MoleculeVAE:
         mu, logvar = self.vae.encode(
             collate_graphs(graphs), collate_stereo(labels) if stereo else None
         )
-        if not sample:
-            return mu
-        eps = torch.stack(
-            [
-                torch.randn(self.latent_dim, generator=sample_generator(seed, i))
-                for i in range(len(mu))
-            ]
-        )
-        return mu + eps * torch.exp(0.5 * logvar)
+        return posterior_draws(mu, logvar, seed) if sample else mu
 
     @torch.no_grad()
     def decode(

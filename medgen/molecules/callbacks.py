@@ -27,6 +27,8 @@ log = get_logger(__name__)
 
 _LIMITS = {k: {"ge": 0} for k in ("n_samples", "grid_size", "n_recon", "seed", "n_fcd")}
 _LIMITS.update(n_prior={"ge": 0}, prior_components={"ge": 1})
+#: training molecules per mixture component the validation prior needs at least
+ROWS_PER_COMPONENT = 20
 #: how validation samples are drawn (``latent_prior``)
 VAL_PRIORS = ("normal", "fitted")
 
@@ -91,9 +93,10 @@ class MoleculeSampling(Callback):
             raise ConfigError(f"{prefix}n_fcd", n_fcd, "0, or >= 2 with n_samples >= 2")
         if latent_prior not in VAL_PRIORS:
             raise ConfigError(f"{prefix}latent_prior", latent_prior, " | ".join(VAL_PRIORS))
-        if latent_prior == "fitted" and n_prior < 20 * prior_components:
-            raise ConfigError(f"{prefix}n_prior", n_prior,
-                              f">= 20 * prior_components = {20 * prior_components}")  # fmt: skip
+        self._min_prior = ROWS_PER_COMPONENT * prior_components
+        if latent_prior == "fitted" and n_prior < self._min_prior:
+            raise ConfigError(f"{prefix}n_prior", n_prior, f">= {ROWS_PER_COMPONENT} * "
+                              f"prior_components = {self._min_prior}")  # fmt: skip
         self.n_samples, self.grid_size = n_samples, grid_size
         self.n_recon, self.seed, self.n_fcd = n_recon, seed, n_fcd
         self.latent_prior, self.n_prior, self.prior_components = (
@@ -131,7 +134,7 @@ class MoleculeSampling(Callback):
             return
         from medgen.chem.metrics import fraction_unique, fraction_valid, novelty
         from medgen.molecules.graph import collate_graphs
-        from medgen.molecules.sampling import reconstruction_accuracy, sample_smiles
+        from medgen.molecules.sampling import reconstruction_accuracy, sample_smiles, using_prior
 
         vae, vocab = pl_module.built()  # a GraphVAEModule (see setup)
         dm: Any = getattr(trainer, "datamodule", None)
@@ -150,12 +153,8 @@ class MoleculeSampling(Callback):
         if self._train_smiles is None:
             self._train_smiles = set(dm.train_smiles()) if hasattr(dm, "train_smiles") else set()
         prior, gain = self._fit_prior(vae, dm) if self.latent_prior == "fitted" else (None, None)
-        kept = getattr(vae, "latent_prior", None)
-        vae.latent_prior = prior  # N(0, I) when None, whatever the module carries
-        try:
+        with using_prior(vae, prior):  # N(0, I) when None, whatever the module carries
             smiles = sample_smiles(vae, vocab, self.n_samples, seed=self.seed)
-        finally:
-            vae.latent_prior = kept
         valid = [s for s in smiles if s]
         metrics = {
             "val/validity": fraction_valid(smiles),
@@ -180,19 +179,19 @@ class MoleculeSampling(Callback):
         molecule; ``(None, None)`` (``N(0, I)``, warned once) when the split holds too few."""
         from medgen.molecules.data import ConditionedBatch, collate_items
         from medgen.molecules.prior import fit_prior
+        from medgen.molecules.sampling import posterior_draws
 
         train_set: Any = getattr(dm, "train_set", None)
         k = min(self.n_prior, len(train_set) if train_set is not None else 0)
-        if k < 20 * self.prior_components:
+        if k < self._min_prior:
             if not self._warned_prior:
                 log.warning("callbacks.molecule_sampling.latent_prior=fitted: the training split "
                             "holds %d molecule(s), a %d-component prior needs %d; validation "
                             "samples come from N(0, I)", k, self.prior_components,
-                            20 * self.prior_components)  # fmt: skip
+                            self._min_prior)  # fmt: skip
                 self._warned_prior = True
             return None, None
         device = next(vae.parameters()).device
-        gen = torch.Generator().manual_seed(self.seed)
         zs, conds = [], []
         for lo in range(0, k, 500):
             batch = collate_items([train_set[i] for i in range(lo, min(k, lo + 500))])
@@ -200,8 +199,7 @@ class MoleculeSampling(Callback):
             graphs, stereo = (batch.graphs, batch.stereo) if isinstance(
                 batch, ConditionedBatch) else (batch, None)  # fmt: skip
             mu, logvar = vae.encode(graphs, stereo)
-            eps = torch.randn(mu.shape, generator=gen).to(device)
-            zs.append((mu + torch.exp(0.5 * logvar) * eps).cpu())
+            zs.append(posterior_draws(mu, logvar, self.seed, start=lo).cpu())
             if vae.condition_dim and isinstance(batch, ConditionedBatch):
                 conds.append(vae.standardize(batch.props).cpu())
         cond = torch.cat(conds) if conds else None

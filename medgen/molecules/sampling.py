@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -19,6 +19,9 @@ from medgen.molecules.graph import GraphBatch, Vocabulary, batch_to_mols, batch_
 from medgen.molecules.stereo import StereoBatch, labelled_smiles
 from medgen.molecules.vae import GraphVAE, check_temperature
 from medgen.utils.seeding import sample_generator
+
+if TYPE_CHECKING:
+    from medgen.molecules.prior import LatentPrior
 
 
 def draw_noise(
@@ -100,6 +103,29 @@ def _raw_noise(
     return z, u, pick
 
 
+def posterior_draws(
+    mu: torch.Tensor, logvar: torch.Tensor, seed: int, *, start: int = 0
+) -> torch.Tensor:
+    """Draws ``mu + sigma * eps`` of ``q(z|x)`` for rows ``(B, L)``, row ``k``'s ``eps`` from
+    ``sample_generator(seed, start + k)`` on the CPU: a molecule's draw depends on its index,
+    not on its batch or device."""
+    eps = torch.empty(mu.shape)
+    for k in range(len(mu)):
+        eps[k] = torch.randn(mu.shape[1], generator=sample_generator(seed, start + k))
+    return mu + eps.to(mu.device) * torch.exp(0.5 * logvar)
+
+
+@contextmanager
+def using_prior(vae: GraphVAE, prior: LatentPrior | None) -> Iterator[None]:
+    """Draw with ``prior`` (None: N(0, I)) inside the block; the model's own prior after."""
+    kept = getattr(vae, "latent_prior", None)
+    vae.latent_prior = prior
+    try:
+        yield
+    finally:
+        vae.latent_prior = kept
+
+
 @contextmanager
 def latent_prior_choice(vae: GraphVAE, choice: str = "auto") -> Iterator[None]:
     """Draw with the model's fitted latent prior (``auto``, ``fitted``) or with N(0, I)
@@ -116,11 +142,8 @@ def latent_prior_choice(vae: GraphVAE, choice: str = "auto") -> Iterator[None]:
     if choice != "normal":
         yield
         return
-    vae.latent_prior = None
-    try:
+    with using_prior(vae, None):
         yield
-    finally:
-        vae.latent_prior = prior
 
 
 @torch.no_grad()
