@@ -16,6 +16,7 @@ reconstruction accuracy are :class:`medgen.molecules.callbacks.MoleculeSampling`
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -64,7 +65,11 @@ _LIMITS: dict[str, dict[str, float]] = {
     "kl_warmup_steps": {"ge": 0},
     "kl_warmup_fraction": {"ge": 0.0, "le": 1.0},
     "free_bits": {"ge": 0.0},
+    "lr_warmup_steps": {"ge": 0},
+    "lr_final_ratio": {"ge": 0.0, "le": 1.0},
 }
+# learning-rate schedules over the run (model.lr_schedule)
+LR_SCHEDULES = ("constant", "cosine")
 _NETWORK_LIMITS = {k: {"ge": 1} for k in ("latent_dim", "hidden_dim", "encoder_layers", "pair_dim")}
 _OPTIMIZER_LIMITS = {"lr": {"gt": 0.0}, "weight_decay": {"ge": 0.0}}
 
@@ -107,6 +112,15 @@ class GraphVAEModule(pl.LightningModule):
             head new to it.
         stereo: learn and sample stereochemistry (:mod:`medgen.molecules.stereo`); None: as the
             data (``data.stereo``), recorded in the checkpoint.
+        lr_schedule: ``constant`` or ``cosine``: the learning rate falls along a half cosine from
+            the optimizer's ``lr`` to ``lr_final_ratio * lr`` over the run, whose progress is the
+            larger of the share of its steps done (``max_steps`` or ``max_epochs``) and the share
+            of its ``max_time`` spent (Lightning's Timer, resumed with the run), so a run stopped
+            by its time limit ends annealed. A time-limited schedule depends on the machine's
+            speed, not only on the seed.
+        lr_warmup_steps: linear warm-up of the learning rate from 0 over these optimizer steps
+            (both schedules; counted from the run's first step, also in a fine-tune).
+        lr_final_ratio: the cosine's last learning rate as a share of ``lr``.
     """
 
     output: ClassVar[Output] = Output.MOLECULES
@@ -132,13 +146,19 @@ class GraphVAEModule(pl.LightningModule):
         condition_stats: dict[str, Any] | None = None,
         init_from: str | None = None,
         stereo: bool | None = None,
+        lr_schedule: str = "constant",
+        lr_warmup_steps: int = 0,
+        lr_final_ratio: float = 0.05,
     ):
         super().__init__()
         args = dict(vocabulary=vocabulary, max_atoms=max_atoms, beta=beta,
                     kl_start_step=kl_start_step, kl_warmup_steps=kl_warmup_steps,
                     kl_warmup_fraction=kl_warmup_fraction, free_bits=free_bits,
-                    learn_masks=learn_masks)  # fmt: skip
+                    learn_masks=learn_masks, lr_warmup_steps=lr_warmup_steps,
+                    lr_final_ratio=lr_final_ratio)  # fmt: skip
         check_arguments(GraphVAEModule.__init__, args, prefix="model.", limits=_LIMITS)
+        if lr_schedule not in LR_SCHEDULES:
+            raise ConfigError("model.lr_schedule", lr_schedule, f"one of {list(LR_SCHEDULES)}")
         hp: dict[str, Any] = {"network": checked_network(network)}
         hp.update(optimizer=checked_optimizer(optimizer), **args)
         hp.update(vocabulary=None if vocabulary is None else list(vocabulary))
@@ -147,11 +167,13 @@ class GraphVAEModule(pl.LightningModule):
         stats = None if condition_stats is None else dict(condition_stats)
         hp.update(conditions=checked_conditions(conditions), init_from=init_from,
                   condition_stats=stats)  # fmt: skip
-        hp.update(stereo=None if stereo is None else bool(stereo))
+        hp.update(stereo=None if stereo is None else bool(stereo), lr_schedule=lr_schedule)
         self.save_hyperparameters(hp)
         self.vae: GraphVAE | None = None
         self.vocab: Vocabulary | None = None
         self._warmup_steps: int | None = None
+        self._run_steps: float | None = None
+        self._no_length_warned = False
         # the checkpoint's `property_heads` record (medgen.molecules.conditioning), if any
         self.property_heads: dict[str, Any] | None = None
         if vocabulary is not None and max_atoms is not None:
@@ -466,6 +488,44 @@ class GraphVAEModule(pl.LightningModule):
             return float(beta) if step >= start else 0.0
         return float(beta) * min(1.0, max(0.0, (step - start) / warmup))
 
+    def run_progress(self, step: int) -> float | None:
+        """Share of the run done at optimizer step ``step``: the larger of ``step`` over the run's
+        steps (``max_steps``/``max_epochs``) and the time spent over ``max_time``; None where the
+        run has neither limit."""
+        if self._trainer is None:
+            return None
+        from pytorch_lightning.callbacks import Timer
+
+        shares = []
+        if self._run_steps is None:
+            self._run_steps = float(self.trainer.estimated_stepping_batches)
+        if self._run_steps != float("inf") and self._run_steps > 0:
+            shares.append(step / self._run_steps)
+        for cb in getattr(self.trainer, "callbacks", []):
+            if isinstance(cb, Timer):
+                left = cb.time_remaining("train")
+                if left is not None:
+                    spent = cb.time_elapsed("train")
+                    shares.append(spent / max(spent + left, 1e-9))
+        return min(1.0, max(shares)) if shares else None
+
+    def lr_factor(self, step: int) -> float:
+        """Learning rate at optimizer step ``step`` as a share of the optimizer's ``lr``."""
+        hp = self.hparams
+        warm = hp.get("lr_warmup_steps", 0)
+        factor = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+        if hp.get("lr_schedule", "constant") == "cosine":
+            progress = self.run_progress(step)
+            if progress is None:
+                if not self._no_length_warned:
+                    self._no_length_warned = True
+                    log.warning("model.lr_schedule=cosine: the run has no step, epoch or time "
+                                "limit; the learning rate stays constant")  # fmt: skip
+                return factor
+            final = float(hp.get("lr_final_ratio", 0.05))
+            factor *= final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return factor
+
     def _log_terms(self, prefix: str, out: dict[str, torch.Tensor], loss, bsz: int) -> None:
         # training: per step; val/test: the epoch mean. One key each: both at once would log
         # `<key>_step` and `<key>_epoch` twice over in the CSV
@@ -502,6 +562,9 @@ class GraphVAEModule(pl.LightningModule):
             raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.global_step}")
         self._log_terms("train", out, loss, bsz)
         self.log("train/beta", beta, on_step=True, on_epoch=False)
+        if self._trainer is not None and self.trainer.optimizers:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self.log("train/lr", lr, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -520,7 +583,19 @@ class GraphVAEModule(pl.LightningModule):
         import hydra
 
         factory = hydra.utils.instantiate({**self.hparams["optimizer"], "_partial_": True})
-        return factory(params=self.built()[0].parameters())
+        optimizer = factory(params=self.built()[0].parameters())
+        hp = self.hparams
+        if hp.get("lr_schedule", "constant") == "constant" and not hp.get("lr_warmup_steps", 0):
+            return optimizer
+
+        def factor(step: int) -> float:  # a plain function: LambdaLR stores no state for it
+            return self.lr_factor(step)
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1},
+        }
 
 
 # ---------------------------------------------------------------------------------- config nodes

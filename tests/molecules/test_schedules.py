@@ -3,6 +3,7 @@ run inside its first epoch."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -53,3 +54,84 @@ def test_max_time_ends_a_run_inside_its_first_epoch(tmp_path, monkeypatch):
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     # 800 batches per epoch: the limit stopped the run before the first epoch was over
     assert ckpt["epoch"] == 0 and 0 < ckpt["global_step"] < 800
+
+
+class _Timer:
+    """A stand-in for Lightning's Timer: ``spent`` of ``total`` seconds."""
+
+    def __init__(self, spent: float, total: float):
+        self.spent, self.total = spent, total
+
+    def time_elapsed(self, stage):
+        return self.spent
+
+    def time_remaining(self, stage):
+        return self.total - self.spent
+
+
+def test_cosine_lr_falls_from_lr_to_the_final_ratio_over_the_steps():
+    module = GraphVAEModule(lr_schedule="cosine", lr_final_ratio=0.1)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=1000, callbacks=[])
+    assert module.lr_factor(0) == pytest.approx(1.0)
+    assert module.lr_factor(500) == pytest.approx(0.55)  # half way: the cosine's mean
+    assert module.lr_factor(1000) == pytest.approx(0.1)
+    assert module.lr_factor(5000) == pytest.approx(0.1)  # held at the floor past the end
+    factors = [module.lr_factor(s) for s in range(0, 1001, 50)]
+    assert all(a > b for a, b in zip(factors, factors[1:], strict=False))
+
+
+def test_cosine_lr_follows_max_time_when_the_time_limit_ends_the_run_first(monkeypatch):
+    import pytorch_lightning.callbacks as callbacks
+
+    monkeypatch.setattr(callbacks, "Timer", _Timer)
+    module = GraphVAEModule(lr_schedule="cosine", lr_final_ratio=0.0)
+    # 30 epochs' worth of steps, but three quarters of the time limit spent at step 10
+    module._trainer = SimpleNamespace(estimated_stepping_batches=1e6, callbacks=[_Timer(75, 100)])
+    assert module.run_progress(10) == pytest.approx(0.75)
+    assert module.lr_factor(10) == pytest.approx(0.5 * (1 + math.cos(0.75 * math.pi)))
+
+
+def test_lr_warmup_is_linear_and_a_run_without_limits_keeps_the_lr(caplog):
+    module = GraphVAEModule(lr_schedule="cosine", lr_warmup_steps=10)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=float("inf"), callbacks=[])
+    assert module.lr_factor(4) == pytest.approx(0.5)
+    assert module.lr_factor(9) == module.lr_factor(10_000) == pytest.approx(1.0)
+    constant = GraphVAEModule(lr_warmup_steps=4)
+    constant._trainer = SimpleNamespace(estimated_stepping_batches=100, callbacks=[])
+    assert [constant.lr_factor(s) for s in (0, 3, 99)] == pytest.approx([0.25, 1.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("lr_schedule", "linear"), ("lr_warmup_steps", -1), ("lr_final_ratio", 1.5)],
+)
+def test_lr_schedule_settings_are_refused_by_name(key, value):
+    with pytest.raises(ValueError, match=key):
+        GraphVAEModule(**{key: value})
+
+
+def test_a_cosine_run_ends_at_the_final_learning_rate(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDGEN_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = [
+        "model.network.hidden_dim=16",
+        "model.network.latent_dim=4",
+        "model.network.pair_dim=8",
+        "model.optimizer.lr=0.01",
+        "model.lr_schedule=cosine",
+        "model.lr_warmup_steps=2",
+        "model.lr_final_ratio=0.1",
+        "callbacks.molecule_sampling.n_samples=0",
+        "callbacks.molecule_sampling.n_recon=0",
+        "data.limit=100",
+        "data.batch_size=8",
+        "trainer.limit_train_batches=null",
+        "trainer.max_epochs=100",
+        "trainer.max_steps=12",
+    ]
+    train_tiny(tmp_path, overrides)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 12
+    (scheduler,) = ckpt["lr_schedulers"]
+    assert scheduler["last_epoch"] == 12
+    # the learning rate the optimizer would take next: the cosine's floor at the end of the run
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.001)
