@@ -562,9 +562,6 @@ class GraphVAEModule(pl.LightningModule):
             raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.global_step}")
         self._log_terms("train", out, loss, bsz)
         self.log("train/beta", beta, on_step=True, on_epoch=False)
-        if self._trainer is not None and self.trainer.optimizers:
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-            self.log("train/lr", lr, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

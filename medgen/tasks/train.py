@@ -150,8 +150,17 @@ class ParameterSummary(ModelSummary):
             return
         log.info("model %s:\n%s", type(pl_module).__name__, parameter_summary(pl_module))
         for opt in trainer.optimizers:
-            rates = ", ".join(format_value("lr", g["lr"]) for g in opt.param_groups)
+            rates = ", ".join(_rate(g) for g in opt.param_groups)
             log.info("optimizer %s: lr=%s", type(opt).__name__, rates)
+
+
+def _rate(group: dict[str, Any]) -> str:
+    """A parameter group's learning rate; under a schedule, its base rate and its first one."""
+    now = format_value("lr", group["lr"])
+    base = group.get("initial_lr")  # set by torch's schedulers
+    if base is None or base == group["lr"]:
+        return now
+    return f"{format_value('lr', base)} (scheduled; {now} at the first step)"
 
 
 def _refuse_sweep_relaunch(trainer) -> None:

@@ -191,3 +191,14 @@ def test_scan_metrics_table_has_arrows():
     assert "↑ higher, ~1" in rows["memorization/distance_ratio"]
     assert "n/a" in rows["memorization/distance_ratio"]
     assert rows["fidelity/mmd"].split()[1] == "8.177e+15"
+
+
+def test_a_scheduled_learning_rate_is_logged_with_its_base_rate():
+    from medgen.tasks.train import _rate
+
+    assert _rate({"lr": 1e-3}) == "1.0e-03"
+    # a warm-up scheduler starts below the optimizer's lr: both are said
+    assert (
+        _rate({"lr": 1.7e-6, "initial_lr": 5e-4})
+        == "5.0e-04 (scheduled; 1.7e-06 at the first step)"
+    )
