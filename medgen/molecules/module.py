@@ -526,6 +526,18 @@ class GraphVAEModule(pl.LightningModule):
             factor *= final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return factor
 
+    def on_train_start(self) -> None:
+        # a resumed run's optimizer comes back with the last rate of the schedule it was saved
+        # under; with a new step or time limit the first step already takes the new schedule's
+        step = self.global_step
+        for config in self.trainer.lr_scheduler_configs:
+            schedule = config.scheduler
+            if isinstance(schedule, torch.optim.lr_scheduler.LambdaLR) and step > 0:
+                for group, base in zip(
+                    schedule.optimizer.param_groups, schedule.base_lrs, strict=True
+                ):
+                    group["lr"] = base * self.lr_factor(step)
+
     def _log_terms(self, prefix: str, out: dict[str, torch.Tensor], loss, bsz: int) -> None:
         # training: per step; val/test: the epoch mean. One key each: both at once would log
         # `<key>_step` and `<key>_epoch` twice over in the CSV

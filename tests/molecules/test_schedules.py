@@ -3,6 +3,7 @@ run inside its first epoch."""
 
 from __future__ import annotations
 
+import csv
 import math
 from types import SimpleNamespace
 
@@ -110,7 +111,9 @@ def test_lr_schedule_settings_are_refused_by_name(key, value):
         GraphVAEModule(**{key: value})
 
 
-def test_a_cosine_run_ends_at_the_final_learning_rate(tmp_path, monkeypatch):
+def test_a_cosine_run_ends_at_the_final_learning_rate_and_resumes_on_its_schedule(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("MEDGEN_CACHE_DIR", str(tmp_path / "cache"))
     overrides = [
         "model.network.hidden_dim=16",
@@ -135,3 +138,16 @@ def test_a_cosine_run_ends_at_the_final_learning_rate(tmp_path, monkeypatch):
     assert scheduler["last_epoch"] == 12
     # the learning rate the optimizer would take next: the cosine's floor at the end of the run
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.001)
+    # resumed with a longer limit: the schedule continues from step 12 of 24 (half way down)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    train_tiny(tmp_path / "more", [*overrides[:-1], "trainer.max_steps=24", f"ckpt_path={last}"])
+    more = torch.load(tmp_path / "more" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert more["global_step"] == 24 and more["lr_schedulers"][0]["last_epoch"] == 24
+    assert more["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.001)
+    rows = list(csv.DictReader(open(tmp_path / "more" / "run" / "csv" / "metrics.csv")))
+    rates = {int(r["step"]): float(r["lr-AdamW"]) for r in rows if r.get("lr-AdamW")}
+    # the first rate after the resume is the cosine's at step 12 of 24, not a restarted warm-up
+    first = min(rates)
+    assert first >= 12
+    expected = 0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * first / 24)))
+    assert rates[first] == pytest.approx(expected, rel=1e-4)
