@@ -471,7 +471,7 @@ class GraphVAEModule(pl.LightningModule):
         if fraction is None or self._trainer is None:
             return int(hp["kl_warmup_steps"])
         if self._warmup_steps is None:
-            total = self.trainer.estimated_stepping_batches
+            total = self.run_steps()
             if total == float("inf"):
                 log.warning("model.kl_warmup_fraction: the run has no step or epoch limit; "
                             "using model.kl_warmup_steps=%d", hp["kl_warmup_steps"])  # fmt: skip
@@ -488,6 +488,12 @@ class GraphVAEModule(pl.LightningModule):
             return float(beta) if step >= start else 0.0
         return float(beta) * min(1.0, max(0.0, (step - start) / warmup))
 
+    def run_steps(self) -> float:
+        """The run's optimizer steps (``max_steps``/``max_epochs``; inf without either), once."""
+        if self._run_steps is None:
+            self._run_steps = float(self.trainer.estimated_stepping_batches)
+        return self._run_steps
+
     def run_progress(self, step: int) -> float | None:
         """Share of the run done at optimizer step ``step``: the larger of ``step`` over the run's
         steps (``max_steps``/``max_epochs``) and the time spent over ``max_time``; None where the
@@ -497,10 +503,9 @@ class GraphVAEModule(pl.LightningModule):
         from pytorch_lightning.callbacks import Timer
 
         shares = []
-        if self._run_steps is None:
-            self._run_steps = float(self.trainer.estimated_stepping_batches)
-        if self._run_steps != float("inf") and self._run_steps > 0:
-            shares.append(step / self._run_steps)
+        total = self.run_steps()
+        if total != float("inf") and total > 0:
+            shares.append(step / total)
         for cb in getattr(self.trainer, "callbacks", []):
             if isinstance(cb, Timer):
                 left = cb.time_remaining("train")

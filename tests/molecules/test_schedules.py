@@ -14,6 +14,9 @@ from medgen.molecules.module import GraphVAEModule
 
 from .test_module import train_tiny
 
+# a network small enough for a run of a few seconds
+TINY = ["model.network.hidden_dim=16", "model.network.latent_dim=4", "model.network.pair_dim=8"]
+
 
 def test_kl_warmup_fraction_follows_the_length_of_the_run():
     module = GraphVAEModule(kl_warmup_steps=5000, kl_warmup_fraction=0.25, beta=0.5)
@@ -40,9 +43,7 @@ def test_kl_warmup_fraction_outside_zero_one_is_refused_by_name(fraction):
 def test_max_time_ends_a_run_inside_its_first_epoch(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDGEN_CACHE_DIR", str(tmp_path / "cache"))
     overrides = [
-        "model.network.hidden_dim=16",
-        "model.network.latent_dim=4",
-        "model.network.pair_dim=8",
+        *TINY,
         "callbacks.molecule_sampling.n_samples=0",
         "callbacks.molecule_sampling.n_recon=0",
         "data.limit=1000",
@@ -116,9 +117,7 @@ def test_a_cosine_run_ends_at_the_final_learning_rate_and_resumes_on_its_schedul
 ):
     monkeypatch.setenv("MEDGEN_CACHE_DIR", str(tmp_path / "cache"))
     overrides = [
-        "model.network.hidden_dim=16",
-        "model.network.latent_dim=4",
-        "model.network.pair_dim=8",
+        *TINY,
         "model.optimizer.lr=0.01",
         "model.lr_schedule=cosine",
         "model.lr_warmup_steps=2",
