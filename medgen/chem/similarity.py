@@ -2,8 +2,9 @@
 
 Fingerprints are Morgan (ECFP-like) bit vectors from ``rdFingerprintGenerator``, stored packed
 (``np.packbits``: 8 bits a byte). Tanimoto ``T = c / (a + b - c)`` needs the popcounts ``a``, ``b``
-and the count ``c`` of bits set in both; ``c`` for a block of pairs is an int8 matrix product
-(exact, int32 accumulation) and ``T`` is divided in float32, as MOSES does, so every similarity is
+and the count ``c`` of bits set in both; ``c`` for a block of pairs is an exact matrix product
+(int8 with int32 accumulation, or float32 where this CPU's int8 product is slow:
+:func:`int8_product_is_fast`) and ``T`` is divided in float32, as MOSES does, so every similarity is
 bit-identical to MOSES's float32 matrix-product version.
 
 Nearest-neighbour search (:func:`max_tanimoto`) sorts the reference by popcount: among reference
@@ -87,13 +88,49 @@ def _unpack(packed: np.ndarray, n_bits: int):
 
 
 def _common_bits(left, right_t) -> np.ndarray:
-    """``left (m, D) @ right_t (D, n)`` of 0/1 int8 tensors: bits set in both, ``(m, n)`` int32."""
+    """``left (m, D) @ right_t (D, n)`` of 0/1 int8 tensors: bits set in both, ``(m, n)`` int32.
+
+    Exact either way: an int8 product accumulates in int32, and a float32 one sums at most ``D``
+    ones (exact below 2**24). Which one runs is :func:`int8_product_is_fast`'s choice."""
     import torch
 
-    try:
+    if int8_product_is_fast():
         return torch._int_mm(left, right_t).numpy()
+    return (left.float() @ right_t.float()).to(torch.int32).numpy()
+
+
+@cache
+def int8_product_is_fast() -> bool:
+    """Whether this CPU's int8 matrix product beats its float32 one, timed once per process on a
+    small 0/1 product (best of 3 each).
+
+    The int8 product is fast where the CPU has int8 dot-product instructions (AVX-512 VNNI, AMX)
+    and about 50x slower than float32 where it has not (AVX2 only); torch has no flag that says
+    which, so it is measured. False when this torch build has no int8 product.
+    """
+    import time
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    left = torch.from_numpy(rng.integers(0, 2, (128, 1024), dtype=np.int8))
+    right = torch.from_numpy(rng.integers(0, 2, (1024, 128), dtype=np.int8))
+
+    def best_of_3(product) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    try:
+        torch._int_mm(left, right)
     except (AttributeError, RuntimeError):  # no int8 product in this torch build
-        return (left.float() @ right_t.float()).to(torch.int32).numpy()
+        return False
+    as_int8 = best_of_3(lambda: torch._int_mm(left, right))
+    as_float = best_of_3(lambda: (left.float() @ right.float()).to(torch.int32))
+    return as_int8 <= as_float
 
 
 def _tanimoto(common: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
