@@ -108,7 +108,7 @@ def int8_product_is_fast() -> bool:
     and about 50x slower than float32 where it has not (AVX2 only); torch has no flag that says
     which, so it is measured. False when this torch build has no int8 product.
     """
-    import time
+    import timeit
 
     import torch
 
@@ -116,20 +116,14 @@ def int8_product_is_fast() -> bool:
     left = torch.from_numpy(rng.integers(0, 2, (128, 1024), dtype=np.int8))
     right = torch.from_numpy(rng.integers(0, 2, (1024, 128), dtype=np.int8))
 
-    def best_of_3(product) -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            product()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     try:
         torch._int_mm(left, right)
     except (AttributeError, RuntimeError):  # no int8 product in this torch build
         return False
-    as_int8 = best_of_3(lambda: torch._int_mm(left, right))
-    as_float = best_of_3(lambda: (left.float() @ right.float()).to(torch.int32))
+    as_int8 = min(timeit.repeat(lambda: torch._int_mm(left, right), number=1, repeat=3))
+    as_float = min(
+        timeit.repeat(lambda: (left.float() @ right.float()).to(torch.int32), number=1, repeat=3)
+    )
     return as_int8 <= as_float
 
 
