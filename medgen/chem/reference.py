@@ -261,7 +261,7 @@ def reference_index(stats: ReferenceStats) -> FingerprintIndex:
     """``stats.fps`` prepared for nearest-neighbour search (distinct, sorted by popcount), kept on
     ``stats`` and cached as a plain ``.npz`` in ``stats.cache_dir`` (keyed by the fingerprints'
     sha256), so a later run skips the preparation."""
-    from medgen.chem.similarity import fingerprint_index
+    from medgen.chem.similarity import fingerprint_index, sorted_fingerprint_index
 
     if stats._index is not None:
         return stats._index
@@ -270,7 +270,7 @@ def reference_index(stats: ReferenceStats) -> FingerprintIndex:
     cache = None if stats.cache_dir is None else Path(stats.cache_dir) / f"fps-{key}.npz"
     if cache is not None and cache.is_file():
         data = read_npz(cache, ("bits", "counts", "size"), hint=_CACHE_HINT)
-        index = FingerprintIndex(
+        index = sorted_fingerprint_index(
             data["bits"], data["counts"], stats.fps.shape[1], int(data["size"])
         )
     else:
