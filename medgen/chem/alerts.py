@@ -9,14 +9,11 @@ from __future__ import annotations
 import csv
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from rdkit import Chem
 
+from medgen.chem.patterns import PatternScreen
 from medgen.errors import UserError
-
-if TYPE_CHECKING:
-    from rdkit.DataStructs import ExplicitBitVect
 
 #: alert families reported by :func:`alerts`, each a column of :func:`medgen.chem.properties.score`
 ALERT_CATALOGS: tuple[str, ...] = ("pains", "brenk", "nih")
@@ -52,9 +49,8 @@ def alerts(mol: Chem.Mol, catalog: str) -> list[str]:
 
 
 @cache
-def moses_filter_patterns() -> tuple[tuple[str, Chem.Mol, ExplicitBitVect], ...]:
-    """(name, query, query pattern fingerprint) for the MOSES MCF and WEHI PAINS SMARTS shipped in
-    ``medgen/chem/data``."""
+def moses_filter_patterns() -> tuple[tuple[str, Chem.Mol], ...]:
+    """(name, query) for the MOSES MCF and WEHI PAINS SMARTS shipped in ``medgen/chem/data``."""
     text = resources.files("medgen.chem").joinpath("data/moses_filters.csv").read_text()
     rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
     patterns = []
@@ -62,8 +58,14 @@ def moses_filter_patterns() -> tuple[tuple[str, Chem.Mol, ExplicitBitVect], ...]
         query = Chem.MolFromSmarts(row["smarts"])
         if query is None:
             raise ValueError(f"moses_filters.csv row {lineno}: bad SMARTS {row['smarts']!r}")
-        patterns.append((row["name"], query, Chem.PatternFingerprint(query)))
+        patterns.append((row["name"], query))
     return tuple(patterns)
+
+
+@cache
+def moses_filter_screen() -> PatternScreen:
+    """:func:`moses_filter_patterns` as one :class:`~medgen.chem.patterns.PatternScreen`."""
+    return PatternScreen([query for _, query in moses_filter_patterns()])
 
 
 def moses_filters_pass(mol: Chem.Mol) -> bool:
@@ -77,13 +79,5 @@ def moses_filters_pass(mol: Chem.Mol) -> bool:
     for atom in mol.GetAtoms():
         if atom.GetFormalCharge() != 0 or atom.GetSymbol() not in MOSES_ALLOWED_ATOMS:
             return False
-    from rdkit import DataStructs
-
-    with_h = Chem.AddHs(mol)
-    # pattern fingerprints screen out most queries before the (4x costlier) substructure search;
-    # a query whose bits are not all in the molecule's cannot match (no false negatives)
-    screen = Chem.PatternFingerprint(with_h)
-    for _, query, query_fp in moses_filter_patterns():
-        if DataStructs.AllProbeBitsMatch(query_fp, screen) and with_h.HasSubstructMatch(query):
-            return False
-    return True
+    # pattern fingerprints screen out most of the 502 queries before the substructure searches
+    return not moses_filter_screen().any_match(Chem.AddHs(mol))

@@ -28,7 +28,10 @@ from typing import TYPE_CHECKING, Any
 from rdkit import Chem
 
 if TYPE_CHECKING:
+    import numpy as np
     from rdkit.Chem.FilterCatalog import FilterCatalog
+
+    from medgen.chem.patterns import PatternScreen
 
 #: the column :func:`dualuse_column` fills (class names joined by ``";"``, ``""`` when none)
 COLUMN = "dualuse_alerts"
@@ -124,15 +127,17 @@ def references() -> dict[str, list[str]]:
 
 
 @cache
-def _patterns() -> tuple[tuple[str, Chem.Mol, Any], ...]:
-    """``(class name, query, query pattern fingerprint)`` of :data:`ALERTS`."""
-    out = []
+def _patterns() -> tuple[tuple[str, ...], PatternScreen]:
+    """Alert names and their queries as one screen (compiled once per process)."""
+    from medgen.chem.patterns import PatternScreen
+
+    queries = []
     for alert in ALERTS:
         query = Chem.MolFromSmarts(alert.smarts)
         if query is None:  # a bug in this file, not the user's
             raise ValueError(f"dual-use alert {alert.name!r}: bad SMARTS {alert.smarts!r}")
-        out.append((alert.name, query, Chem.PatternFingerprint(query)))
-    return tuple(out)
+        queries.append(query)
+    return tuple(a.name for a in ALERTS), PatternScreen(queries)
 
 
 @cache
@@ -156,24 +161,19 @@ def _catalog() -> tuple[FilterCatalog, dict[str, str]]:
     return chosen, names
 
 
-def dualuse_alerts(mol: Chem.Mol | None) -> list[str]:
+def dualuse_alerts(mol: Chem.Mol | None, words: np.ndarray | None = None) -> list[str]:
     """Class names of the dual-use alerts ``mol`` matches, sorted, without duplicates.
 
     ``[]`` for a molecule that matches none and for None (an invalid SMILES has no structure).
+    ``words``: ``mol``'s :func:`medgen.chem.patterns.pattern_words`, when the caller has them.
     """
     if mol is None:
         return []
-    from rdkit import DataStructs
-
-    found: set[str] = set()
-    screen = Chem.PatternFingerprint(mol)
-    for name, query, query_fp in _patterns():
-        # a query whose bits are not all in the molecule's cannot match (no false negatives)
-        if name not in found and DataStructs.AllProbeBitsMatch(query_fp, screen):
-            if mol.HasSubstructMatch(query):
-                found.add(name)
-    catalog, names = _catalog()
-    found.update(names[m.GetDescription()] for m in catalog.GetMatches(mol))
+    names, screen = _patterns()
+    # queries whose pattern-fingerprint bits are not all in the molecule's cannot match
+    found = {names[i] for i in screen.matching(mol, words)}
+    catalog, catalog_names = _catalog()
+    found.update(catalog_names[m.GetDescription()] for m in catalog.GetMatches(mol))
     return sorted(found)
 
 

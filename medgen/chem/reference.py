@@ -114,25 +114,36 @@ def molecule_features(smiles: Sequence[str], with_kl: bool = False) -> dict[str,
     return out
 
 
-def mol_features(mols: Sequence) -> dict[str, Any]:
-    """:func:`molecule_features` of sanitized RDKit molecules (without the GuacaMol part)."""
-    from rdkit.Chem import Descriptors, QED, Crippen  # noqa: I001
+def mol_features(mols: Sequence, dualuse: bool = False) -> dict[str, Any]:
+    """:func:`molecule_features` of sanitized RDKit molecules (without the GuacaMol part); with
+    ``dualuse``, the :data:`medgen.chem.dualuse.COLUMN` values too (``dualuse``).
+
+    One pass per molecule; what two metrics both need (logP for the logP row and QED, the
+    pattern fingerprint that screens QED's and the dual-use alerts) is computed once."""
+    from rdkit.Chem import Descriptors, Crippen  # noqa: I001
 
     from medgen.chem.alerts import moses_filters_pass
-    from medgen.chem.properties import sa_score
+    from medgen.chem.dualuse import dualuse_alerts
+    from medgen.chem.patterns import pattern_words
+    from medgen.chem.properties import qed, sa_score
     from medgen.chem.similarity import packed_fingerprints
 
-    return {
-        "fps": packed_fingerprints(mols),
-        "fragments": [brics_fragments(m) for m in mols],
-        "scaffolds": [compute_scaffold(m) for m in mols],
-        "filters": [moses_filters_pass(m) for m in mols],
+    names = ("fragments", "scaffolds", "filters", "logP", "SA", "QED", "weight")
+    out: dict[str, Any] = {name: [] for name in names + (("dualuse",) if dualuse else ())}
+    for m in mols:
+        out["fragments"].append(brics_fragments(m))
+        out["scaffolds"].append(compute_scaffold(m))
+        out["filters"].append(moses_filters_pass(m))
         # rdkit-stubs omit the descriptors RDKit builds at import time (MolLogP, MolWt)
-        "logP": [Crippen.MolLogP(m) for m in mols],  # type: ignore[attr-defined]
-        "SA": [sa_score(m) for m in mols],
-        "QED": [QED.qed(m) for m in mols],
-        "weight": [Descriptors.MolWt(m) for m in mols],  # type: ignore[attr-defined]
-    }
+        logp = Crippen.MolLogP(m)  # type: ignore[attr-defined]
+        words = pattern_words(m)  # screens both the QED and the dual-use alerts
+        out["logP"].append(logp)
+        out["SA"].append(sa_score(m))
+        out["QED"].append(qed(m, logp=logp, words=words))
+        out["weight"].append(Descriptors.MolWt(m))  # type: ignore[attr-defined]
+        if dualuse:
+            out["dualuse"].append(";".join(dualuse_alerts(m, words)))
+    return {"fps": packed_fingerprints(mols)} | out
 
 
 def _kl_of_mols(mols: Sequence) -> dict[str, np.ndarray]:
@@ -184,7 +195,7 @@ def sample_features(
     mols = [m for m in (parse_smiles(c) for c in canonical if c is not None) if m is not None]
     if len(mols) != sum(c is not None for c in canonical):  # RDKit writes what it can read
         raise ValueError("a canonical SMILES does not parse again")
-    out = mol_features(mols)
+    out = mol_features(mols, dualuse=dualuse)
     out["canonical"] = canonical
     out["flat"] = [Chem.MolToSmiles(m, isomericSmiles=False) for m in mols]
     out["fcd_smiles"] = [Chem.MolToSmiles(m) for m in mols]
@@ -193,10 +204,6 @@ def sample_features(
 
         acts = chemnet_activations(out["fcd_smiles"], batch_size=batch_size, canonical=True)
         out["activations"] = acts.astype(np.float32)
-    if dualuse:
-        from medgen.chem.dualuse import dualuse_alerts
-
-        out["dualuse"] = [";".join(dualuse_alerts(m)) for m in mols]
     return out
 
 

@@ -120,3 +120,56 @@ def test_rdkit_logging_is_restored_after_scoring(capfd):
     with rdBase.CaptureErrorLog() as capture:  # ...and RDKit still logs afterwards
         Chem.MolFromSmiles("C1CC")
     assert "unclosed ring" in capture.messages
+
+
+@pytest.fixture(scope="module")
+def moses_200() -> list[Chem.Mol]:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "data" / "chem" / "moses_test_200.smi"
+    lines = path.read_text().splitlines()
+    smiles = [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
+    # and molecules that hit the screened alerts, explicit hydrogens, charges, a metal
+    extra = ["O=C(Cl)Cl", "[H]OC([H])([H])C=O", "C[N+](C)(C)C.[Cl-]", "CC(=O)OO", "[Na+].[O-]C=O",
+             "O=[N+]([O-])c1ccc(cc1)N=Nc1ccccc1", "S=C=Nc1ccccc1", "C1=CC(=O)C=CC1=O"]  # fmt: skip
+    return [Chem.MolFromSmiles(s) for s in smiles + extra]
+
+
+def test_pattern_screen_finds_what_searching_every_query_finds(moses_200):
+    """The stacked-fingerprint screen keeps exactly the queries RDKit's one-by-one
+    AllProbeBitsMatch keeps, and its matches are those of searching every query."""
+    from rdkit import DataStructs
+    from rdkit.Chem import QED
+
+    from medgen.chem.alerts import moses_filter_patterns, moses_filter_screen
+    from medgen.chem.patterns import PatternScreen, pattern_words
+
+    screens = [(moses_filter_screen(), True), (PatternScreen(QED.StructuralAlerts), False)]
+    total = 0
+    for screen, with_h in screens:
+        query_fps = [Chem.PatternFingerprint(q) for q in screen.queries]
+        for mol in moses_200:
+            mol = Chem.AddHs(mol) if with_h else mol
+            words, fp = pattern_words(mol), Chem.PatternFingerprint(mol)
+            kept = [i for i, q in enumerate(query_fps) if DataStructs.AllProbeBitsMatch(q, fp)]
+            assert screen.candidates(words).tolist() == kept
+            every = [i for i, q in enumerate(screen.queries) if mol.HasSubstructMatch(q)]
+            assert screen.matching(mol, words) == every
+            assert screen.any_match(mol) == bool(every)
+            total += len(every)
+    assert total > 20  # the set does hit alerts of both screens
+    assert len(moses_filter_patterns()) == len(moses_filter_screen()) == 502
+
+
+def test_qed_is_rdkits_value(moses_200):
+    """medgen's QED (screened alerts, reused logP) equals RDKit's QED.qed bit for bit, explicit
+    hydrogens included."""
+    from rdkit.Chem import QED, Crippen
+
+    from medgen.chem.patterns import pattern_words
+
+    mols = moses_200 + [Chem.AddHs(m) for m in moses_200[:20]]
+    for mol in mols:
+        expected = QED.qed(mol)
+        assert qed(mol) == expected
+        assert qed(mol, logp=Crippen.MolLogP(mol), words=pattern_words(mol)) == expected
