@@ -68,6 +68,14 @@ def moses_filter_screen() -> PatternScreen:
     return PatternScreen([query for _, query in moses_filter_patterns()])
 
 
+@cache
+def _charged_or_disallowed() -> Chem.Mol:
+    """One atom with a formal charge, or of an element outside :data:`MOSES_ALLOWED_ATOMS`."""
+    allowed = "&".join(f"!#{Chem.GetPeriodicTable().GetAtomicNumber(s)}"
+                       for s in sorted(MOSES_ALLOWED_ATOMS))  # fmt: skip
+    return Chem.MolFromSmarts(f"[!+0,{allowed}]")
+
+
 def moses_filters_pass(mol: Chem.Mol) -> bool:
     """MOSES ``mol_passes_filters``: no ring of 8+ atoms, no charged atom, only C N S O F Cl Br H,
     and no MCF or PAINS pattern (matched on the molecule with explicit hydrogens).
@@ -76,8 +84,7 @@ def moses_filters_pass(mol: Chem.Mol) -> bool:
     """
     if any(len(ring) >= 8 for ring in mol.GetRingInfo().AtomRings()):
         return False
-    for atom in mol.GetAtoms():
-        if atom.GetFormalCharge() != 0 or atom.GetSymbol() not in MOSES_ALLOWED_ATOMS:
-            return False
+    if mol.HasSubstructMatch(_charged_or_disallowed()):  # one search, not a Python atom loop
+        return False
     # pattern fingerprints screen out most of the 502 queries before the substructure searches
     return not moses_filter_screen().any_match(Chem.AddHs(mol))

@@ -173,3 +173,23 @@ def test_qed_is_rdkits_value(moses_200):
         expected = QED.qed(mol)
         assert qed(mol) == expected
         assert qed(mol, logp=Crippen.MolLogP(mol), words=pattern_words(mol)) == expected
+
+
+def test_moses_filters_equal_the_straightforward_definition(moses_200):
+    """Ring sizes, charges, elements, then every MCF/PAINS pattern on the molecule with
+    hydrogens, checked the long way (an atom loop, no screen)."""
+    from medgen.chem.alerts import MOSES_ALLOWED_ATOMS, moses_filter_patterns
+
+    odd = ["C1CCCCCCC1", "CC[Si](C)C", "C*", "[13CH3]CO", "[2H]OC", "CC(=O)[O-].[Na+]"]
+    outcomes = set()
+    for mol in moses_200 + [Chem.MolFromSmiles(s) for s in odd]:
+        with_h = Chem.AddHs(mol)
+        expected = (
+            all(len(ring) < 8 for ring in mol.GetRingInfo().AtomRings())
+            and all(a.GetFormalCharge() == 0 and a.GetSymbol() in MOSES_ALLOWED_ATOMS
+                    for a in mol.GetAtoms())
+            and not any(with_h.HasSubstructMatch(q) for _, q in moses_filter_patterns())
+        )  # fmt: skip
+        assert moses_filters_pass(mol) == expected, Chem.MolToSmiles(mol)
+        outcomes.add(expected)
+    assert outcomes == {True, False}
