@@ -19,6 +19,7 @@ from rdkit.Chem.Scaffolds import MurckoScaffold
 
 from medgen.chem.alerts import ALERT_CATALOGS, alerts, moses_filters_pass
 from medgen.chem.mol import parse_smiles_with_reason
+from medgen.chem.patterns import pattern_words
 from medgen.errors import UserError
 
 if TYPE_CHECKING:
@@ -185,8 +186,10 @@ def score_molecule(mol: Chem.Mol, groups: Iterable[str] = tuple(GROUPS)) -> dict
             fraction_csp3=rdMolDescriptors.CalcFractionCSP3(mol),
             formal_charge=Chem.GetFormalCharge(mol),
         )
+    # one pattern fingerprint screens both QED's and the dual-use alerts
+    words = pattern_words(mol) if {"qed", "dualuse"} <= groups else None
     if "qed" in groups:
-        row["qed"] = qed(mol, logp=clogp if need_desc else None)
+        row["qed"] = qed(mol, logp=clogp if need_desc else None, words=words)
     if "sa" in groups:
         row["sa"] = sa_score(mol)
     if "rules" in groups:
@@ -202,7 +205,7 @@ def score_molecule(mol: Chem.Mol, groups: Iterable[str] = tuple(GROUPS)) -> dict
     if "dualuse" in groups:
         from medgen.chem.dualuse import dualuse_alerts
 
-        row["dualuse_alerts"] = ";".join(dualuse_alerts(mol))
+        row["dualuse_alerts"] = ";".join(dualuse_alerts(mol, words))
     return row
 
 
