@@ -6,14 +6,16 @@
 
 The "generated" samples are the first ``--n`` MOSES test-scaffold molecules (``--source train``:
 MOSES train), scored against MOSES's Test and TestSF statistics with novelty against MOSES train
-and GuacaMol's KL score (``medgen data moses`` first). Three tables, each with its reference
+and GuacaMol's KL score (``medgen data moses`` first). Four tables, each with its reference
 measured in the same run:
 
 1. SNN on a subset: the dense float32 matrix product of the first implementation (kept here
    as the reference) vs the popcount-grouped search with sparse-times-dense integer bit counts,
    and their largest difference.
-2. The stages of one evaluation in one process (wall and CPU seconds).
-3. The full ``evaluate_smiles`` wall time with 1 and 2 workers, each in a fresh process (pool
+2. ChemNet on five times the SNN subset: fcd-torch's forward pass (the reference) vs the
+   padding-aware one that does the padding's repeated work once, and their largest difference.
+3. The stages of one evaluation in one process (wall and CPU seconds).
+4. The full ``evaluate_smiles`` wall time with 1 and 2 workers, each in a fresh process (pool
    start-up included), and the ratio to 1 worker.
 
 Timings on a machine shared with other jobs vary with its load: the load average is printed with
@@ -128,6 +130,33 @@ def snn_table(smiles: list[str], references) -> None:
     )
 
 
+def chemnet_table(smiles: list[str]) -> None:
+    """ChemNet activations: fcd-torch's forward pass (the reference) vs the padding-aware one,
+    on the same one-hot batches of 512, the same thread."""
+    import torch
+
+    from medgen.chem.fcd import chemnet, fast_chemnet, one_hot_batch
+
+    model, fast = chemnet(), fast_chemnet()
+    batches = [one_hot_batch(smiles[i : i + 512]) for i in range(0, len(smiles), 512)]
+    rows, outs = [], {}
+    for name, forward in (("fcd-torch forward (reference)", model),
+                          ("padding-aware forward (now)", fast)):  # fmt: skip
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        with torch.no_grad():
+            outs[name] = torch.cat([forward(x) for x in batches])
+        rows.append((name, time.perf_counter() - t0, cpu_seconds() - c0))
+    print(f"ChemNet on {len(smiles):,} molecules, batches of 512, 1 thread\n")
+    print(f"| {'forward':<32} | {'wall s':>7} | {'CPU s':>7} | {'ms/mol':>7} | {'speed-up':>8} |")
+    print(f"|{'-' * 34}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 10}|")
+    for name, wall, cpu in rows:
+        print(f"| {name:<32} | {wall:7.2f} | {cpu:7.2f} | {1000 * wall / len(smiles):7.2f} | "
+              f"{rows[0][1] / wall:8.2f} |")  # fmt: skip
+    first, second = outs.values()
+    print(f"\nlargest activation difference: {(first - second).abs().max().item():.1e}; "
+          f"load {os.getloadavg()[0]:.1f}\n")  # fmt: skip
+
+
 def stage_table(smiles: list[str], references, kl_reference, train) -> None:
     """One evaluation's stages, in this process (1 worker)."""
     from scipy.stats import wasserstein_distance
@@ -223,6 +252,7 @@ def main() -> None:
     parser.add_argument("--source", default="test_scaffolds", choices=["test_scaffolds", "train"])
     parser.add_argument("--skip-snn", action="store_true")
     parser.add_argument("--skip-stages", action="store_true")
+    parser.add_argument("--skip-chemnet", action="store_true")
     parser.add_argument("--skip-full", action="store_true")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -230,7 +260,7 @@ def main() -> None:
         child(int(args.child[0]), int(args.child[1]), args.child[2])
         return
     print(f"# evaluation benchmark: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}\n")
-    if not (args.skip_snn and args.skip_stages):
+    if not (args.skip_snn and args.skip_stages and args.skip_chemnet):
         import torch
 
         torch.set_num_threads(1)
@@ -238,6 +268,8 @@ def main() -> None:
         smiles = first(args.source, args.n)
         if not args.skip_snn:
             snn_table(smiles[: args.subset], references)
+        if not args.skip_chemnet:
+            chemnet_table(smiles[: args.subset * 5])
         if not args.skip_stages:
             stage_table(smiles, references, kl_reference, train)
     if not args.skip_full:

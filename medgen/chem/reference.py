@@ -180,7 +180,8 @@ def sample_features(
     batch_size: int = 512,
     dualuse: bool = False,
 ) -> dict[str, Any]:
-    """What the metrics need from generated SMILES (any, invalid included), each parsed once.
+    """What the metrics need from generated SMILES (any, invalid included), each parsed once
+    (twice when not written canonically: the features come from its canonical SMILES).
 
     ``canonical``: one entry per input (None when invalid). For the valid ones, in order: the
     :func:`mol_features` values, ``flat`` (canonical SMILES without stereo, for GuacaMol),
@@ -191,10 +192,19 @@ def sample_features(
     """
     from rdkit import Chem
 
-    canonical = [canonical_smiles(s) for s in smiles]
-    mols = [m for m in (parse_smiles(c) for c in canonical if c is not None) if m is not None]
-    if len(mols) != sum(c is not None for c in canonical):  # RDKit writes what it can read
-        raise ValueError("a canonical SMILES does not parse again")
+    canonical: list[str | None] = []
+    mols = []
+    for s in smiles:
+        mol = parse_smiles(s)
+        text = Chem.MolToSmiles(mol) if mol is not None else None
+        canonical.append(text)
+        if mol is None:
+            continue
+        if text != str(s).strip():  # already canonical (most samples): the same text, parsed
+            mol = parse_smiles(text)
+            if mol is None:  # RDKit writes what it can read
+                raise ValueError(f"the canonical SMILES {text!r} of {s!r} does not parse again")
+        mols.append(mol)
     out = mol_features(mols, dualuse=dualuse)
     out["canonical"] = canonical
     out["flat"] = [Chem.MolToSmiles(m, isomericSmiles=False) for m in mols]
