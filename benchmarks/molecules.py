@@ -15,6 +15,7 @@ molecule -> canonical SMILES on the MOSES test set and lists the kinds of mismat
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -84,6 +85,12 @@ def main() -> int:
     parser.add_argument("--decode-batch", type=int, default=1000)
     parser.add_argument("--decode-rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="also decode in this many 1-thread processes (needs --ckpt; 1: off)",
+    )
     parser.add_argument("--decoder", default="graph", choices=["graph", "sequence"],
                         help="untrained model's decoder (ignored with --ckpt)")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="top operators of a train step")
@@ -138,6 +145,11 @@ def main() -> int:
     rows.append((f"decode graphs (batch {n})", total / graph_time, peak_mb(dev)))
     rows.append((f"decode -> valid SMILES (batch {n})", valid * total / smiles_time, peak_mb(dev)))
 
+    if args.ckpt and args.processes > 1:
+        rate = decode_in_processes(args)
+        rows.append((f"decode -> valid SMILES, {args.processes} processes x 1 thread", rate,
+                     peak_mb(dev)))  # fmt: skip
+
     from rdkit import Chem
 
     t0 = time.perf_counter()
@@ -152,13 +164,54 @@ def main() -> int:
         f"vocabulary {len(vocab)} types, max_atoms {vae.decoder.max_atoms}"
     )
     print(f"sampled: validity {valid:.4f}, mean heavy atoms {sum(atoms) / len(atoms):.1f}\n")
-    print(f"| {'measure':<44} | {'molecules/s':>11} | {'x reference':>11} | {'peak MiB':>8} |")
-    print(f"|{'-' * 46}|{'-' * 13}|{'-' * 13}|{'-' * 10}|")
+    print(f"| {'measure':<48} | {'molecules/s':>11} | {'x reference':>11} | {'peak MiB':>8} |")
+    print(f"|{'-' * 50}|{'-' * 13}|{'-' * 13}|{'-' * 10}|")
     for name, rate, mem in rows:
-        print(f"| {name:<44} | {rate:>11.0f} | {rate / ref:>11.3f} | {mem:>8.0f} |")
-    goal = rows[2][1]
-    print(f"\ngoal >= 1000 valid molecules/s when decoding: {'met' if goal >= 1000 else 'NOT met'}")
+        print(f"| {name:<48} | {rate:>11.0f} | {rate / ref:>11.3f} | {mem:>8.0f} |")
+    goal = max(rate for name, rate, _ in rows if name.startswith("decode -> valid"))
+    verdict = "met" if goal >= 1000 else "NOT met"
+    print(f"\ngoal >= 1000 valid molecules/s when decoding on this machine's {os.cpu_count()} "
+          f"cores: {verdict} ({goal:.0f}/s, best row)")  # fmt: skip
     return 0
+
+
+_WORKER: dict = {}
+
+
+def _load_worker(ckpt: str) -> None:
+    """Pool initializer: one thread, the checkpoint loaded once per process."""
+    torch.set_num_threads(1)
+    from medgen.molecules.module import GraphVAEModule
+
+    module = GraphVAEModule.from_checkpoint(ckpt)
+    _WORKER.update(vae=module.vae.eval(), vocab=module.vocab)
+
+
+def _decode_block(indices: range, seed: int) -> list:
+    from medgen.molecules.sampling import decode_indices
+
+    return decode_indices(_WORKER["vae"], _WORKER["vocab"], indices, seed=seed)
+
+
+def decode_in_processes(args) -> float:
+    """Valid molecules/s of ``--processes`` warm 1-thread workers decoding blocks of
+    ``--decode-batch`` prior samples (what ``medgen sample trainer.devices=N`` does on a CPU:
+    every rank decodes its own share; sample i of a seed is the same in any worker)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from medgen.chem.metrics import fraction_valid
+
+    ctx = multiprocessing.get_context("spawn")
+    n, workers = args.decode_batch, args.processes
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_load_worker,
+                             initargs=(args.ckpt,)) as pool:  # fmt: skip
+        list(pool.map(_decode_block, [range(i, i + 50) for i in range(workers)], [99] * workers))
+        blocks = [range(k * n, (k + 1) * n) for k in range(workers * args.decode_rounds)]
+        t0 = time.perf_counter()
+        out = [s for part in pool.map(_decode_block, blocks, [0] * len(blocks)) for s in part]
+        wall = time.perf_counter() - t0
+    return fraction_valid(out) * len(out) / wall
 
 
 def profile_step(dm, module, device: str) -> None:

@@ -159,7 +159,10 @@ class MoleculeCohort:
     def finalize(self, n: int, *, preview: bool) -> dict[str, Any]:
         """Merge the parts into ``out`` in index order, write the sidecar (and the grid), remove
         the parts; returns the summary recorded in the sidecar (without provenance)."""
-        from medgen.chem.metrics import fraction_unique, fraction_valid
+        from rdkit import Chem
+
+        from medgen.chem.metrics import fraction_unique
+        from medgen.chem.mol import parse_smiles
 
         if self._complete() and not self._part_files():
             shutil.rmtree(self.parts, ignore_errors=True)
@@ -172,7 +175,7 @@ class MoleculeCohort:
                 f"{self.parts} lacks {len(missing)} molecule(s) (first: {missing[:5]}); "
                 "rerun the same command to draw them"
             )
-        from medgen.chem.dualuse import counts_from_column, dualuse_column
+        from medgen.chem.dualuse import counts_from_column, dualuse_alerts
         from medgen.marking import assert_shareable
         from medgen.marking import provenance as marking_record
         from medgen.molecules.release import (
@@ -193,7 +196,11 @@ class MoleculeCohort:
             chosen = select(found, n, train=train, novel_only=self.options.novel_only,
                             draw=self._draw_more, batch_size=_DRAW_BATCH)  # fmt: skip
         smiles = chosen.smiles
-        alerts = dualuse_column(smiles) if self.options.dualuse else None
+        mols = [parse_smiles(s) for s in smiles]  # once, for validity, uniqueness and alerts
+        alerts = None
+        if self.options.dualuse:
+            alerts = [None if m is None else ";".join(dualuse_alerts(m)) for m in mols]
+        canonical = [Chem.MolToSmiles(m) for m in mols if m is not None]
         mark = marking_record(
             "molecules", checkpoint_sha256=self.checkpoint_sha256,
             generator=self._generator_path(), settings=public_settings(self.settings),
@@ -206,8 +213,8 @@ class MoleculeCohort:
             "n": n,
             "seed": int(self.settings.seed),
             "temperature": float(self.settings.temperature),
-            "validity": fraction_valid(smiles),
-            "uniqueness": fraction_unique(smiles),
+            "validity": len(canonical) / len(mols) if mols else 0.0,  # as fraction_valid
+            "uniqueness": fraction_unique(canonical, canonical=True),
             "checkpoint": str(self.checkpoint),
             "checkpoint_sha256": self.checkpoint_sha256,
             **self.identity(n),

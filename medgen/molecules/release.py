@@ -146,7 +146,11 @@ def property_values(smiles: Iterable[str | None]) -> dict[str, np.ndarray]:
     from medgen.chem.mol import parse_smiles
     from medgen.chem.properties import logp, qed
 
-    rows = [(m.GetNumHeavyAtoms(), qed(m), logp(m)) for m in map(parse_smiles, smiles) if m]
+    rows = []
+    for mol in map(parse_smiles, smiles):
+        if mol is not None:
+            lp = logp(mol)  # QED's own logP term: computed once
+            rows.append((mol.GetNumHeavyAtoms(), qed(mol, logp=lp), lp))
     table = np.asarray(rows, dtype=np.float64).reshape(-1, len(PROPERTIES))
     return {name: table[:, k] for k, name in enumerate(PROPERTIES)}
 
