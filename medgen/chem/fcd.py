@@ -73,6 +73,7 @@ def fast_chemnet(device: str = "cpu") -> _PaddingAwareChemNet:
     return _PaddingAwareChemNet(chemnet(device), device)
 
 
+@cache
 def _vocabulary() -> tuple[dict[str, int], frozenset[str], int, int]:
     """fcd-torch's one-hot vocabulary: symbol -> column, the characters that end a two-letter
     symbol, the unknown column and the number of columns."""
@@ -87,17 +88,11 @@ def _vocabulary() -> tuple[dict[str, int], frozenset[str], int, int]:
     )
 
 
-_VOCAB = None
-
-
 def token_columns(smiles: str, pad_length: int = PAD_LENGTH) -> list[int]:
     """The one-hot column of each position fcd-torch's ``get_one_hot(smiles, pad_length)`` sets,
     in order (its end symbol ``.`` last; a SMILES longer than ``pad_length - 1`` symbols is cut
     there, as fcd-torch does). Positions after the list are all-zero padding."""
-    global _VOCAB
-    if _VOCAB is None:
-        _VOCAB = _vocabulary()
-    c2i, two, unk, _ = _VOCAB
+    c2i, two, unk, _ = _vocabulary()
     if not smiles:
         raise ValueError("ChemNet needs a non-empty SMILES")
     text = smiles + "."
@@ -117,9 +112,7 @@ def one_hot_batch(smiles: Sequence[str], device: str = "cpu"):
     ``1 / vocab`` (its ``get_one_hot(s, PAD_LENGTH) / vocab``, without the float64 arrays)."""
     import torch
 
-    if _VOCAB is None:
-        token_columns("C")
-    width = _VOCAB[3]
+    width = _vocabulary()[3]
     columns = [token_columns(s) for s in smiles]
     rows = torch.tensor([i for i, cols in enumerate(columns) for _ in cols], dtype=torch.long)
     steps = torch.tensor([j for cols in columns for j in range(len(cols))], dtype=torch.long)
@@ -168,8 +161,9 @@ class _PaddingAwareChemNet:
 
         size = lstm.hidden_size
         i, f, g, o = (torch.arange(k * size, (k + 1) * size) for k in range(4))
-        order = torch.cat([i, f, o, g])
-        scale = torch.ones(4 * size, 1)
+        dev = lstm.weight_ih_l0.device
+        order = torch.cat([i, f, o, g]).to(dev)
+        scale = torch.ones(4 * size, 1, device=dev)
         scale[3 * size :] = 2.0
         w_in, w_rec = lstm.weight_ih_l0.detach()[order], lstm.weight_hh_l0.detach()[order]
         bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()[order]
