@@ -181,11 +181,12 @@ def dualuse_column(smiles: Iterable[str | None]) -> list[str | None]:
     """Per SMILES: matched class names joined by ``";"`` (``""`` for none, None when invalid)."""
     from medgen.chem.mol import parse_smiles
 
-    out: list[str | None] = []
-    for text in smiles:
-        mol = parse_smiles(text)
-        out.append(None if mol is None else ";".join(dualuse_alerts(mol)))
-    return out
+    return dualuse_column_of_mols(map(parse_smiles, smiles))
+
+
+def dualuse_column_of_mols(mols: Iterable[Chem.Mol | None]) -> list[str | None]:
+    """:func:`dualuse_column` of molecules already parsed (None: an invalid entry)."""
+    return [None if mol is None else ";".join(dualuse_alerts(mol)) for mol in mols]
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,7 @@ class MoleculeCohort:
                 f"{self.parts} lacks {len(missing)} molecule(s) (first: {missing[:5]}); "
                 "rerun the same command to draw them"
             )
-        from medgen.chem.dualuse import counts_from_column, dualuse_alerts
+        from medgen.chem.dualuse import counts_from_column, dualuse_column_of_mols
         from medgen.marking import assert_shareable
         from medgen.marking import provenance as marking_record
         from medgen.molecules.release import (
@@ -197,9 +197,7 @@ class MoleculeCohort:
                             draw=self._draw_more, batch_size=_DRAW_BATCH)  # fmt: skip
         smiles = chosen.smiles
         mols = [parse_smiles(s) for s in smiles]  # once, for validity, uniqueness and alerts
-        alerts = None
-        if self.options.dualuse:
-            alerts = [None if m is None else ";".join(dualuse_alerts(m)) for m in mols]
+        alerts = dualuse_column_of_mols(mols) if self.options.dualuse else None
         canonical = [Chem.MolToSmiles(m) for m in mols if m is not None]
         mark = marking_record(
             "molecules", checkpoint_sha256=self.checkpoint_sha256,
