@@ -277,6 +277,96 @@ class GraphStateDecoder(nn.Module):
         dense[:, pj, pi] = packed
         return dense
 
+    def _folded_gru_input(self, z: torch.Tensor):
+        """The GRU's input projection folded into what feeds it, for decoding one step at a
+        time. The input is ``[x_j, z]`` with ``x_j`` = the previous atom's embeddings (or
+        ``start``) + ``read_out(pooled_j)``, all linear: so ``z``'s share is projected once per
+        molecule, each embedding table once per call, and the pooled readout goes through the
+        product of the two weights (``P`` wide instead of ``H + L``). The same function as
+        :meth:`log_likelihood`'s GRU, to rounding.
+
+        Returns ``z``'s share with both input biases ``(B, 3H)``; the projected ``start``
+        ``(3H,)``; one table of the projected ``in_type + in_order + in_closures`` sums, row
+        ``(type * (MAX_BOND_ORDER + 1) + order) * C + closures``; the readout's ``(P, 3H)``.
+        """
+        hid = self.gru.hidden_size
+        w_ih, _, b_ih, _ = self.gru.all_weights[0]
+        w_x, w_z = w_ih[:, :hid], w_ih[:, hid:]
+        bias = b_ih + w_x @ self.read_out.bias
+        z_in = torch.addmm(bias, z, w_z.t())
+        tokens = (
+            self.in_type.weight[:, None, None]
+            + self.in_order.weight[None, :, None]
+            + self.in_closures.weight[None, None, :]
+        )  # (K, MAX_BOND_ORDER + 1, C, H)
+        token_in = tokens.flatten(0, 2) @ w_x.t()
+        return z_in, self.start @ w_x.t(), token_in, (w_x @ self.read_out.weight).t().contiguous()
+
+    def _gru_step(self, gx: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One step of ``self.gru`` from its projected input ``gx (B, 3H)`` (gates r, z, n)."""
+        _, w_hh, _, b_hh = self.gru.all_weights[0]
+        gh = torch.addmm(b_hh, h, w_hh.t())
+        x_r, x_z, x_n = gx.chunk(3, -1)
+        h_r, h_z, h_n = gh.chunk(3, -1)
+        r = torch.sigmoid(x_r + h_r)
+        n = torch.tanh(x_n + r * h_n)
+        return n + torch.sigmoid(x_z + h_z) * (h - n)
+
+    def _sample_closures(
+        self, choose, g, act, j, t, built, pre, reach, rem, rem_j, cnt, cnt_j, adj, dist
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ring closures from the new atom ``j`` to the atoms ``i < last`` that ``act (B, last)``
+        allows (below each row's parent), drawn as a loop over ``i`` in increasing order would
+        draw them: one closure changes the state the later candidates are scored in (valence,
+        bond counts, ring sizes), nothing else does. So every candidate is scored at once in
+        the current state; each row keeps its first closure and its state is updated; only
+        the rows that closed score the candidates after it again. A molecule has few rings,
+        so this takes a few rounds per atom instead of one per candidate.
+
+        ``g (B, last, 4)`` are the closures' uniforms; ``adj``, ``rem``, ``cnt``, ``cnt_j``
+        and ``reach`` (distances from ``j``) are updated in place. Returns ``rem_j`` and the
+        number of closures per row.
+        """
+        last = act.shape[1]
+        dev = act.device
+        n_clos = torch.zeros_like(t)
+        rem_j = rem_j.clone()
+        start = torch.zeros_like(t)
+        cols = torch.arange(last, device=dev)
+        sel = None  # rows that may still close a ring (None: all, the first round)
+
+        def rows(v: torch.Tensor) -> torch.Tensor:
+            return v if sel is None else v[sel]
+
+        while sel is None or len(sel):
+            ring = (rows(reach)[:, :last] + 2).clamp(max=MAX_RING)  # (S, last)
+            cl = self.closure_head(F.relu(rows(pre)[:, :last] + self.pair_ring(ring)))
+            cl = cl + self.closure_rem(rows(rem_j).clamp(0, MAX_REM)).unsqueeze(1)
+            ok = self._orders_ok(
+                rows(built)[:, :last], rows(t).unsqueeze(-1), rows(rem)[:, :last],
+                rows(rem_j).unsqueeze(-1), rows(cnt)[:, :last], rows(cnt_j).unsqueeze(1),
+            ) & self.ring_sizes[ring].unsqueeze(-1)  # fmt: skip
+            cmask = torch.cat([torch.ones_like(ok[..., :1]), ok], -1)
+            oc = choose(cl, cmask, rows(g)) * (rows(act) & (cols >= rows(start).unsqueeze(-1)))
+            closed = oc > 0
+            hit = closed.any(-1)
+            if not bool(hit.any()):
+                break
+            first = closed[hit].long().argmax(-1)  # the first closure of each row that closed
+            order = oc[hit].gather(1, first.unsqueeze(-1)).squeeze(-1)
+            sel = hit.nonzero().squeeze(-1) if sel is None else sel[hit]
+            adj[sel, j, first] = order
+            adj[sel, first, j] = order
+            rem[sel, first] -= order
+            rem_j[sel] -= order
+            hot = F.one_hot(order - 1, MAX_BOND_ORDER)
+            cnt[sel, first] += hot
+            cnt_j[sel] += hot
+            n_clos[sel] += 1
+            reach[sel] = torch.minimum(reach[sel], dist[sel, first, :j])
+            start[sel] = first + 1
+        return rem_j, n_clos
+
     # ----------------------------------------------------------------------------- sampling
     def noise_width(self) -> int:
         """Uniform numbers one decoding step consumes (atom, parent, order, closures)."""
@@ -298,11 +388,12 @@ class GraphStateDecoder(nn.Module):
         if uniforms is None:
             uniforms = torch.rand(bsz, m + 1, self.noise_width(), device=dev)
         k1 = self.n_types + 1
-        gumbels = -torch.log(-torch.log(uniforms.clamp(1e-10, 1 - 1e-7)))
 
-        def choose(logits: torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        def choose(logits: torch.Tensor, mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            # Gumbel noise of just the uniforms a choice reads (elementwise, so the same
+            # numbers as transforming the whole noise tensor up front)
             if temperature > 0:
-                logits = logits / temperature + g
+                logits = logits / temperature - torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
             return logits.masked_fill(~mask, float("-inf")).argmax(-1)
 
         atoms = torch.full((bsz, m), -1, dtype=torch.long, device=dev)
@@ -316,8 +407,10 @@ class GraphStateDecoder(nn.Module):
         n_atoms = torch.zeros(bsz, dtype=torch.long, device=dev)
         rows = torch.arange(bsz, device=dev)
         zeros3 = torch.zeros(MAX_BOND_ORDER, dtype=torch.long, device=dev)
-        state = torch.tanh(self.init_h(z)).unsqueeze(0)
-        x = self.start.expand(bsz, -1)
+        state = torch.tanh(self.init_h(z))
+        z_in, start_in, token_in, scale_out = self._folded_gru_input(z)
+        x_in = start_in.expand(bsz, -1)  # the step's token input, through the GRU's input
+        n_c = self.in_closures.num_embeddings
         # finished molecules leave the working batch (their graphs go to `final`), so a few long
         # molecules do not keep every row of the batch busy
         final = GraphBatch(atoms.clone(), adj.clone(), n_atoms.clone())
@@ -330,16 +423,15 @@ class GraphStateDecoder(nn.Module):
                 final.n_atoms[gone] = n_atoms[done]
                 origin, atoms, adj, rem, cnt = (v[keep] for v in (origin, atoms, adj, rem, cnt))
                 nb, keys, dist, n_atoms = (v[keep] for v in (nb, keys, dist, n_atoms))
-                z, gumbels, x, state = z[keep], gumbels[keep], x[keep], state[:, keep]
+                z_in, uniforms, x_in, state = z_in[keep], uniforms[keep], x_in[keep], state[keep]
                 done, bsz = done[keep], int(keep.sum())
                 rows = torch.arange(bsz, device=dev)
-            u = gumbels[:, j]
+            u = uniforms[:, j]
             built = atoms[:, :j].clamp(min=0)
             present = atoms[:, :j] >= 0
             node = self._node(nb[:, :j], rem[:, :j])  # (B, j, P)
-            x = x + self._readout(built, node, present, j)
-            out, state = self.gru(torch.cat([x, z], -1).unsqueeze(1), state)
-            h = out[:, 0]
+            pooled = self._read_terms(built, node, present).sum(-2) / max(j, 1) ** 0.5
+            h = state = self._gru_step(torch.addmm(x_in + z_in, pooled, scale_out), state)
             type_ok = self._type_ok(built, rem[:, :j], cnt[:, :j], present)
             t = choose(self.atom_head(h), self._atom_mask(j, type_ok), u[:, :k1])
             done = done | (t == self.stop)
@@ -385,26 +477,11 @@ class GraphStateDecoder(nn.Module):
                 rem_j = cap - p_order
                 reach = dist[rows, p, :j]  # distances from j's neighbours so far
                 last = int(p[live].max()) if bool(live.any()) else 0
-                for i in range(last):  # closures go to atoms below the parent (i < p)
-                    act = live & (i < p)
-                    ring = (reach[:, i] + 2).clamp(max=MAX_RING)
-                    cl = self.closure_head(F.relu(pre[:, i] + self.pair_ring(ring)))
-                    cl = cl + self.closure_rem(rem_j.clamp(0, MAX_REM))
-                    ok = self._orders_ok(built[:, i], t, rem[:, i], rem_j, cnt[:, i], cnt_j)
-                    ok = ok & self.ring_sizes[ring].unsqueeze(-1)
-                    cmask = torch.cat([torch.ones_like(ok[:, :1]), ok], -1)
-                    oc = choose(cl, cmask, u[:, off + 4 * i : off + 4 * i + 4]) * act
-                    made = oc > 0
-                    adj[:, j, i] = torch.where(act, oc, adj[:, j, i])  # i may be a parent
-                    adj[:, i, j] = adj[:, j, i]
-                    rem[:, i] -= oc
-                    rem_j = rem_j - oc
-                    hot = F.one_hot((oc - 1).clamp(min=0), MAX_BOND_ORDER) * made.unsqueeze(-1)
-                    cnt[:, i] += hot
-                    cnt_j = cnt_j + hot
-                    n_clos += made.long()
-                    reach = torch.where(
-                        made.unsqueeze(-1), torch.minimum(reach, dist[:, i, :j]), reach
+                if last:
+                    g = u[:, off : off + 4 * last].reshape(bsz, last, 4)
+                    act = live.unsqueeze(-1) & (torch.arange(last, device=dev) < p.unsqueeze(-1))
+                    rem_j, n_clos = self._sample_closures(
+                        choose, g, act, j, t, built, pre, reach, rem, rem_j, cnt, cnt_j, adj, dist
                     )
                 # the new atom's bonds join the partial graph: messages both ways, distances
                 row = adj[:, j, :j]
@@ -418,7 +495,7 @@ class GraphStateDecoder(nn.Module):
                 add_atom(dist, 0, dist.new_full((bsz, 1), FAR))
             rem[:, j] = torch.where(live, rem_j, 0)
             cnt[:, j] = cnt_j
-            x = self.in_type(t) + self.in_order(p_order) + self.in_closures(n_clos.clamp(max=3))
+            x_in = token_in[(t * (MAX_BOND_ORDER + 1) + p_order) * n_c + n_clos.clamp(max=n_c - 1)]
         final.atoms[origin], final.adj[origin], final.n_atoms[origin] = atoms, adj, n_atoms
         size = int(final.n_atoms.max()) if len(final.n_atoms) else 0
         return GraphBatch(final.atoms[:, :size], final.adj[:, :size, :size], final.n_atoms)

@@ -228,6 +228,7 @@ def _kekulized(mol):
     return mol
 
 
+@cache
 def _bond_types():
     from rdkit import Chem
 
@@ -338,18 +339,26 @@ def encode_tokens(
     return MolGraph(atoms, edges)
 
 
+@cache
+def _atom_prototype(t: AtomType):
+    """The RDKit atom of a vocabulary entry, made once (``AddAtom`` adds a copy of it)."""
+    from rdkit import Chem
+
+    atom = Chem.Atom(t.symbol)
+    atom.SetFormalCharge(t.charge)
+    if t.hydrogens is not None:
+        atom.SetNumExplicitHs(t.hydrogens)
+        atom.SetNoImplicit(True)
+    return atom
+
+
 def _build_mol(types: Sequence[AtomType], bonds: Iterable[tuple[int, int, int]], sanitize=True):
     from rdkit import Chem
 
     _, to_rdkit = _bond_types()
     mol = Chem.RWMol()
     for t in types:
-        atom = Chem.Atom(t.symbol)
-        atom.SetFormalCharge(t.charge)
-        if t.hydrogens is not None:
-            atom.SetNumExplicitHs(t.hydrogens)
-            atom.SetNoImplicit(True)
-        mol.AddAtom(atom)
+        mol.AddAtom(_atom_prototype(t))
     for i, j, order in bonds:
         mol.AddBond(int(i), int(j), to_rdkit[int(order)])
     mol = mol.GetMol()

@@ -18,7 +18,7 @@ from medgen.errors import ConfigError
 from medgen.molecules.graph import GraphBatch, Vocabulary, batch_to_mols, batch_to_smiles
 from medgen.molecules.stereo import StereoBatch, labelled_smiles
 from medgen.molecules.vae import GraphVAE, check_temperature
-from medgen.utils.seeding import sample_generator
+from medgen.utils.seeding import sample_generator, sample_seed
 
 if TYPE_CHECKING:
     from medgen.molecules.prior import LatentPrior
@@ -90,16 +90,21 @@ def _raw_noise(
         raise ValueError("no condition-table row to draw from")
     prior = getattr(vae, "latent_prior", None)
     pick = torch.empty(len(indices))
+    steps, dim = dec.max_atoms + 1, vae.latent_dim
+    pool = 0 if table is None else len(table) if rows is None else len(rows)
+    picked: list[int] = []
+    gen = torch.Generator()  # reseeded per row: the stream of sample_generator(seed, i)
     for k, i in enumerate(indices):
-        gen = sample_generator(seed, int(i))
-        z[k, : vae.latent_dim] = torch.randn(vae.latent_dim, generator=gen)
-        u[k] = torch.rand(dec.max_atoms + 1, width, generator=gen)
+        gen.manual_seed(sample_seed(seed, int(i)))
+        torch.randn(dim, generator=gen, out=z[k, :dim])
+        torch.rand(steps, width, generator=gen, out=u[k])
         if table is not None:
-            pool = len(table) if rows is None else len(rows)
-            row = int(torch.randint(pool, (1,), generator=gen))
-            z[k, vae.latent_dim :] = table[row if rows is None else int(rows[row])]
+            picked.append(int(torch.randint(pool, (1,), generator=gen)))
         if prior is not None:
-            pick[k] = torch.rand(1, generator=gen)
+            pick[k] = float(torch.rand(1, generator=gen))
+    if table is not None and len(indices):
+        at = torch.tensor(picked)
+        z[:, dim:] = table[at if rows is None else rows.cpu()[at]]
     return z, u, pick
 
 
