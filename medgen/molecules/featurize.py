@@ -112,9 +112,9 @@ def _featurize_rows(rows: list[tuple[int, str | None]], stereo: bool = False) ->
     stereo labels). Any error on a row, expected or not, becomes a reject row with its reason.
     """
     from medgen.molecules.graph import (
-        AtomType,
         FeaturizeError,
         _build_mol,
+        atom_type_of_token,
         mol_to_smiles,
         smiles_to_tokens,
     )
@@ -132,7 +132,7 @@ def _featurize_rows(rows: list[tuple[int, str | None]], stereo: bool = False) ->
                 out.append((line, tokens, bonds, canon, (chirality, on_bonds)))
                 continue
             tokens, bonds = smiles_to_tokens(smi)
-            types = [AtomType.from_token(t) for t in tokens]
+            types = [atom_type_of_token(t) for t in tokens]
             canon = mol_to_smiles(_build_mol(types, bonds))
             out.append((line, tokens, bonds, canon, None))
         except FeaturizeError as err:

@@ -202,8 +202,18 @@ def standardize_with_stereo(mol):
     return _kekulized(flat), with_stereo
 
 
+def _atoms(mol) -> list:
+    """``mol``'s atoms in index order (direct calls: RDKit's sequence wrapper is slower)."""
+    return [mol.GetAtomWithIdx(k) for k in range(mol.GetNumAtoms())]
+
+
+def _bonds(mol) -> list:
+    """``mol``'s bonds in index order."""
+    return [mol.GetBondWithIdx(k) for k in range(mol.GetNumBonds())]
+
+
 def _clear_atoms(mol) -> None:
-    for atom in mol.GetAtoms():
+    for atom in _atoms(mol):
         if atom.GetAtomicNum() == 0:
             raise FeaturizeError(f"dummy/query atom {atom.GetSymbol()!r} (atomic number 0)")
         atom.SetIsotope(0)
@@ -222,7 +232,7 @@ def _kekulized(mol):
         raise FeaturizeError(f"cannot kekulize: {err}") from err
     # checked after kekulizing: an aromatic bond outside a ring (``C:C``) stays aromatic
     to_order, _ = _bond_types()
-    for bond in mol.GetBonds():
+    for bond in _bonds(mol):
         if bond.GetBondType() not in to_order:
             raise FeaturizeError(f"unsupported bond type {bond.GetBondType()} after kekulization")
     return mol
@@ -241,10 +251,13 @@ def dfs_order(mol) -> list[int]:
     from rdkit import Chem
 
     ranks = list(Chem.CanonicalRankAtoms(mol, breakTies=True))
-    neighbours = [
-        sorted((n.GetIdx() for n in a.GetNeighbors()), key=ranks.__getitem__)
-        for a in mol.GetAtoms()
-    ]
+    neighbours: list[list[int]] = [[] for _ in ranks]
+    for bond in _bonds(mol):
+        a, b = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    for row in neighbours:
+        row.sort(key=ranks.__getitem__)
     start = min(range(mol.GetNumAtoms()), key=ranks.__getitem__)
     order, seen, stack = [], set(), [start]
     while stack:
@@ -295,26 +308,35 @@ def _tokens(mol) -> tuple[list[str], list[tuple[int, int, int]], list[int]]:
     order = dfs_order(mol)
     position = {atom: k for k, atom in enumerate(order)}
     bonds = []
-    for bond in mol.GetBonds():
+    for bond in _bonds(mol):
         a, b = position[bond.GetBeginAtomIdx()], position[bond.GetEndAtomIdx()]
         bonds.append((max(a, b), min(a, b), to_order[bond.GetBondType()]))
     bonds.sort()
-    types = [
-        AtomType(mol.GetAtomWithIdx(i).GetSymbol(), mol.GetAtomWithIdx(i).GetFormalCharge())
-        for i in order
-    ]
+    atoms = _atoms(mol)
+    types = [_atom_type(atoms[i].GetSymbol(), atoms[i].GetFormalCharge()) for i in order]
     # keep an exact hydrogen count only where RDKit's implicit rule would not reproduce it
     rebuilt = _build_mol(types, bonds, sanitize=False)
     rebuilt.UpdatePropertyCache(strict=False)
     tokens = []
     for k, atom_idx in enumerate(order):
-        wanted = mol.GetAtomWithIdx(atom_idx).GetTotalNumHs()
-        if rebuilt.GetAtomWithIdx(k).GetTotalNumHs() != wanted or (
-            mol.GetAtomWithIdx(atom_idx).GetNumRadicalElectrons()
-        ):
-            types[k] = AtomType(types[k].symbol, types[k].charge, wanted)
+        atom = atoms[atom_idx]
+        wanted = atom.GetTotalNumHs()
+        if rebuilt.GetAtomWithIdx(k).GetTotalNumHs() != wanted or atom.GetNumRadicalElectrons():
+            types[k] = _atom_type(types[k].symbol, types[k].charge, wanted)
         tokens.append(types[k].token)
     return tokens, bonds, order
+
+
+@cache
+def _atom_type(symbol: str, charge: int = 0, hydrogens: int | None = None) -> AtomType:
+    """One shared :class:`AtomType` per entry (they are frozen)."""
+    return AtomType(symbol, charge, hydrogens)
+
+
+@cache
+def atom_type_of_token(token: str) -> AtomType:
+    """:meth:`AtomType.from_token`, parsed once per distinct token."""
+    return AtomType.from_token(token)
 
 
 def smiles_to_tokens(smiles: str) -> tuple[list[str], list[tuple[int, int, int]]]:
