@@ -117,10 +117,6 @@ class GraphStateDecoder(nn.Module):
     def _node(self, nb: torch.Tensor, rem: torch.Tensor) -> torch.Tensor:
         return nb + self.node_rem(rem.clamp(0, MAX_REM))
 
-    def _readout(self, t: torch.Tensor, node: torch.Tensor, present: torch.Tensor, j):
-        """GRU input term from the partial graph: ``(..., H)``; ``j`` atoms built (tensor/int)."""
-        return self._read(self._read_terms(t, node, present).sum(-2), j)
-
     def _read_terms(self, t: torch.Tensor, node: torch.Tensor, present: torch.Tensor):
         """Each built atom's share of the readout, ``(..., P)`` (0 where not ``present``)."""
         return F.relu(self.read_type(t) + node) * present.unsqueeze(-1)

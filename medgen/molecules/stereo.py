@@ -104,10 +104,10 @@ def featurize_with_stereo(mol):
     graph with its labels set, the string a decode of it gives."""
     from rdkit import Chem
 
-    from medgen.molecules.graph import AtomType, _build_mol, mol_to_tokens_with_stereo
+    from medgen.molecules.graph import _build_mol, atom_type_of_token, mol_to_tokens_with_stereo
 
     tokens, bonds, chirality, on_bonds = mol_to_tokens_with_stereo(mol)
-    built = _build_mol([AtomType.from_token(t) for t in tokens], bonds)
+    built = _build_mol([atom_type_of_token(t) for t in tokens], bonds)
     chosen = {k: v for k, v in enumerate(chirality) if v > 0}
     pairs = {(i, j): v for (i, j, _), v in zip(bonds, on_bonds, strict=True) if v > 0}
     return tokens, bonds, chirality, on_bonds, Chem.MolToSmiles(assign(built, chosen, pairs))
