@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medgen.errors import UserError
+from medgen.molecules import featurize
 from medgen.molecules.featurize import EMBEDDED_SAMPLE, FeaturizedSource, load_source
 from medgen.molecules.graph import GraphBatch, MolGraph, Vocabulary, collate_graphs
 from medgen.molecules.stereo import StereoBatch, collate_stereo
@@ -112,7 +114,17 @@ def property_values(
         if table.shape == (len(smiles), len(names)):
             return torch.from_numpy(table.astype(np.float32))
     chunks = [list(smiles[i : i + 5000]) for i in range(0, len(smiles), 5000)]
-    parts = list(map_chunks(property_table, chunks, n_jobs=workers, args=(list(names),)))
+    parts, done = [], 0
+    began = last_log = time.perf_counter()
+    for part in map_chunks(property_table, chunks, n_jobs=workers, args=(list(names),)):
+        parts.append(part)
+        done += len(part)
+        if time.perf_counter() - last_log >= featurize.PROGRESS_EVERY_S:
+            last_log = time.perf_counter()
+            rate = done / (last_log - began)
+            log.info("properties: %s of %s molecules, %.0f/s, about %.0f min left",
+                     f"{done:,}", f"{len(smiles):,}", rate,
+                     (len(smiles) - done) / rate / 60)  # fmt: skip
     table = np.concatenate(parts) if parts else np.zeros((0, len(names)))
     bad = ~np.isfinite(table)
     if bad.any():

@@ -26,6 +26,7 @@ import hashlib
 import io
 import os
 import re
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ log = get_logger(__name__)
 FEATURIZER_VERSION = 2
 EMBEDDED_SAMPLE = Path(__file__).parent / "resources" / "moses_sample.smi"
 _CHUNK = 4096
+PROGRESS_EVERY_S = 30.0  # a progress line while featurizing (hundreds of thousands of rows)
 
 
 def default_cache_dir() -> Path:
@@ -168,6 +170,7 @@ def featurize_source(
     bond_stereo: list[int] = []
     work = functools.partial(_featurize_rows, stereo=stereo)
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    began = last_log = time.perf_counter()
     try:
         for frame in read_molecules(path, smiles_column=smiles_column, chunk_size=_CHUNK * workers):
             extra = [c for c in frame.columns if c not in ("line", "smiles", "name")]
@@ -205,6 +208,11 @@ def featurize_source(
                     break
             if limit is not None and len(smiles) >= limit:
                 break
+            if time.perf_counter() - last_log >= PROGRESS_EVERY_S:  # long sources: show progress
+                last_log = time.perf_counter()
+                log.info("featurizing %s: %s molecules (%s rejected), %.0f rows/s",
+                         Path(path).name, f"{len(smiles):,}", f"{len(rejects):,}",
+                         (len(smiles) + len(rejects)) / (last_log - began))  # fmt: skip
     finally:
         if pool:
             pool.shutdown()

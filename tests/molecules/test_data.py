@@ -204,3 +204,22 @@ def test_testing_without_a_test_split_is_refused(cache_dir):
         dm.test_dataloader()
     with pytest.raises(ValueError, match="test_fraction"):
         GraphDataModule(val_fraction=0.5, test_fraction=0.5)
+
+
+def test_long_featurizing_and_property_work_logs_progress(tmp_path, monkeypatch, caplog):
+    # a 1.58 M-row source takes many minutes: progress lines every PROGRESS_EVERY_S seconds
+    import logging
+
+    import medgen.molecules.featurize as featurize
+    from medgen.molecules.data import property_values
+
+    src = tmp_path / "few.smi"
+    src.write_text("SMILES\nCCO\nc1ccccc1\nnot_a_smiles\nCC(=O)O\n")
+    monkeypatch.setattr(featurize, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO):
+        feats = featurize.featurize_source(src)
+        values = property_values(list(feats.smiles), ["logp"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("featurizing few.smi: 3 molecules (1 rejected)") for m in lines), lines
+    assert any(m.startswith("properties: 3 of 3 molecules") for m in lines), lines
+    assert values.shape == (3, 1)
