@@ -245,8 +245,20 @@ class MoleculeVAE:
 
     # ---------------------------------------------------------------------------------- codec
     @torch.no_grad()
-    def encode(self, smiles: Sequence[str], *, sample: bool = False, seed: int = 0) -> torch.Tensor:
+    def encode(
+        self,
+        smiles: Sequence[str],
+        *,
+        sample: bool = False,
+        seed: int = 0,
+        with_condition: bool = False,
+    ) -> torch.Tensor:
         """Latents ``(n, L)``: posterior means, or draws from ``q(z|x)`` seeded per molecule.
+
+        ``with_condition``: for a conditional VAE, ``(n, L + P)``: each molecule's own
+        properties, standardized as in training, after its ``z``: what the decoder read for it
+        in training (:meth:`decode` takes either shape; ``(n, L)`` decodes with the training mean
+        of every property). Ignored by an unconditional model.
 
         Raises ``ValueError`` naming the SMILES that cannot be read or holds atoms outside the
         model's vocabulary.
@@ -266,14 +278,37 @@ class MoleculeVAE:
         mu, logvar = self.vae.encode(
             collate_graphs(graphs), collate_stereo(labels) if stereo else None
         )
-        return posterior_draws(mu, logvar, seed) if sample else mu
+        z = posterior_draws(mu, logvar, seed) if sample else mu
+        if with_condition and self.vae.condition_dim:
+            z = torch.cat([z, self.own_condition(smiles).to(z)], -1)
+        return z
+
+    def own_condition(self, smiles: Sequence[str]) -> torch.Tensor:
+        """A conditional VAE's condition rows ``(n, P)`` for ``smiles``: their RDKit properties,
+        standardized by the training statistics (a value RDKit cannot compute takes the
+        training mean, as in training)."""
+        stats = self.condition_stats
+        if stats is None:
+            raise UserError("own_condition is for a conditional model; this one has none")
+        from medgen.molecules.conditioning import property_table
+
+        raw = torch.as_tensor(property_table(list(smiles), stats["names"]), dtype=torch.float32)
+        return torch.nan_to_num(self.vae.standardize(raw), nan=0.0)
 
     @torch.no_grad()
     def decode(
         self, z: torch.Tensor, *, temperature: float = 0.0, seed: int = 0
     ) -> list[str | None]:
-        """SMILES of latents ``z (n, L)``; greedy at ``temperature=0``, else seeded per row."""
-        z = torch.as_tensor(z, dtype=torch.float32).reshape(-1, self.latent_dim)
+        """SMILES of latents ``z (n, L)`` (a conditional VAE: or ``(n, L + P)``, the condition
+        last, as ``encode(..., with_condition=True)`` gives it); greedy at ``temperature=0``,
+        else seeded per row."""
+        z = torch.as_tensor(z, dtype=torch.float32)
+        width = z.shape[-1] if z.dim() else 0
+        widths = sorted({self.latent_dim, self.latent_dim + self.vae.condition_dim})
+        if width not in widths:
+            allowed = " or ".join(map(str, widths))
+            raise UserError(f"decode takes latents of width {allowed}, got shape {tuple(z.shape)}")
+        z = z.reshape(-1, width)
         _, u = draw_noise(self.vae, range(len(z)), seed, device=z.device)
         return self.vae.decode_smiles(z, self.vocab, temperature=temperature, uniforms=u)
 
@@ -393,21 +428,23 @@ class MoleculeVAE:
         return frame
 
     def interpolate(self, a: str, b: str, steps: int = 8) -> list[str | None]:
-        """Greedy decodes of ``steps`` evenly spaced points from ``encode(a)`` to ``encode(b)``."""
+        """Greedy decodes of ``steps`` evenly spaced points from ``encode(a)`` to ``encode(b)``
+        (a conditional VAE: from ``a``'s latent and properties to ``b``'s)."""
         if steps < 2:
             raise UserError(f"interpolate needs steps >= 2, got {steps}")
-        za, zb = self.encode([a, b])
+        za, zb = self.encode([a, b], with_condition=True)
         w = torch.linspace(0, 1, steps).unsqueeze(-1)
         return self.decode((1 - w) * za + w * zb)
 
     def reconstruction_accuracy(self, smiles: Sequence[str], batch_size: int = 500) -> float:
         """Share of molecules whose greedy decode of the posterior mean is the same molecule
-        (canonical SMILES without stereo; isomeric for a stereo model)."""
+        (canonical SMILES without stereo; isomeric for a stereo model). A conditional VAE
+        decodes each with its own properties (``encode(..., with_condition=True)``)."""
         hits = 0
         stereo = self.vae.stereo_head is not None
         for lo in range(0, len(smiles), batch_size):
             chunk = list(smiles[lo : lo + batch_size])
-            decoded = self.decode(self.encode(chunk))
+            decoded = self.decode(self.encode(chunk, with_condition=True))
             want = [smiles_with_stereo(s)[4] if stereo else round_trip(s) for s in chunk]
             hits += sum(d == w for d, w in zip(decoded, want, strict=True))
         return hits / max(1, len(smiles))
@@ -427,7 +464,9 @@ class MoleculeVAE:
 
         ``values`` defaults to the computed property (``qed``, ``logp``, ``sa``); pass a column of
         the training CSV for anything else. Returns train / held-out R^2 (a random 10%, drawn
-        with ``seed``, held out).
+        with ``seed``, held out). A conditional VAE's head reads ``[z, c]`` (``encode(...,
+        with_condition=True)``), the latent and the properties its decoder is asked for, so
+        :meth:`optimize` moves both.
         """
         smiles = list(smiles)
         y = torch.tensor(
@@ -441,7 +480,8 @@ class MoleculeVAE:
             raise UserError(f"fit_property({name!r}) needs at least 10 molecules, got {len(y)}")
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
         smiles, y = [smiles[k] for k in order.tolist()], y[order]
-        z = torch.cat([self.encode(smiles[i : i + 500]) for i in range(0, len(smiles), 500)])
+        z = torch.cat([self.encode(smiles[i : i + 500], with_condition=True)
+                       for i in range(0, len(smiles), 500)])  # fmt: skip
         head, report = train_head(z, y, epochs=epochs, lr=lr, seed=seed)
         if values is None:  # a computed property: does moving z along the head move the output?
             from medgen.molecules.conditioning import steerability
@@ -454,7 +494,8 @@ class MoleculeVAE:
         return report
 
     def predict(self, name: str, z: torch.Tensor) -> torch.Tensor:
-        """The property head's prediction ``(n,)`` for latents ``z (n, L)``."""
+        """The property head's prediction ``(n,)`` for latents ``z (n, L)`` (a conditional
+        VAE: ``(n, L + P)``, as :meth:`fit_property` fitted it)."""
         if name not in self.heads:
             raise KeyError(f"no property head {name!r}; call fit_property({name!r}, ...) first")
         with torch.no_grad():
@@ -516,7 +557,7 @@ class MoleculeVAE:
         if smiles is not None:
             starts = list(smiles)
             computable = property_function(property) is not None
-            z_fit = torch.cat([self.encode(starts[i : i + 500])
+            z_fit = torch.cat([self.encode(starts[i : i + 500], with_condition=True)
                                for i in range(0, len(starts), 500)])  # fmt: skip
             scores = score_smiles(property, starts) if computable else self.predict(property, z_fit)
             self._fitted[property] = (starts, z_fit, torch.as_tensor(scores, dtype=torch.float32))

@@ -37,7 +37,8 @@ class MoleculeSampling(Callback):
     """Validation-time sampling checks of a graph VAE (skipped during the sanity check).
 
     Logs ``val/recon_exact`` (share of exact reconstructions: greedy decodes of the posterior means
-    of the first ``n_recon`` molecules of the fixed validation split, molecules never trained on),
+    of the first ``n_recon`` molecules of the fixed validation split, molecules never trained on;
+    a conditional model decodes them with their own properties),
     and ``val/validity``, ``val/uniqueness``, ``val/novelty`` (against the training split),
     ``val/filters`` (share of valid samples passing the MOSES filters,
     :func:`medgen.chem.alerts.moses_filters_pass`) and ``val/heavy_atoms`` of ``n_samples``
@@ -147,7 +148,13 @@ class MoleculeSampling(Callback):
                 from medgen.molecules.stereo import collate_stereo
 
                 stereo = collate_stereo([val_set[i][2] for i in range(k)]).to(pl_module.device)
-            pl_module.log("val/recon_exact", reconstruction_accuracy(vae, vocab, batch, stereo))
+            cond = None
+            if vae.condition_dim:  # decoded with each molecule's own properties, as trained
+                values = torch.stack([val_set[i][1] for i in range(k)])
+                cond = vae.standardize(values.to(pl_module.device))
+            pl_module.log(
+                "val/recon_exact", reconstruction_accuracy(vae, vocab, batch, stereo, cond)
+            )
         if self.n_samples <= 0:
             return
         if self._train_smiles is None:

@@ -202,17 +202,29 @@ def sample_smiles(
 
 @torch.no_grad()
 def reconstruction_accuracy(
-    vae: GraphVAE, vocab: Vocabulary, batch: GraphBatch, stereo: StereoBatch | None = None
+    vae: GraphVAE,
+    vocab: Vocabulary,
+    batch: GraphBatch,
+    stereo: StereoBatch | None = None,
+    cond: torch.Tensor | None = None,
 ) -> float:
     """Share of the graphs in ``batch`` whose greedy decode of the posterior mean is the same
     molecule (canonical SMILES without stereo of both graphs; isomeric, with their ``stereo``
-    labels, for a model with a stereo head), in [0, 1]."""
+    labels, for a model with a stereo head), in [0, 1].
+
+    A conditional VAE decodes ``z`` with the molecules' own standardized properties ``cond
+    (B, P)`` (:meth:`GraphVAE.standardize`), as in training: with the mean condition instead
+    the decoder is asked for a molecule of average properties, not this one."""
     if vae.stereo_head is not None and stereo is None:
         raise ValueError("a stereo model's reconstruction needs the batch's stereo labels")
+    if vae.condition_dim and cond is None:
+        raise ValueError("a conditional model's reconstruction needs the molecules' properties")
     was_training = vae.training
     vae.eval()
     try:
         mu, _ = vae.encode(batch, stereo)  # (B, L)
+        if vae.condition_dim:
+            mu = torch.cat([mu, cast(torch.Tensor, cond).to(mu)], -1)  # (B, L + P)
         dec = vae.decoder
         # greedy decoding ignores the noise; passing it keeps the global RNG untouched
         u = torch.full((len(mu), dec.max_atoms + 1, vae.noise_width()), 0.5, device=mu.device)

@@ -121,6 +121,27 @@ def test_conditioned_samples_meet_the_target_and_beat_chance(cvae_run):
     assert rep["guided"]["success_rate"] > rep["unguided"]["success_rate"] + 0.05, rep
 
 
+def test_property_heads_and_optimize_work_on_a_conditional_model(cvae_run):
+    # the head reads [z, c] (the latent and the properties the decoder is asked for), the walk
+    # moves both, and a start decodes from its own condition (it used to crash in steerability)
+    from medgen.molecules.featurize import EMBEDDED_SAMPLE
+
+    _, run, _ = cvae_run
+    vae = MoleculeVAE.from_checkpoint(run)
+    rows = EMBEDDED_SAMPLE.read_text().split()
+    fitted = [s for s in rows[1:300] if "+" not in s and "-" not in s][:120]
+    report = vae.fit_property("logp", fitted, epochs=60)
+    assert vae.heads["logp"].net[0].in_features == vae.latent_dim + 2
+    assert np.isfinite(report["steer_r"])
+    # logP is one of the conditions, so [z, c] predicts it well (c is the value, standardized)
+    assert report["r2_heldout"] > 0.5, report
+    best = vae.optimize("logp", n=3, n_starts=8, steps=10, decode_every=2)
+    assert best.attrs["n_found"] == len(best) and len(best) > 0
+    assert best.attrs["best_training_score"] == pytest.approx(max(score_smiles("logp", fitted)))
+    assert isinstance(best.attrs["beats_best_training"], bool)
+    assert best["property"].tolist() == pytest.approx(score_smiles("logp", best["smiles"].tolist()))
+
+
 def test_conditions_the_model_lacks_or_no_molecule_meets_are_refused(cvae_run):
     _, run, _ = cvae_run
     vae = MoleculeVAE.from_checkpoint(run)
@@ -231,3 +252,50 @@ def test_a_fitted_latent_prior_lands_in_a_new_checkpoint_and_sampling_draws_from
         )
     assert prior_cli.main([str(run), "--out", str(out)]) == 2  # exists: --overwrite
     assert prior_cli.main([str(out), "--out", str(out), "--overwrite"]) == 2  # an input
+
+
+def test_reconstruction_decodes_a_conditional_model_with_each_molecules_own_properties():
+    # a conditional model whose latent carries nothing (a heavy KL weight) names each molecule
+    # by its logP alone: decoded with the mean condition it cannot reconstruct them, with their
+    # own properties (what the decoder read in training) it does
+    from medgen.molecules.graph import collate_graphs, encode_tokens, round_trip, smiles_to_tokens
+    from medgen.molecules.module import GraphVAEModule
+    from medgen.molecules.sampling import reconstruction_accuracy
+
+    from .test_module import NET
+
+    mols = ["CCO", "c1ccccc1", "CCCCCCCC", "O=C(O)c1ccccc1", "ClC(Cl)(Cl)Cl"]
+    logp = score_smiles("logp", mols)
+    assert len({round(v, 1) for v in logp}) == len(mols)
+    tokens = [smiles_to_tokens(s) for s in mols]
+    vocab = sorted({t for toks, _ in tokens for t in toks})
+    stats = {"names": ["logp"], "mean": [float(np.mean(logp))], "std": [float(np.std(logp))],
+             "table": [[v] for v in logp]}  # fmt: skip
+    torch.manual_seed(0)
+    module = GraphVAEModule(vocabulary=vocab, max_atoms=12, network=NET, conditions=["logp"],
+                            condition_stats=stats)  # fmt: skip
+    vae = module.vae
+    batch = collate_graphs([encode_tokens(t, b, module.vocab) for t, b in tokens])
+    cond = vae.standardize(torch.tensor(logp).unsqueeze(-1))
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    for _ in range(500):  # to ~0.005 nats of reconstruction loss
+        out = vae(batch, cond=cond)
+        loss = out["recon"] + 5.0 * out["kl"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    api = MoleculeVAE(module)
+    assert api.reconstruction_accuracy(mols) == 1.0
+    assert reconstruction_accuracy(vae, module.vocab, batch, cond=cond) == 1.0
+    with pytest.raises(ValueError, match="conditional model's reconstruction needs"):
+        reconstruction_accuracy(vae, module.vocab, batch)
+    # the mean condition (the latent alone) asks every molecule to be of average logP
+    plain = api.decode(api.encode(mols))
+    assert sum(d == round_trip(s) for d, s in zip(plain, mols, strict=True)) <= 2, plain
+    z = api.encode(mols, with_condition=True)
+    assert z.shape == (len(mols), vae.latent_dim + 1)
+    assert torch.allclose(z[:, -1], cond[:, 0])
+    path = api.interpolate(mols[0], mols[2], steps=4)  # latent and properties move together
+    assert (path[0], path[-1]) == (round_trip(mols[0]), round_trip(mols[2]))
+    with pytest.raises(UserError, match=f"latents of width {vae.latent_dim} or"):
+        api.decode(torch.zeros(2, vae.latent_dim + 3))
