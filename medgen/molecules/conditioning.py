@@ -337,7 +337,8 @@ def steerability(
 
 
 def encode_many(vae: Any, smiles: Sequence[str]) -> tuple[list[str], torch.Tensor]:
-    """``(encodable SMILES, their posterior means (M, L))``, 500 at a time."""
+    """``(encodable SMILES, their posterior means (M, L))``, 500 at a time; a conditional
+    model's ``(M, L + P)``, each with its own properties (what its property heads read)."""
     from medgen.molecules.graph import FeaturizeError, encode_tokens, smiles_to_tokens
 
     kept = []
@@ -349,7 +350,8 @@ def encode_many(vae: Any, smiles: Sequence[str]) -> tuple[list[str], torch.Tenso
         kept.append(s)
     if not kept:
         raise UserError("none of the molecules can be encoded (atoms outside the vocabulary?)")
-    z = torch.cat([vae.encode(kept[i : i + 500]) for i in range(0, len(kept), 500)])
+    z = torch.cat([vae.encode(kept[i : i + 500], with_condition=True)
+                   for i in range(0, len(kept), 500)])  # fmt: skip
     return kept, z
 
 

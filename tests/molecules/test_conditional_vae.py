@@ -137,6 +137,10 @@ def test_property_heads_and_optimize_work_on_a_conditional_model(cvae_run):
     assert report["r2_heldout"] > 0.5, report
     best = vae.optimize("logp", n=3, n_starts=8, steps=10, decode_every=2)
     assert best.attrs["n_found"] == len(best) and len(best) > 0
+    from medgen.molecules.conditioning import fit_heads
+
+    record = fit_heads(vae, fitted, properties=["logp"], n=60, epochs=10)  # heads in a checkpoint
+    assert record["heads"]["logp"]["latent_dim"] == vae.latent_dim + 2
     assert best.attrs["best_training_score"] == pytest.approx(max(score_smiles("logp", fitted)))
     assert isinstance(best.attrs["beats_best_training"], bool)
     assert best["property"].tolist() == pytest.approx(score_smiles("logp", best["smiles"].tolist()))
