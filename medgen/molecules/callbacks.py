@@ -150,7 +150,7 @@ class MoleculeSampling(Callback):
                 stereo = collate_stereo([val_set[i][2] for i in range(k)]).to(pl_module.device)
             cond = None
             if vae.condition_dim:  # decoded with each molecule's own properties, as trained
-                values = torch.stack([val_set[i][1] for i in range(k)])
+                values = val_set.values[val_set.indices[:k]]  # not val_set[i]: no graph rebuilt
                 cond = vae.standardize(values.to(pl_module.device))
             pl_module.log(
                 "val/recon_exact", reconstruction_accuracy(vae, vocab, batch, stereo, cond)
