@@ -27,7 +27,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medgen.errors import UserError
 from medgen.molecules import featurize
-from medgen.molecules.featurize import EMBEDDED_SAMPLE, FeaturizedSource, load_source
+from medgen.molecules.featurize import (
+    EMBEDDED_SAMPLE,
+    FeaturizedSource,
+    cache_file,
+    load_source,
+)
 from medgen.molecules.graph import GraphBatch, MolGraph, Vocabulary, collate_graphs
 from medgen.molecules.stereo import StereoBatch, collate_stereo
 from medgen.utils.atomic import atomic_write_text
@@ -98,12 +103,19 @@ def collate_items(items: Sequence[Any]) -> GraphBatch | ConditionedBatch:
 
 
 def property_values(
-    smiles: Sequence[str], names: Sequence[str], *, workers: int = 1, cache: Path | None = None
+    smiles: Sequence[str],
+    names: Sequence[str],
+    *,
+    workers: int = 1,
+    cache: Path | None = None,
+    head_of: Path | None = None,
 ) -> torch.Tensor:
     """RDKit values ``(len(smiles), P)`` float32 of the properties ``names`` (``qed``, ``sa``,
     ``logp``, ...; :func:`medgen.molecules.api.property_function`), computed in ``workers``
     processes and cached in ``cache`` (``.npy``, read with ``allow_pickle=False``). A molecule
-    whose value cannot be computed gets the column mean (reported)."""
+    whose value cannot be computed gets the column mean (reported). ``head_of``: the cache of a
+    longer source whose first ``len(smiles)`` molecules these are (its first rows are used when
+    ``cache`` is absent)."""
     import numpy as np
 
     from medgen.chem.parallel import map_chunks
@@ -113,6 +125,17 @@ def property_values(
         table = np.load(cache, allow_pickle=False)
         if table.shape == (len(smiles), len(names)):
             return torch.from_numpy(table.astype(np.float32))
+    if head_of is not None and head_of.is_file():
+        table = np.load(head_of, allow_pickle=False)
+        if table.ndim == 2 and table.shape[0] >= len(smiles) and table.shape[1] == len(names):
+            log.info("properties of the first %d molecules from %s", len(smiles), head_of)
+            table = np.ascontiguousarray(table[: len(smiles)], dtype=np.float32)
+            if cache is not None:
+                from medgen.utils.atomic import atomic_path
+
+                with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, table, allow_pickle=False)
+            return torch.from_numpy(table)
     chunks = [list(smiles[i : i + 5000]) for i in range(0, len(smiles), 5000)]
     parts, done = [], 0
     began = last_log = time.perf_counter()
@@ -295,11 +318,16 @@ class GraphDataModule(pl.LightningDataModule):
             if self.condition_properties:
                 names = "-".join(self.condition_properties)
                 cache = self._cache.with_name(f"{self._cache.name}.props-{names}.npy")
+                whole = None
+                if self.limit is not None and self.path:
+                    whole = cache_file(Path(self.path).expanduser(), None, self.cache_dir,
+                                       self.stereo)  # fmt: skip
+                    whole = whole.with_name(f"{whole.name}.props-{names}.npy")
                 log.info("properties %s of %d molecules (cached in %s)", names,
                          len(self.source), cache)  # fmt: skip
                 self.condition_values = property_values(
                     list(self.source.smiles), self.condition_properties,
-                    workers=self.featurize_workers, cache=cache,
+                    workers=self.featurize_workers, cache=cache, head_of=whole,
                 )  # fmt: skip
             self.use_vocabulary(self.fixed_vocabulary)
 

@@ -8,7 +8,9 @@ Featurized graphs are cached with ``torch.save`` as ``<cache_dir>/<source name>.
 (``cache_dir``: ``paths.cache_dir``/graphs under ``medgen train``; default
 ``$MEDGEN_CACHE_DIR/graphs`` or ``~/.cache/medgen/graphs``), never beside the source, whose folder
 may be read-only.
-The key covers the file's path, size and mtime, the featurizer version and ``limit``.
+The key covers the file's path, size and mtime, the featurizer version and ``limit``; a run with
+``limit`` takes its molecules from a cache of the whole file when there is one (the same
+molecules, rejects and tokens as featurizing the first ``limit``; :meth:`FeaturizedSource.head`).
 
 Rows RDKit cannot parse or a graph cannot hold (several fragments, dummy atoms, bonds that stay
 aromatic after kekulization, or any other error while featurizing) become reject rows
@@ -97,6 +99,30 @@ class FeaturizedSource:
         labels = self.bond_stereo[b0:b1].long()
         keep = labels >= 0
         return self.chirality[a0:a1].long(), self.bonds[b0:b1, :2].long()[keep], labels[keep]
+
+    def head(self, limit: int) -> FeaturizedSource:
+        """The first ``limit`` molecules, exactly as featurizing with ``limit`` gives them: the
+        rejects met before the last of them, and the tokens they use in order of appearance."""
+        if limit >= len(self):
+            return self
+        a_end, b_end = int(self.atom_ptr[limit]), int(self.bond_ptr[limit])
+        last_line = int(self.lines[limit - 1]) if limit > 0 else -1
+        used = torch.unique(self.atoms[:a_end].long())  # sorted = order of first appearance
+        remap = torch.full((len(self.tokens),), -1, dtype=torch.long)
+        remap[used] = torch.arange(len(used))
+        return FeaturizedSource(
+            tokens=[self.tokens[i] for i in used.tolist()],
+            atoms=remap[self.atoms[:a_end].long()].to(self.atoms.dtype),
+            atom_ptr=self.atom_ptr[: limit + 1].clone(),
+            bonds=self.bonds[:b_end].clone(),
+            bond_ptr=self.bond_ptr[: limit + 1].clone(),
+            lines=self.lines[:limit].clone(),
+            smiles=self.smiles[:limit],
+            properties={c: v[:limit].clone() for c, v in self.properties.items()},
+            rejects=[r for r in self.rejects if int(r[0]) < last_line],
+            chirality=None if self.chirality is None else self.chirality[:a_end].clone(),
+            bond_stereo=None if self.bond_stereo is None else self.bond_stereo[:b_end].clone(),
+        )
 
     def n_atoms(self) -> torch.Tensor:
         return self.atom_ptr[1:] - self.atom_ptr[:-1]
@@ -268,19 +294,21 @@ def load_source(
     if not source.is_file():
         raise FileNotFoundError(f"molecule file not found: {source}")
     target = cache_file(source, limit, cache_dir, stereo)
-    if target.is_file():
-        try:  # weights_only: a planted pickle in the cache cannot run code, it is only rebuilt
-            data = torch.load(target, weights_only=True)
-            log.info("graphs of %s from cache %s", source, target)
-            return FeaturizedSource(**data), target
-        except Exception as err:  # noqa: BLE001 - a stale, corrupt or foreign cache is rebuilt
-            found = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
-            reason = f"needs pickled code ({found.group(1)})" if found else str(err).strip()
-            log.warning("ignoring unreadable graph cache %s (rebuilding it): %s", target, reason)
-    log.info("featurizing %s (limit=%s, workers=%d)", source, limit, workers)
-    feats = featurize_source(
-        source, smiles_column=smiles_column, limit=limit, workers=workers, stereo=stereo
-    )
+    cached = _read_cache(target)
+    if cached is not None:
+        log.info("graphs of %s from cache %s", source, target)
+        return cached, target
+    whole = _read_cache(cache_file(source, None, cache_dir, stereo)) if limit is not None else None
+    # the first `limit` molecules of a cache of the whole file
+    if whole is not None and limit is not None:
+        feats = whole.head(limit)
+        log.info("graphs of the first %d molecules of %s from the cache of the whole file",
+                 len(feats), source)  # fmt: skip
+    else:
+        log.info("featurizing %s (limit=%s, workers=%d)", source, limit, workers)
+        feats = featurize_source(
+            source, smiles_column=smiles_column, limit=limit, workers=workers, stereo=stereo
+        )
     buffer = io.BytesIO()
     torch.save(feats.__dict__, buffer)
     try:
@@ -296,3 +324,16 @@ def load_source(
         "%s: %d molecules, %d rejected; cache %s", source, len(feats), len(feats.rejects), target
     )
     return feats, target
+
+
+def _read_cache(path: Path) -> FeaturizedSource | None:
+    """A graph cache's contents, or None when it is absent or unreadable (then rebuilt)."""
+    if not path.is_file():
+        return None
+    try:  # weights_only: a planted pickle in the cache cannot run code, it is only rebuilt
+        return FeaturizedSource(**torch.load(path, weights_only=True))
+    except Exception as err:  # noqa: BLE001 - a stale, corrupt or foreign cache is rebuilt
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+        reason = f"needs pickled code ({found.group(1)})" if found else str(err).strip()
+        log.warning("ignoring unreadable graph cache %s (rebuilding it): %s", path, reason)
+        return None

@@ -223,3 +223,47 @@ def test_long_featurizing_and_property_work_logs_progress(tmp_path, monkeypatch,
     assert any(m.startswith("featurizing few.smi: 3 molecules (1 rejected)") for m in lines), lines
     assert any(m.startswith("properties: 3 of 3 molecules") for m in lines), lines
     assert values.shape == (3, 1)
+
+
+def test_a_limit_reads_its_molecules_from_a_cache_of_the_whole_file(tmp_path, cache_dir, caplog):
+    # the first `limit` molecules of a cached whole file: the same graphs, rejects and tokens as
+    # featurizing with the limit, without featurizing; their properties from the whole table
+    import logging
+
+    import medgen.molecules.featurize as featurize
+    from medgen.molecules.data import property_values
+
+    src = tmp_path / "mixed.smi"
+    rows = ["CCO", "not_a_smiles", "c1ccccc1", "C[N+](C)(C)C", "C1CC", "CCS", "OCCCl", "CBr"]
+    src.write_text("SMILES\n" + "\n".join(rows) + "\n")
+    for limit in (0, 2, 3, 5, 100):
+        direct = featurize.featurize_source(src, limit=limit)
+        head = featurize.featurize_source(src).head(limit)
+        assert head.smiles == direct.smiles and head.tokens == direct.tokens, limit
+        assert head.rejects == direct.rejects, limit
+        for key in ("atoms", "atom_ptr", "bonds", "bond_ptr", "lines"):
+            assert getattr(head, key).equal(getattr(direct, key)), (limit, key)
+    assert featurize.featurize_source(src, limit=3).tokens == ["C", "O", "N+1"]  # no S, Cl, Br
+
+    whole, whole_cache = load_source(src)  # the cache of the whole file
+    props = whole_cache.with_name(f"{whole_cache.name}.props-logp.npy")
+    table = property_values(list(whole.smiles), ["logp"], cache=props)
+    calls = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(featurize, "featurize_source", lambda *a, **k: calls.append(k))
+    try:
+        with caplog.at_level(logging.INFO):
+            dm = GraphDataModule(path=str(src), limit=3, val_fraction=0.0,
+                                 condition_properties=["logp"])  # fmt: skip
+            dm.setup()
+    finally:
+        monkey.undo()
+    assert calls == []  # nothing featurized
+    assert list(dm.source.smiles) == list(whole.smiles[:3])
+    assert [int(r[0]) for r in dm.source.rejects] == [3]  # not_a_smiles; C1CC comes after
+    assert dm.source.tokens == ["C", "O", "N+1"]
+    assert dm.condition_values.equal(table[:3])
+    said = [r.getMessage() for r in caplog.records]
+    assert any("from the cache of the whole file" in m for m in said), said
+    assert any(m.startswith("properties of the first 3 molecules from") for m in said), said
+    assert cache_file(src, 3, None).is_file()  # and cached under its own key from now on
