@@ -76,6 +76,7 @@ class GraphStateDecoder(nn.Module):
         self.register_buffer("capacity", capacity.long().clone(), persistent=False)
         for name in ("pair_orders", "max_bonds", "max_degree", "ring_sizes"):
             self.register_buffer(name, getattr(masks, name).clone(), persistent=False)
+        self.ring_bound = int(masks.ring_bound)
         self.start = nn.Parameter(torch.zeros(hidden_dim))
         self.in_type = nn.Embedding(n_types, hidden_dim)
         self.in_order = nn.Embedding(MAX_BOND_ORDER + 1, hidden_dim)
@@ -330,6 +331,11 @@ class GraphStateDecoder(nn.Module):
         start = torch.zeros_like(t)
         cols = torch.arange(last, device=dev)
         sel = None  # rows that may still close a ring (None: all, the first round)
+        bound = self.ring_bound
+        if bound:
+            # the ring bound (see _bounded_closures): the parent's distances, pending closures
+            parent_ok = reach[:, :last] + 2 <= bound  # (B, last) rings the parent keeps small
+            pending = torch.full_like(t, -1)
 
         def rows(v: torch.Tensor) -> torch.Tensor:
             return v if sel is None else v[sel]
@@ -338,12 +344,19 @@ class GraphStateDecoder(nn.Module):
             ring = (rows(reach)[:, :last] + 2).clamp(max=MAX_RING)  # (S, last)
             cl = self.closure_head(F.relu(rows(pre)[:, :last] + self.pair_ring(ring)))
             cl = cl + self.closure_rem(rows(rem_j).clamp(0, MAX_REM)).unsqueeze(1)
-            ok = self._orders_ok(
+            open_ = rows(act) & (cols >= rows(start).unsqueeze(-1))
+            args = (
                 rows(built)[:, :last], rows(t).unsqueeze(-1), rows(rem)[:, :last],
                 rows(rem_j).unsqueeze(-1), rows(cnt)[:, :last], rows(cnt_j).unsqueeze(1),
-            ) & self.ring_sizes[ring].unsqueeze(-1)  # fmt: skip
-            cmask = torch.cat([torch.ones_like(ok[..., :1]), ok], -1)
-            oc = choose(cl, cmask, rows(g)) * (rows(act) & (cols >= rows(start).unsqueeze(-1)))
+            )  # fmt: skip
+            ok = self._orders_ok(*args) & self.ring_sizes[ring].unsqueeze(-1)
+            keep = torch.ones_like(ok[..., 0])  # "no bond" allowed
+            if bound:
+                ok, keep = self._bounded_closures(
+                    ok, args, open_, rows(parent_ok), rows(pending), rows(dist)[:, :last, :last]
+                )
+            cmask = torch.cat([keep.unsqueeze(-1), ok], -1)
+            oc = choose(cl, cmask, rows(g)) * open_
             closed = oc > 0
             hit = closed.any(-1)
             if not bool(hit.any()):
@@ -351,6 +364,9 @@ class GraphStateDecoder(nn.Module):
             first = closed[hit].long().argmax(-1)  # the first closure of each row that closed
             order = oc[hit].gather(1, first.unsqueeze(-1)).squeeze(-1)
             sel = hit.nonzero().squeeze(-1) if sel is None else sel[hit]
+            if bound:  # a closure the parent does not keep small waits for its fixer
+                small = parent_ok[sel, first]
+                pending[sel] = torch.where(small, -1, first)
             adj[sel, j, first] = order
             adj[sel, first, j] = order
             rem[sel, first] -= order
@@ -362,6 +378,45 @@ class GraphStateDecoder(nn.Module):
             reach[sel] = torch.minimum(reach[sel], dist[sel, first, :j])
             start[sel] = first + 1
         return rem_j, n_clos
+
+    def _bounded_closures(self, ok, args, open_, parent_ok, pending, dist):
+        """The ring bound on the closures of the new atom ``j`` (rows ``S``, candidates ``i <
+        last``): no ring of the finished molecule exceeds :attr:`ring_bound` atoms.
+
+        ``j``'s closures taken nearest first form a cycle basis (:func:`~medgen.molecules.masks.
+        basis_rings`): the ring of ``j - i`` goes through the parent or a closure of ``j`` to an
+        atom above ``i``. Decoding meets candidates in increasing ``i``, so a closure whose ring
+        through the parent is too large (``parent_ok`` false: the perimeter of a fused system,
+        closed before its fusion bond) is *pending*: it is allowed only when a later candidate
+        ``f`` can still fix it (``d(i, f) + 2 <= bound``, a ring the parent keeps small, a
+        single bond the masks allow after closing ``i``), and while it is pending only fixers
+        may close and the last fixer must. One closure is pending at a time. Returns the
+        closure orders ``ok (S, last, 3)`` and where "no bond" stays allowed ``(S, last)``.
+        """
+        bound = self.ring_bound
+        last = ok.shape[1]
+        cols = torch.arange(last, device=ok.device)
+        near = dist + 2 <= bound  # (S, i, f): a closure to f would fix one to i
+        later = cols.unsqueeze(0) > cols.unsqueeze(1)  # (i, f): f above i
+        has_p = pending >= 0
+        fixer = near.gather(1, pending.clamp(min=0)[:, None, None].expand(-1, 1, last)).squeeze(1)
+        fixer = fixer & (cols > pending.unsqueeze(-1)) & parent_ok  # (S, last)
+        usable = fixer & open_ & ok.any(-1)
+        last_fix = torch.where(usable, cols, -1).amax(-1)
+        keep = ~(has_p.unsqueeze(-1) & (cols == last_fix.unsqueeze(-1)))
+        ok = ok & (~has_p.unsqueeze(-1) | fixer).unsqueeze(-1)
+        # no closure pending: one the parent does not keep small needs a fixer after it
+        built, t, rem_i, rem_j, cnt_i, cnt_j = args
+        single_after = []
+        for o in range(1, MAX_BOND_ORDER + 1):
+            bump = F.one_hot(torch.tensor(o - 1, device=ok.device), MAX_BOND_ORDER)
+            single_after.append(
+                self._orders_ok(built, t, rem_i, rem_j - o, cnt_i, cnt_j + bump)[..., 0]
+            )
+        good = torch.stack(single_after, -1) & (open_ & parent_ok).unsqueeze(-1)  # (S, f, 3)
+        fixable = (near & later).float() @ good.float() > 0  # (S, i, 3)
+        ok = ok & (parent_ok.unsqueeze(-1) | fixable)
+        return ok, keep
 
     # ----------------------------------------------------------------------------- sampling
     def noise_width(self) -> int:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from medgen.errors import InputFileError
 from medgen.molecules.graph import MAX_BOND_ORDER, GraphBatch, collate_graphs
@@ -49,6 +50,7 @@ class ChemistryMasks:
     max_bonds: torch.Tensor  # (K, 3) int64
     max_degree: torch.Tensor  # (K,) int64
     ring_sizes: torch.Tensor  # (MAX_RING + 1,) bool
+    ring_bound: int = 0  # the largest ring of the data (0: no bound; checkpoints before it)
 
     @classmethod
     def permissive(cls, n_types: int) -> ChemistryMasks:
@@ -69,6 +71,7 @@ class ChemistryMasks:
         max_bonds = torch.zeros(n_types, MAX_BOND_ORDER, dtype=torch.long)
         max_degree = torch.zeros(n_types, dtype=torch.long)
         rings = torch.zeros(MAX_RING + 1, dtype=torch.bool)
+        bound = 0
         for batch in batches:
             atoms, adj, _ = batch
             valid = atoms >= 0
@@ -85,7 +88,8 @@ class ChemistryMasks:
             max_degree.scatter_reduce_(0, flat_t, (adj > 0).sum(-1)[valid], "amax")
             ring = closure_rings(adj)
             rings[ring[ring > 0].clamp(max=MAX_RING).unique()] = True
-        return cls(pair, max_bonds, max_degree, rings)
+            bound = max(bound, int(smallest_rings(adj).max()) if adj.numel() else 0)
+        return cls(pair, max_bonds, max_degree, rings, bound)
 
     @classmethod
     def learn_from(cls, dataset: Sequence[Any], n_types: int, chunk: int = 4096) -> ChemistryMasks:
@@ -109,6 +113,7 @@ class ChemistryMasks:
             "max_bonds": {tokens[k]: row for k, row in enumerate(self.max_bonds.tolist())},
             "max_degree": dict(zip(tokens, self.max_degree.tolist(), strict=True)),
             "ring_sizes": self.ring_sizes.nonzero().flatten().tolist(),
+            "ring_bound": int(self.ring_bound),
         }
 
     @classmethod
@@ -125,11 +130,12 @@ class ChemistryMasks:
             max_degree = torch.tensor([int(data["max_degree"][t]) for t in tokens])
             rings = torch.zeros(MAX_RING + 1, dtype=torch.bool)
             rings[torch.tensor([int(r) for r in data["ring_sizes"]], dtype=torch.long)] = True
+            bound = int(data.get("ring_bound", 0))
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise InputFileError(
                 f"learned chemistry masks do not fit the vocabulary {list(tokens)}: {err!r}"
             ) from err
-        return cls(pair, max_bonds.reshape(k, MAX_BOND_ORDER), max_degree.long(), rings)
+        return cls(pair, max_bonds.reshape(k, MAX_BOND_ORDER), max_degree.long(), rings, bound)
 
 
 # ---------------------------------------------------------------------------- partial graphs
@@ -151,13 +157,17 @@ def empty_distances(bsz: int, m: int, device: torch.device | str = "cpu") -> tor
 
 
 @torch.no_grad()
-def prefix_distances(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def prefix_distances(
+    adj: torch.Tensor, nearest_first: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forcing geometry of padded graphs ``adj (B, N, N)`` in decoding order.
 
     Returns ``last (B, N, N)``: ``last[b, j, i]`` the distance from atom ``j - 1`` to ``i < j`` in
     the graph of atoms ``< j`` (0 for ``j = 0``), and ``rings (B, N, N)``: for every ring-closure
     candidate ``i`` below ``j``'s parent, the size of the ring a bond ``j - i`` would close given
     the closures ``j`` actually made to atoms below ``i``; 0 elsewhere. Both int64.
+    ``nearest_first``: the closures ``j`` made to atoms *above* ``i`` count instead (the rings
+    of :func:`basis_rings`).
     """
     bsz, n = adj.shape[:2]
     dev = adj.device
@@ -180,9 +190,8 @@ def prefix_distances(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows = dist.gather(1, slot.unsqueeze(-1).expand(-1, -1, n))  # (B, k, N)
         p = parent[:, j]
         # for candidate i: the parent and the closures below i count
-        counts = used.unsqueeze(-1) & (
-            (slot == p.unsqueeze(-1)).unsqueeze(-1) | (slot.unsqueeze(-1) < idx)
-        )
+        closer = slot.unsqueeze(-1) > idx if nearest_first else slot.unsqueeze(-1) < idx
+        counts = used.unsqueeze(-1) & ((slot == p.unsqueeze(-1)).unsqueeze(-1) | closer)
         reach = rows.masked_fill(~counts, FAR).amin(1)  # (B, N)
         candidate = (idx < p.unsqueeze(-1)) & (p >= 0).unsqueeze(-1)
         rings[:, j] = torch.where(candidate, (reach + 2).clamp(max=FAR), 0)
@@ -194,6 +203,52 @@ def prefix_distances(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def closure_rings(adj: torch.Tensor) -> torch.Tensor:
     """Ring size closed by each ring-closure bond, ``(B, N, N)`` (0 where none); see module doc."""
     return prefix_distances(adj)[1] * (torch.tril(adj, diagonal=-1) > 0)
+
+
+def basis_rings(adj: torch.Tensor) -> torch.Tensor:
+    """The rings of a cycle basis, one per ring-closure bond, ``(B, N, N)`` (0 where none).
+
+    Atom ``j``'s closures taken nearest first: the bond ``j - i`` closes a ring of ``2 + min_s
+    d(s, i)`` atoms, ``s`` over ``j``'s parent and its closures to atoms above ``i``, ``d`` in
+    the graph of atoms ``< j``. Each ring uses only bonds counted before its own, so together
+    they form a cycle basis, and the largest ring of RDKit's SSSR (a minimum cycle basis, which
+    is also min-max) never exceeds the largest of them. Unlike :func:`closure_rings` (closures in
+    decoding order), a fused ring system gets its own small rings: an atom that closes the
+    perimeter of a naphthalene first and its fusion bond next has rings 6 and 6 here, 10 and 6
+    there.
+    """
+    return prefix_distances(adj, nearest_first=True)[1] * (torch.tril(adj, diagonal=-1) > 0)
+
+
+@torch.no_grad()
+def smallest_rings(adj: torch.Tensor) -> torch.Tensor:
+    """For each ring-closure bond of the finished graphs ``adj (B, N, N)``, the size of the
+    smallest ring through it, ``(B, N, N)`` at ``[b, j, i]`` (0 elsewhere). Every ring holds a
+    closure bond, so the largest of these is at most the largest ring of RDKit's SSSR: the
+    data's ring bound (:attr:`ChemistryMasks.ring_bound`)."""
+    bsz, n = adj.shape[:2]
+    out = torch.zeros(bsz, n, n, dtype=torch.long, device=adj.device)
+    lower = torch.tril(adj, diagonal=-1) > 0
+    if not bool(lower.any()):
+        return out
+    idx = torch.arange(n, device=adj.device)
+    parent = torch.where(lower, idx, -1).amax(-1)  # (B, N)
+    b, j, i = (lower & (idx < parent.unsqueeze(-1))).nonzero(as_tuple=True)
+    if not len(b):
+        return out
+    graph = (adj[b] > 0).float()  # (E, N, N), one copy per closure bond, without that bond
+    e = torch.arange(len(b), device=adj.device)
+    graph[e, j, i] = 0
+    graph[e, i, j] = 0
+    seen = F.one_hot(i, n).float()  # breadth-first search from i, for j
+    size = torch.zeros_like(b)
+    for step in range(1, n):
+        seen = ((seen + torch.bmm(seen.unsqueeze(1), graph).squeeze(1)) > 0).float()
+        size = torch.where((size == 0) & (seen[e, j] > 0), step + 1, size)
+        if bool((size > 0).all()):  # a closure bond always lies on a ring: all are found
+            break
+    out[b, j, i] = size
+    return out
 
 
 def graph_rings(batch: GraphBatch) -> list[list[int]]:

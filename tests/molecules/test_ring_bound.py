@@ -1,0 +1,114 @@
+"""The ring bound: the data's largest ring, learned from the training graphs, that no decoded
+molecule exceeds, while fused systems whose decoding order closes a perimeter before its fusion
+bond stay possible."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from rdkit import Chem
+
+from medgen.molecules.graph import graph_to_mol
+from medgen.molecules.masks import ChemistryMasks, basis_rings, closure_rings, smallest_rings
+from medgen.molecules.sampling import draw_noise
+from medgen.molecules.vae import GraphVAE
+
+from .test_decoder import NET, graphs_of
+
+FUSED = [
+    "c1ccc2ccccc2c1",  # naphthalene: 6, 6 in any order
+    "c1ccc2c(c1)ccc1ccccc12",  # phenanthrene: its DFS closes a 10-atom perimeter first
+    "CN1C(=O)CC(=O)N(c2ccccc2)c2cc(Cl)ccc21",  # a benzodiazepinedione: 11 before the fusion
+]
+
+
+def rings_of(batch) -> list[list[int]]:
+    return [sorted(r[r > 0].tolist()) for r in batch]
+
+
+def test_basis_and_smallest_rings_known_answers():
+    smiles = ["C1CC1", "C1CCCCCCC1", *FUSED, "C1CC2CCC1C2", "CCO"]
+    batch, _ = graphs_of(smiles)
+    assert rings_of(closure_rings(batch.adj)) == [[3], [8], [6, 6], [6, 6, 10], [6, 6, 11],
+                                                  [5, 6], []]  # fmt: skip
+    # nearest first, the fusion bond splits the perimeter: each ring is one of the molecule's
+    assert rings_of(basis_rings(batch.adj)) == [[3], [8], [6, 6], [6, 6, 6], [6, 6, 7], [5, 6], []]
+    # the smallest ring through each closure bond of the finished graph: norbornane's are 5, 5
+    assert rings_of(smallest_rings(batch.adj)) == [[3], [8], [6, 6], [6, 6, 6], [6, 6, 7],
+                                                   [5, 5], []]  # fmt: skip
+    for k, smi in enumerate(smiles):  # never above RDKit's largest SSSR ring
+        mol = Chem.MolFromSmiles(smi)  # kept: its ring info lives only as long as the molecule
+        sssr = max((len(r) for r in mol.GetRingInfo().AtomRings()), default=0)
+        assert int(smallest_rings(batch.adj)[k].max()) <= sssr
+
+
+def test_the_ring_bound_is_learned_and_travels_in_the_plain_tables():
+    batch, vocab = graphs_of(["CCO", "C1CCNC1", *FUSED])
+    masks = ChemistryMasks.learn([batch], len(vocab))
+    assert masks.ring_bound == 7  # the 7-membered ring; the 10 and 11 closures are perimeters
+    assert int(masks.ring_sizes.nonzero().max()) == 11
+    plain = masks.to_plain(vocab.tokens)
+    assert plain["ring_bound"] == 7
+    assert ChemistryMasks.from_plain(plain, vocab.tokens).ring_bound == 7
+    del plain["ring_bound"]  # tables written before the bound: no bound
+    assert ChemistryMasks.from_plain(plain, vocab.tokens).ring_bound == 0
+
+
+def sample_rings(bound: int, temperature: float):
+    _, vocab = graphs_of(["CCO", "c1ccccc1N", "CC(=O)NC1CCCCC1S"])
+    masks = dataclasses.replace(ChemistryMasks.permissive(len(vocab)), ring_bound=bound)
+    torch.manual_seed(0)
+    vae = GraphVAE(capacity=vocab.capacity, max_atoms=22, masks=masks, **NET).eval()
+    with torch.no_grad():  # random weights that close rings often, large ones included
+        vae.decoder.closure_head.bias[1:] += 2.5
+    z, u = draw_noise(vae, range(400), seed=1)
+    graphs = vae.sample(z * 2, temperature=temperature, uniforms=u)
+    sssr = []
+    for k in range(len(graphs.n_atoms)):
+        mol = graph_to_mol(graphs.atoms[k], graphs.adj[k], vocab)  # raises if not sanitizable
+        assert len(Chem.GetMolFrags(mol)) == 1
+        sssr.append(max((len(r) for r in mol.GetRingInfo().AtomRings()), default=0))
+    return graphs, sssr
+
+
+def test_decoding_never_exceeds_the_ring_bound_and_still_fuses_rings():
+    for temperature in (1.0, 0.0):
+        _, free = sample_rings(0, temperature)
+        assert max(free) > 6, "without a bound these weights make larger rings"
+        graphs, bounded = sample_rings(6, temperature)
+        assert max(bounded) <= 6, sorted(bounded)[-5:]
+        assert int(basis_rings(graphs.adj).max()) <= 6  # the basis, so the SSSR too
+        assert sum(r >= 5 for r in bounded) > 20
+
+
+def test_a_closure_too_large_through_the_parent_waits_for_its_fixer():
+    # the closure rounds on random states: each closure's ring is small through the parent or
+    # through the next closure of the same atom (its fixer), and nothing closes in between
+    from .test_decoder_fast_paths import decoder, gumbel_choose, random_state
+
+    bound, pending_fixed, changed = 6, 0, 0
+    for seed in range(6):
+        state = random_state(seed)
+        free = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+        dec = decoder()
+        dec.ring_bound = bound
+        mine = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+        with torch.inference_mode():
+            dec._sample_closures(gumbel_choose, **mine)
+            dec.ring_bound = 0
+            dec._sample_closures(gumbel_choose, **free)
+        j, last = state["j"], state["act"].shape[1]
+        made = mine["adj"][:, j, :last]
+        changed += int((made != free["adj"][:, j, :last]).any(-1).sum())
+        parent_ok = state["reach"][:, :last] + 2 <= bound
+        for b in range(len(made)):
+            closed = made[b].nonzero().flatten().tolist()
+            for k, i in enumerate(closed):
+                if parent_ok[b, i]:
+                    continue
+                assert k + 1 < len(closed), (b, closed)  # a pending closure is never left open
+                f = closed[k + 1]
+                assert int(state["dist"][b, i, f]) + 2 <= bound and bool(parent_ok[b, f])
+                pending_fixed += 1
+    assert pending_fixed > 20 and changed > 20, (pending_fixed, changed)
