@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -255,3 +256,91 @@ def graph_rings(batch: GraphBatch) -> list[list[int]]:
     """The closure ring sizes of each graph in ``batch`` (for checks and reports)."""
     rings = closure_rings(batch.adj)
     return [r[r > 0].tolist() for r in rings]
+
+
+# ---------------------------------------------------------------------------- the ring bound
+def ring_bound_of(source: Any, chunk: int = 4096) -> tuple[int, int]:
+    """``(bound, beyond)`` over every molecule of a featurized source
+    (:class:`~medgen.molecules.featurize.FeaturizedSource`): the largest smallest-ring through a
+    ring-closure bond, and how many molecules have a basis ring above it (those whose rings
+    close across atoms, which decoding with the bound cannot write)."""
+    remap = torch.arange(len(source.tokens))
+    bound, rings = 0, []
+    for lo in range(0, len(source), chunk):
+        batch = collate_graphs(
+            [source.graph(k, remap) for k in range(lo, min(len(source), lo + chunk))]
+        )
+        bound = max(bound, int(smallest_rings(batch.adj).max()))
+        rings.append(basis_rings(batch.adj).flatten(1).amax(-1))
+    beyond = int((torch.cat(rings) > bound).sum()) if rings else 0
+    return bound, beyond
+
+
+def add_ring_bound(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    data: str | Path,
+    limit: int | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``checkpoint`` with the ring bound of the molecules of ``data`` in its masks to
+    ``out`` (atomically; never over an input), for checkpoints written before the bound.
+    Returns ``{"ring_bound", "molecules", "beyond"}``."""
+    from medgen.errors import UserError
+    from medgen.molecules.conditioning import check_new_checkpoint
+    from medgen.molecules.featurize import load_source
+    from medgen.utils.atomic import atomic_path
+    from medgen.utils.checkpoint import load_checkpoint
+
+    file, target = check_new_checkpoint(checkpoint, out, data=data, overwrite=overwrite)
+    ckpt = load_checkpoint(file)
+    masks = (ckpt.get("hyper_parameters") or {}).get("masks")
+    if not masks:
+        raise UserError(f"{file} has no learned chemistry masks (model.learn_masks=false)")
+    source, _ = load_source(Path(data).expanduser(), limit=limit, workers=workers)
+    bound, beyond = ring_bound_of(source)
+    masks["ring_bound"] = bound
+    with atomic_path(target) as tmp:
+        torch.save(ckpt, tmp)
+        torch.load(tmp, map_location="cpu", weights_only=True)  # it must load before it lands
+    return {"ring_bound": bound, "molecules": len(source), "beyond": beyond}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from medgen.errors import UserError
+    from medgen.utils.logging import configure_logging
+
+    parser = argparse.ArgumentParser(
+        prog="python -m medgen.molecules.masks",
+        description="learn the ring bound of a graph VAE's chemistry masks from a SMILES file "
+        "(the largest ring of its molecules) and store it in a new checkpoint",
+    )
+    parser.add_argument("checkpoint", help="a graph VAE .ckpt, run dir or pretrained:<name>")
+    parser.add_argument("--data", required=True, help="the training SMILES file")
+    parser.add_argument("--out", required=True, help="the new checkpoint (.ckpt)")
+    parser.add_argument("--limit", type=int, help="the first N molecules of --data only")
+    parser.add_argument("--workers", type=int, default=1, help="featurizing processes")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        report = add_ring_bound(args.checkpoint, args.out, data=args.data, limit=args.limit,
+                                workers=args.workers, overwrite=args.overwrite)  # fmt: skip
+    except UserError as err:
+        print(f"medgen.molecules.masks: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    share = report["beyond"] / max(1, report["molecules"])
+    print(f"ring bound {report['ring_bound']} over {report['molecules']:,} molecules; "
+          f"{report['beyond']:,} ({share:.2%}) have rings that close across atoms beyond it "
+          f"and cannot be decoded with the bound")  # fmt: skip
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

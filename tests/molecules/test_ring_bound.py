@@ -112,3 +112,33 @@ def test_a_closure_too_large_through_the_parent_waits_for_its_fixer():
                 assert int(state["dist"][b, i, f]) + 2 <= bound and bool(parent_ok[b, f])
                 pending_fixed += 1
     assert pending_fixed > 20 and changed > 20, (pending_fixed, changed)
+
+
+def test_a_checkpoint_without_the_bound_gets_it_from_its_data(tmp_path, cache_dir, capsys):
+    # checkpoints written before the bound: the tool learns it from the training file
+    from medgen.molecules.masks import main
+    from medgen.molecules.module import GraphVAEModule
+    from medgen.utils.checkpoint import load_checkpoint
+
+    data = tmp_path / "train.smi"
+    data.write_text("SMILES\n" + "\n".join(["CCO", "C1CCNC1", *FUSED, "C1CCCCCC1"]) + "\n")
+    batch, vocab = graphs_of(["CCO", *FUSED])
+    plain = ChemistryMasks.learn([batch], len(vocab)).to_plain(vocab.tokens)
+    del plain["ring_bound"]
+    torch.manual_seed(0)
+    net = {**NET, "decoder": "graph"}
+    module = GraphVAEModule(vocabulary=vocab.tokens, max_atoms=24, network=net, masks=plain)
+    old = tmp_path / "old.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, old)
+    assert GraphVAEModule.from_checkpoint(old).vae.decoder.ring_bound == 0
+
+    new = tmp_path / "new.ckpt"
+    assert main([str(old), "--data", str(data), "--out", str(new)]) == 0
+    said = capsys.readouterr().out
+    assert "ring bound 7 over 6 molecules; 0 (0.00%)" in said, said
+    assert load_checkpoint(new)["hyper_parameters"]["masks"]["ring_bound"] == 7
+    assert GraphVAEModule.from_checkpoint(new).vae.decoder.ring_bound == 7
+    # a user mistake is one line and exit code 2, and the input is never overwritten
+    before = old.read_bytes()
+    assert main([str(old), "--data", str(data), "--out", str(old)]) == 2
+    assert "is an input" in capsys.readouterr().err and old.read_bytes() == before
