@@ -264,9 +264,21 @@ def ring_bound_of(source: Any, chunk: int = 4096) -> tuple[int, int]:
     (:class:`~medgen.molecules.featurize.FeaturizedSource`): the largest smallest-ring through a
     ring-closure bond, and how many molecules have a basis ring above it (those whose rings
     close across atoms, which decoding with the bound cannot write)."""
+    import time
+
+    from medgen.molecules.featurize import PROGRESS_EVERY_S
+    from medgen.utils.logging import get_logger
+
+    log = get_logger(__name__)
     remap = torch.arange(len(source.tokens))
     bound, rings = 0, []
+    began = last_log = time.perf_counter()
     for lo in range(0, len(source), chunk):
+        if lo and time.perf_counter() - last_log >= PROGRESS_EVERY_S:  # 1.58 M take minutes
+            last_log = time.perf_counter()
+            rate = lo / (last_log - began)
+            log.info("ring bound: %s of %s molecules, %.0f/s, about %.0f min left", f"{lo:,}",
+                     f"{len(source):,}", rate, (len(source) - lo) / rate / 60)  # fmt: skip
         batch = collate_graphs(
             [source.graph(k, remap) for k in range(lo, min(len(source), lo + chunk))]
         )

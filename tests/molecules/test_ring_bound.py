@@ -142,3 +142,24 @@ def test_a_checkpoint_without_the_bound_gets_it_from_its_data(tmp_path, cache_di
     before = old.read_bytes()
     assert main([str(old), "--data", str(data), "--out", str(old)]) == 2
     assert "is an input" in capsys.readouterr().err and old.read_bytes() == before
+
+
+def test_the_ring_bound_of_a_large_source_logs_progress(tmp_path, cache_dir, monkeypatch, caplog):
+    import logging
+
+    import medgen.molecules.featurize as featurize
+    from medgen.molecules.masks import ring_bound_of
+
+    data = tmp_path / "train.smi"
+    peri = "Cn1ccc(C(=O)Nc2ccc3c4c(cccc24)CC3)cc1=O"  # an acenaphthene: rings close across atoms
+    rows = ["CCO", "C1CCNC1", *FUSED, "C1CCCCCCC1", peri]
+    data.write_text("SMILES\n" + "\n".join(rows) + "\n")
+    source, _ = featurize.load_source(data)
+    monkeypatch.setattr(featurize, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO):
+        bound, beyond = ring_bound_of(source, chunk=2)
+    # the cyclooctane sets the bound; the acenaphthene's basis ring through its peri bond is 11
+    assert (bound, beyond) == (8, 1)
+    assert ring_bound_of(source) == (8, 1)  # chunks do not change the answer
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("ring bound: 2 of 7 molecules") for m in said), said
