@@ -22,7 +22,7 @@ closures in increasing ``i``), same noise layout, same masks at teacher forcing 
 except that teacher forcing never masks the target itself: a validation molecule with chemistry
 the training split lacks keeps a finite loss instead of ``1e9``, and that teacher forcing does
 not apply the ring bound (the training molecules meet it, except the few whose rings close
-across atoms, about 0.2% of MOSES; decoding renormalizes over what the bound leaves).
+across atoms, 0.11% of MOSES train; decoding renormalizes over what the bound leaves).
 """
 
 from __future__ import annotations

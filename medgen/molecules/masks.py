@@ -10,7 +10,9 @@ decoder can apply them at every step and never back itself into a dead end:
   never carries two double bonds in MOSES, so allenes and ketenes are not proposed);
 * ``max_degree (K,)``: per atom type, the most neighbours one atom had;
 * ``ring_sizes (MAX_RING + 1,)``: sizes of the ring a ring-closure bond closes (see below), the
-  last entry meaning ``>= MAX_RING``. MOSES has no ring above 8 atoms.
+  last entry meaning ``>= MAX_RING``;
+* ``ring_bound``: the data's largest ring (:func:`smallest_rings`; 7 for MOSES, whose filters
+  reject rings of 8 atoms or more), which decoding keeps every ring within (0: no bound).
 
 Charges need no table: the atom vocabulary is built from the training split, so a charge the data
 lacks is no atom type. Graphs are kekulized, so every aromatic ring the decoder writes is a Kekulé
@@ -21,8 +23,10 @@ Ring size of a closure. Atoms are added in the DFS order of :mod:`medgen.molecul
 ``j - i`` closes a ring of ``2 + min_s d(s, i)`` atoms, ``d`` the shortest-path distance in the
 graph of atoms ``< j`` and ``s`` over ``j``'s neighbours so far (``p`` and the closures before
 ``i``): the smallest ring through the new bond. The largest ring of RDKit's SSSR never exceeds the
-largest closure ring (a minimum cycle basis is also min-max), so masking closure rings above 8
-keeps every ring at 8 atoms or fewer. :func:`prefix_distances` and :func:`closure_rings` compute
+largest closure ring (a minimum cycle basis is also min-max), but a fused system's perimeter,
+closed before its fusion bond, is a large closure ring of molecules whose rings are all small,
+so the table allows sizes up to 12 on MOSES; the ring bound does the rest (:func:`basis_rings`,
+:meth:`medgen.molecules.decoder.GraphStateDecoder._bounded_closures`). :func:`prefix_distances` and :func:`closure_rings` compute
 these numbers for teacher forcing; decoders update the same distances step by step.
 """
 
