@@ -26,8 +26,9 @@ graph of atoms ``< j`` and ``s`` over ``j``'s neighbours so far (``p`` and the c
 largest closure ring (a minimum cycle basis is also min-max), but a fused system's perimeter,
 closed before its fusion bond, is a large closure ring of molecules whose rings are all small,
 so the table allows sizes up to 12 on MOSES; the ring bound does the rest (:func:`basis_rings`,
-:meth:`medgen.molecules.decoder.GraphStateDecoder._bounded_closures`). :func:`prefix_distances` and :func:`closure_rings` compute
-these numbers for teacher forcing; decoders update the same distances step by step.
+:meth:`medgen.molecules.decoder.GraphStateDecoder._bounded_closures`). :func:`prefix_distances`
+and :func:`closure_rings` compute these numbers for teacher forcing; decoders update the same
+distances step by step.
 """
 
 from __future__ import annotations
