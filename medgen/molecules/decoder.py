@@ -355,13 +355,23 @@ class GraphStateDecoder(nn.Module):
                 rows(rem_j).unsqueeze(-1), rows(cnt)[:, :last], rows(cnt_j).unsqueeze(1),
             )  # fmt: skip
             ok = self._orders_ok(*args) & self.ring_sizes[ring].unsqueeze(-1)
-            keep = torch.ones_like(ok[..., 0])  # "no bond" allowed
             if bound:
-                ok, keep = self._bounded_closures(
+                ok = self._bounded_closures(
                     ok, args, open_, rows(parent_ok), rows(pending), rows(dist)[:, :last, :last]
                 )
-            cmask = torch.cat([keep.unsqueeze(-1), ok], -1)
+            cmask = torch.cat([torch.ones_like(ok[..., :1]), ok], -1)
             oc = choose(cl, cmask, rows(g)) * open_
+            if bound:  # a pending closure's fixer: one draw over every (fixer, order) allowed
+                fix_ok = (ok & open_.unsqueeze(-1)).flatten(1)
+                waiting = (rows(pending) >= 0) & fix_ok.any(-1)
+                if bool(waiting.any()):
+                    flat = choose(cl[waiting][..., 1:].flatten(1), fix_ok[waiting],
+                                  rows(g)[waiting][..., 1:].flatten(1))  # fmt: skip
+                    pick = torch.zeros_like(oc[waiting])
+                    pick[torch.arange(len(pick)), flat // MAX_BOND_ORDER] = (
+                        flat % MAX_BOND_ORDER + 1
+                    )
+                    oc[waiting] = pick
             closed = oc > 0
             hit = closed.any(-1)
             if not bool(hit.any()):
@@ -395,8 +405,10 @@ class GraphStateDecoder(nn.Module):
         closed before its fusion bond) is *pending*: it is allowed only when a later candidate
         ``f`` can still fix it (``d(i, f) + 2 <= bound``, a ring the parent keeps small, a
         single bond the masks allow after closing ``i``), and while it is pending only fixers
-        may close and the last fixer must. One closure is pending at a time. Returns the
-        closure orders ``ok (S, last, 3)`` and where "no bond" stays allowed ``(S, last)``.
+        may close: the caller draws the fixer and its order in one categorical over the
+        closure scores of every pair allowed (forcing the last fixer instead, when the model
+        declined the others, made 7-rings twice as common). One closure is pending at a time.
+        Returns the closure orders allowed, ``ok (S, last, 3)``.
         """
         bound = self.ring_bound
         last = ok.shape[1]
@@ -406,9 +418,6 @@ class GraphStateDecoder(nn.Module):
         has_p = pending >= 0
         fixer = near.gather(1, pending.clamp(min=0)[:, None, None].expand(-1, 1, last)).squeeze(1)
         fixer = fixer & (cols > pending.unsqueeze(-1)) & parent_ok  # (S, last)
-        usable = fixer & open_ & ok.any(-1)
-        last_fix = torch.where(usable, cols, -1).amax(-1)
-        keep = ~(has_p.unsqueeze(-1) & (cols == last_fix.unsqueeze(-1)))
         ok = ok & (~has_p.unsqueeze(-1) | fixer).unsqueeze(-1)
         # no closure pending: one the parent does not keep small needs a fixer after it
         built, t, rem_i, rem_j, cnt_i, cnt_j = args
@@ -420,8 +429,7 @@ class GraphStateDecoder(nn.Module):
             )
         good = torch.stack(single_after, -1) & (open_ & parent_ok).unsqueeze(-1)  # (S, f, 3)
         fixable = (near & later).float() @ good.float() > 0  # (S, i, 3)
-        ok = ok & (parent_ok.unsqueeze(-1) | fixable)
-        return ok, keep
+        return ok & (parent_ok.unsqueeze(-1) | fixable)
 
     # ----------------------------------------------------------------------------- sampling
     def noise_width(self) -> int:
