@@ -163,3 +163,22 @@ def test_the_ring_bound_of_a_large_source_logs_progress(tmp_path, cache_dir, mon
     assert ring_bound_of(source) == (8, 1)  # chunks do not change the answer
     said = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("ring bound: 2 of 7 molecules") for m in said), said
+
+
+def test_the_shipped_moses_model_decodes_within_its_ring_bound():
+    from medgen.molecules.api import MoleculeVAE
+
+    vae = MoleculeVAE.from_checkpoint("pretrained:moses")
+    assert vae.vae.decoder.ring_bound == 7  # learned from the 1.58 M MOSES train molecules
+
+    def largest_rings() -> list[int]:
+        out = []
+        for smi in vae.sample(300, seed=0):
+            mol = Chem.MolFromSmiles(smi)
+            out.append(max((len(r) for r in mol.GetRingInfo().AtomRings()), default=0))
+        return out
+
+    bounded = largest_rings()
+    vae.vae.decoder.ring_bound = 0
+    free = largest_rings()
+    assert max(bounded) <= 7 and sum(r >= 8 for r in free) >= 3, sorted(free)[-5:]
