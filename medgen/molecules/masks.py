@@ -306,22 +306,18 @@ def add_ring_bound(
     ``out`` (atomically; never over an input), for checkpoints written before the bound.
     Returns ``{"ring_bound", "molecules", "beyond"}``."""
     from medgen.errors import UserError
-    from medgen.molecules.conditioning import check_new_checkpoint
+    from medgen.molecules.conditioning import check_new_checkpoint, write_with_record
     from medgen.molecules.featurize import load_source
-    from medgen.utils.atomic import atomic_path
     from medgen.utils.checkpoint import load_checkpoint
 
     file, target = check_new_checkpoint(checkpoint, out, data=data, overwrite=overwrite)
-    ckpt = load_checkpoint(file)
-    masks = (ckpt.get("hyper_parameters") or {}).get("masks")
-    if not masks:
+    hparams = dict(load_checkpoint(file).get("hyper_parameters") or {})
+    if not hparams.get("masks"):
         raise UserError(f"{file} has no learned chemistry masks (model.learn_masks=false)")
     source, _ = load_source(Path(data).expanduser(), limit=limit, workers=workers)
     bound, beyond = ring_bound_of(source)
-    masks["ring_bound"] = bound
-    with atomic_path(target) as tmp:
-        torch.save(ckpt, tmp)
-        torch.load(tmp, map_location="cpu", weights_only=True)  # it must load before it lands
+    hparams["masks"] = {**hparams["masks"], "ring_bound": bound}
+    write_with_record(file, target, "hyper_parameters", hparams)
     return {"ring_bound": bound, "molecules": len(source), "beyond": beyond}
 
 
