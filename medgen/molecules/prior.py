@@ -24,6 +24,15 @@ molecules with those properties.
 it), and reports the held-out log-likelihood per molecule of the mixture and of ``N(0, I)``.
 ``medgen sample latent_prior=auto`` (the default) then draws from it; ``latent_prior=normal``
 draws as before.
+
+``--aggregate`` stores the aggregate posterior itself instead of a fit to it: one diagonal
+component per encoded molecule, ``q(z|x_i) = N(mu_i, diag sigma_i^2)``, joined with the
+molecule's conditions smoothed by ``--bandwidth`` (standardized units). That is the prior the
+ELBO is best with (Hoffman & Johnson, "ELBO surgery", 2016; VampPrior, Tomczak & Welling 2018,
+with the training molecules as pseudo-inputs): a draw picks a training molecule (for a
+conditional VAE, one whose properties lie near the drawn condition row) and samples its
+posterior, so the decoder only sees latents of the kind it was trained on. The record grows
+with ``--n`` (``(L + P) * 2`` floats per molecule).
 """
 
 from __future__ import annotations
@@ -53,13 +62,15 @@ FORMAT = 1
 DEFAULT_N = 50_000
 DEFAULT_COMPONENTS = 8
 HELDOUT_FRACTION = 0.1
+DEFAULT_BANDWIDTH = 0.1  # --aggregate: the conditions' smoothing, in standard deviations
 REG_COVAR = 1e-4  # added to each covariance's diagonal (scikit-learn's regularization)
 CHOICES = ("auto", "fitted", "normal")
 
 
 class LatentPrior:
     """A Gaussian mixture over ``[z, c]`` (``(L + P)`` dims; ``P = 0`` for an unconditional
-    VAE): ``weights (K,)``, ``means (K, L + P)``, ``covariances (K, L + P, L + P)``."""
+    VAE): ``weights (K,)``, ``means (K, L + P)``, ``covariances (K, L + P, L + P)``, or
+    ``(K, L + P)`` diagonal variances (the aggregate posterior, :func:`aggregate_prior`)."""
 
     def __init__(
         self,
@@ -75,7 +86,9 @@ class LatentPrior:
             for t in (weights, means, covariances)
         )
         k, d = means.shape if means.ndim == 2 else (0, 0)
-        if (k == 0 or weights.shape != (k,) or covariances.shape != (k, d, d)
+        self.diagonal = covariances.ndim == 2
+        if (k == 0 or weights.shape != (k,)
+                or covariances.shape != ((k, d) if self.diagonal else (k, d, d))
                 or not 0 < latent_dim <= d):  # fmt: skip
             raise ValueError(
                 f"a latent prior needs weights (K,), means (K, D), covariances (K, D, D) with "
@@ -89,6 +102,14 @@ class LatentPrior:
             raise ValueError("a latent prior's weights must be >= 0 with a positive sum")
         self.weights = weights / weights.sum()
         self.means = means
+        if self.diagonal:
+            if not bool((covariances > 0).all()):
+                raise ValueError("a latent prior's diagonal variances must be > 0")
+            self.latent_dim = int(latent_dim)
+            self.condition_dim = d - self.latent_dim
+            self.covariances = covariances
+            self._sd = covariances.sqrt()  # (K, D): z and c independent within a component
+            return
         self.covariances = (covariances + covariances.transpose(1, 2)) / 2
         self.latent_dim = int(latent_dim)
         self.condition_dim = d - self.latent_dim
@@ -114,7 +135,11 @@ class LatentPrior:
         if cond is None or cond.shape[-1] != self.condition_dim:
             shape = None if cond is None else tuple(cond.shape)
             raise ValueError(f"this prior needs conditions (B, {self.condition_dim}), got {shape}")
-        log_n = _log_normal(cond, self.means[:, self.latent_dim :], self._chol_cc)
+        con = slice(self.latent_dim, None)
+        if self.diagonal:
+            log_n = _log_normal_diag(cond, self.means[:, con], self._sd[:, con])
+        else:
+            log_n = _log_normal(cond, self.means[:, con], self._chol_cc)
         return torch.softmax(torch.log(self.weights) + log_n, dim=1)
 
     def draw(
@@ -145,6 +170,8 @@ class LatentPrior:
         comp = torch.searchsorted(cum, pick.to(torch.float64)[:, None], right=True).squeeze(1)
         comp = comp.clamp(max=len(self.weights) - 1)  # round-off at the top of the last bin
         shift = self.means[comp, : self.latent_dim].clone()
+        if self.diagonal:  # z does not depend on c within a component
+            return shift, torch.diag_embed(self._sd[comp, : self.latent_dim])
         if self.condition_dim:
             assert cond is not None
             diff = cond.to(torch.float64) - self.means[comp, self.latent_dim :]
@@ -154,6 +181,12 @@ class LatentPrior:
     # ------------------------------------------------------------------------ density, record
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """``(N,)`` log-density of joint rows ``x (N, L + P)``."""
+        if self.diagonal:  # in row chunks: K is the number of encoded molecules
+            log_w = torch.log(self.weights)
+            return torch.cat([
+                torch.logsumexp(log_w + _log_normal_diag(x[i : i + 1024], self.means, self._sd), 1)
+                for i in range(0, len(x), 1024)
+            ])  # fmt: skip
         log_n = _log_normal(x, self.means, _cholesky(self.covariances))
         return torch.logsumexp(torch.log(self.weights) + log_n, dim=1)
 
@@ -200,6 +233,16 @@ def _log_normal(x: torch.Tensor, means: torch.Tensor, chol: torch.Tensor) -> tor
     y = torch.linalg.solve_triangular(chol[None], diff[..., None], upper=False).squeeze(-1)
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(-1)  # (K,)
     return -0.5 * ((y * y).sum(-1) + logdet + means.shape[1] * math.log(2 * math.pi))
+
+
+def _log_normal_diag(x: torch.Tensor, means: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` log N(x_n; means_k, diag sd_k^2) of rows ``x (N, D)``; as a sum of three
+    products, so no ``(N, K, D)`` tensor is made (the aggregate posterior has K ~ 10^4)."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    prec = sd.pow(-2)  # (K, D)
+    quad = (x * x) @ prec.t() - 2 * x @ (means * prec).t() + (means * means * prec).sum(1)
+    logdet = 2 * torch.log(sd).sum(1)
+    return -0.5 * (quad.clamp(min=0) + logdet + means.shape[1] * math.log(2 * math.pi))
 
 
 def _cholesky(cov: torch.Tensor) -> torch.Tensor:
@@ -272,6 +315,91 @@ def fit_prior(
     return prior, report
 
 
+def aggregate_prior(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    *,
+    bandwidth: float = DEFAULT_BANDWIDTH,
+    seed: int = 0,
+    heldout_fraction: float = HELDOUT_FRACTION,
+) -> tuple[LatentPrior, dict[str, Any]]:
+    """The aggregate posterior of encoded molecules as a prior: one diagonal component per
+    molecule, ``N(mu_i, diag exp(logvar_i))`` over ``z`` joined with ``N(c_i, bandwidth^2 I)``
+    over its standardized conditions ``cond (N, P)``; equal weights. ``heldout_fraction`` of
+    the molecules (seeded) are left out of it and their posterior draws score it, as in
+    :func:`fit_prior` (``heldout_ll_z``, ``normal_ll_z``). Returns ``(prior, report)``."""
+    mu = torch.as_tensor(mu, dtype=torch.float64)
+    var = torch.exp(torch.as_tensor(logvar, dtype=torch.float64))
+    if not (torch.isfinite(mu).all() and torch.isfinite(var).all() and (var > 0).all()):
+        raise UserError("latent prior: the encoded means or variances are not all finite "
+                        "(a diverged model?)")  # fmt: skip
+    if cond is not None and not bandwidth > 0:
+        raise ConfigError("--bandwidth", bandwidth, "a number > 0")
+    n = len(mu)
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    n_held = int(round(n * heldout_fraction))
+    held, keep = order[:n_held], order[n_held:].sort().values
+    if len(keep) < 2:
+        raise UserError(f"an aggregate-posterior prior needs at least 2 molecules, got {len(keep)}")
+    means, variances = mu[keep], var[keep]
+    if cond is not None:
+        c = torch.as_tensor(cond, dtype=torch.float64)[keep]
+        means = torch.cat([means, c], 1)
+        variances = torch.cat([variances, torch.full_like(c, float(bandwidth) ** 2)], 1)
+    prior = LatentPrior(torch.ones(len(keep)), means, variances, mu.shape[1])
+    report: dict[str, Any] = {
+        "kind": "aggregate",
+        "components": int(len(keep)),
+        "molecules": int(n),
+        "n_fit": int(len(keep)),
+        "n_heldout": int(n_held),
+        "converged": True,
+        "seed": int(seed),
+        "bandwidth": float(bandwidth) if cond is not None else None,
+    }
+    if n_held:
+        lat = mu.shape[1]
+        z_only = LatentPrior(prior.weights, prior.means[:, :lat], prior.covariances[:, :lat], lat)
+        gen = torch.Generator().manual_seed(seed)
+        z_held = mu[held] + var[held].sqrt() * torch.randn(mu[held].shape, generator=gen,
+                                                          dtype=torch.float64)  # fmt: skip
+        report["heldout_ll_z"] = float(z_only.log_likelihood(z_held).mean())
+        report["normal_ll_z"] = float(standard_normal_ll(z_held).mean())
+    return prior, report
+
+
+def encode_posteriors(
+    vae: Any, smiles: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    """Posterior means and log-variances ``(M, L)`` of the encodable ``smiles``, their
+    standardized conditions ``(M, P)`` (None for an unconditional VAE) and how many were
+    skipped. ``vae``: a :class:`~medgen.molecules.api.MoleculeVAE`."""
+    from medgen.molecules.conditioning import encode_many, property_table
+    from medgen.molecules.graph import collate_graphs, encode_tokens, smiles_to_tokens
+
+    if vae.vae.stereo_head is not None:
+        raise UserError("--aggregate is for models without stereo labels")
+    kept, _ = encode_many(vae, smiles)
+    mus, logvars = [], []
+    with torch.no_grad():
+        for i in range(0, len(kept), 500):
+            graphs = [encode_tokens(*smiles_to_tokens(s), vae.vocab) for s in kept[i : i + 500]]
+            m, lv = vae.vae.encode(collate_graphs(graphs), None)
+            mus.append(m)
+            logvars.append(lv)
+    mu = torch.cat(mus) if mus else torch.zeros(0, vae.latent_dim)
+    logvar = torch.cat(logvars) if logvars else torch.zeros(0, vae.latent_dim)
+    cond = None
+    stats = vae.condition_stats
+    if stats is not None:
+        table = torch.tensor(property_table(kept, stats["names"]), dtype=torch.float32)
+        ok = torch.isfinite(table).all(1)
+        mu, logvar, table = mu[ok], logvar[ok], table[ok]
+        cond = vae.vae.standardize(table)
+    return mu, logvar, cond, len(smiles) - len(mu)
+
+
 def encode_for_prior(
     vae: Any, smiles: Sequence[str], *, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -302,12 +430,16 @@ def add_prior(
     components: int = DEFAULT_COMPONENTS,
     seed: int = 0,
     marginal: bool = False,
+    aggregate: bool = False,
+    bandwidth: float = DEFAULT_BANDWIDTH,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fit the prior of ``checkpoint`` on ``n`` molecules of ``data`` (None: the run's training
     split) and write the checkpoint with it to ``out`` (atomically; never over an input).
     ``marginal``: a conditional model's prior over ``z`` alone, drawn independently of the
-    condition row. Returns the record's report (without the tensors)."""
+    condition row. ``aggregate``: store the aggregate posterior of the ``n`` molecules instead
+    of a mixture fitted to it (:func:`aggregate_prior`, conditions smoothed by ``bandwidth``).
+    Returns the record's report (without the tensors)."""
     from medgen.molecules.api import MoleculeVAE
     from medgen.molecules.conditioning import (
         _read_smiles,
@@ -322,6 +454,8 @@ def add_prior(
         raise ConfigError("--n", n, "an integer >= 100")
     if components < 1:
         raise ConfigError("--components", components, "an integer >= 1")
+    if aggregate and not bandwidth > 0:
+        raise ConfigError("--bandwidth", bandwidth, "a number > 0")
     vae = MoleculeVAE.from_checkpoint(file)
     if data is None:
         smiles, source = training_smiles(file), "the run's training split"
@@ -330,8 +464,15 @@ def add_prior(
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(len(smiles), size=min(n, len(smiles)), replace=False))
     log.info("latent prior: encoding %d molecules", len(picks))
-    z, cond, skipped = encode_for_prior(vae, [smiles[int(k)] for k in picks], seed=seed)
-    prior, report = fit_prior(z, None if marginal else cond, components=components, seed=seed)
+    chosen = [smiles[int(k)] for k in picks]
+    if aggregate:
+        mu, logvar, cond, skipped = encode_posteriors(vae, chosen)
+        prior, report = aggregate_prior(mu, logvar, None if marginal else cond,
+                                        bandwidth=bandwidth, seed=seed)  # fmt: skip
+    else:
+        z, cond, skipped = encode_for_prior(vae, chosen, seed=seed)
+        prior, report = fit_prior(z, None if marginal else cond, components=components,
+                                  seed=seed)  # fmt: skip
     report.update(source=source, skipped=int(skipped), checkpoint_sha256=file_sha256(file),
                   marginal=bool(marginal and cond is not None))  # fmt: skip
     write_with_record(file, out, KEY, prior.record(fitted_on=report))
@@ -353,6 +494,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset, draws and split")
     parser.add_argument("--marginal", action="store_true",
                         help="fit z alone, drawn independently of the conditions")  # fmt: skip
+    parser.add_argument("--aggregate", action="store_true",
+                        help="store the aggregate posterior of the --n molecules (one component "
+                        "per molecule) instead of fitting a mixture to it")  # fmt: skip
+    parser.add_argument(
+        "--bandwidth",
+        type=float,
+        default=DEFAULT_BANDWIDTH,
+        help="--aggregate: smoothing of the conditions (standardized units)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     from medgen.utils.logging import configure_logging
@@ -361,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = add_prior(args.checkpoint, args.out, data=args.data, n=args.n,
                            components=args.components, seed=args.seed,
-                           marginal=args.marginal, overwrite=args.overwrite)  # fmt: skip
+                           marginal=args.marginal, aggregate=args.aggregate,
+                           bandwidth=args.bandwidth, overwrite=args.overwrite)  # fmt: skip
     except UserError as err:
         text = " ".join(str(err).split())
         print(f"medgen.molecules.prior: error: {text}", file=sys.stderr)

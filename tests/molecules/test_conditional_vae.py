@@ -258,6 +258,41 @@ def test_a_fitted_latent_prior_lands_in_a_new_checkpoint_and_sampling_draws_from
     assert prior_cli.main([str(out), "--out", str(out), "--overwrite"]) == 2  # an input
 
 
+def test_the_aggregate_posterior_prior_lands_in_a_new_checkpoint_and_draws_near_its_condition(
+    cvae_run, tmp_path
+):
+    from medgen.molecules import prior as prior_cli
+
+    _, run, _ = cvae_run
+    out = tmp_path / "aggregate.ckpt"
+    assert prior_cli.main([str(run), "--out", str(out), "--aggregate", "--bandwidth", "0"]) == 2
+    assert not out.exists()  # refused before anything is written
+    assert prior_cli.main([str(run), "--out", str(out), "--n", "400", "--aggregate"]) == 0
+    record = torch.load(out, map_location="cpu", weights_only=True)["latent_prior"]
+    report = record["fitted_on"]
+    assert report["kind"] == "aggregate" and report["bandwidth"] == 0.1
+    k = report["components"]
+    assert k == report["n_fit"] >= 270 and record["covariances"].shape == (k, 8 + 2)
+    model = MoleculeVAE.from_checkpoint(out)
+    prior = model.vae.latent_prior
+    assert prior is not None and prior.diagonal
+    drawn = model.sample(40, seed=3)
+    assert all(s is not None for s in drawn) and drawn != model.sample(
+        40, seed=3, latent_prior="normal"
+    )
+    # each draw's latent is the posterior of a molecule whose properties match its condition
+    # row within a few bandwidths
+    from medgen.molecules.sampling import _raw_noise, draw_noise
+
+    z, _ = draw_noise(model.vae, range(40), 3)
+    raw, _, pick = _raw_noise(model.vae, range(40), 3, None)
+    cond = raw[:, 8:]
+    shift, _ = prior.affine(pick, cond)
+    comp = (shift[:, None, :].float() - prior.means[None, :, :8].float()).abs().sum(-1).argmin(1)
+    assert (prior.means[comp, 8:].float() - cond).abs().max() < 0.5
+    assert torch.equal(z[:, 8:], cond)
+
+
 def test_reconstruction_decodes_a_conditional_model_with_each_molecules_own_properties():
     # a conditional model whose latent carries nothing (a heavy KL weight) names each molecule
     # by its logP alone: decoded with the mean condition it cannot reconstruct them, with their
