@@ -263,6 +263,16 @@ class MoleculeVAE:
         Raises ``ValueError`` naming the SMILES that cannot be read or holds atoms outside the
         model's vocabulary.
         """
+        mu, logvar = self.posterior(smiles)
+        z = posterior_draws(mu, logvar, seed) if sample else mu
+        if with_condition and self.vae.condition_dim:
+            z = torch.cat([z, self.own_condition(smiles).to(z)], -1)
+        return z
+
+    @torch.no_grad()
+    def posterior(self, smiles: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior ``q(z|x)`` of each of ``smiles``: means and log-variances ``(n, L)``
+        (the errors of :meth:`encode`)."""
         graphs, labels = [], []
         stereo = self.vae.stereo_head is not None
         for k, s in enumerate(smiles):
@@ -275,13 +285,7 @@ class MoleculeVAE:
                     graphs.append(encode_tokens(*smiles_to_tokens(s), self.vocab))
             except FeaturizeError as err:
                 raise UserError(f"cannot encode SMILES #{k} {s!r}: {err}") from err
-        mu, logvar = self.vae.encode(
-            collate_graphs(graphs), collate_stereo(labels) if stereo else None
-        )
-        z = posterior_draws(mu, logvar, seed) if sample else mu
-        if with_condition and self.vae.condition_dim:
-            z = torch.cat([z, self.own_condition(smiles).to(z)], -1)
-        return z
+        return self.vae.encode(collate_graphs(graphs), collate_stereo(labels) if stereo else None)
 
     def own_condition(self, smiles: Sequence[str]) -> torch.Tensor:
         """A conditional VAE's condition rows ``(n, P)`` for ``smiles``: their RDKit properties,

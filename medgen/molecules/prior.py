@@ -106,17 +106,15 @@ class LatentPrior:
             raise ValueError("a latent prior's weights must be >= 0 with a positive sum")
         self.weights = weights / weights.sum()
         self.means = means
+        self.latent_dim = int(latent_dim)
+        self.condition_dim = d - self.latent_dim
         if self.diagonal:
             if not bool((covariances > 0).all()):
                 raise ValueError("a latent prior's diagonal variances must be > 0")
-            self.latent_dim = int(latent_dim)
-            self.condition_dim = d - self.latent_dim
             self.covariances = covariances
             self._sd = covariances.sqrt()  # (K, D): z and c independent within a component
             return
         self.covariances = (covariances + covariances.transpose(1, 2)) / 2
-        self.latent_dim = int(latent_dim)
-        self.condition_dim = d - self.latent_dim
         lat = slice(0, self.latent_dim)
         con = slice(self.latent_dim, d)
         s_zz = self.covariances[:, lat, lat]
@@ -288,10 +286,8 @@ def fit_prior(
         raise UserError("latent prior: the encoded latents or conditions are not all finite "
                         "(a diverged model?)")  # fmt: skip
     n = len(x)
-    rng = np.random.default_rng(seed)
-    order = torch.from_numpy(rng.permutation(n))
-    n_held = int(round(n * heldout_fraction))
-    held, fit_rows = order[:n_held], order[n_held:]
+    held, fit_rows = _split(n, seed, heldout_fraction)
+    n_held = len(held)
     if len(fit_rows) < 10 * components:
         raise UserError(f"a {components}-component latent prior needs at least "
                         f"{10 * components} molecules to fit on, got {len(fit_rows)}")  # fmt: skip
@@ -317,9 +313,21 @@ def fit_prior(
         lat = z.shape[1]
         z_only = LatentPrior(prior.weights, prior.means[:, :lat],
                              prior.covariances[:, :lat, :lat], lat)  # fmt: skip
-        report["heldout_ll_z"] = float(z_only.log_likelihood(z[held]).mean())
-        report["normal_ll_z"] = float(standard_normal_ll(z[held]).mean())
+        report.update(_heldout_scores(z_only, z[held]))
     return prior, report
+
+
+def _split(n: int, seed: int, heldout_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out and kept row indices of ``n`` molecules, a seeded permutation."""
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    n_held = int(round(n * heldout_fraction))
+    return order[:n_held], order[n_held:]
+
+
+def _heldout_scores(z_only: LatentPrior, z_held: torch.Tensor) -> dict[str, float]:
+    """Mean log-likelihood per held-out molecule under the prior over ``z`` and N(0, I)."""
+    return {"heldout_ll_z": float(z_only.log_likelihood(z_held).mean()),
+            "normal_ll_z": float(standard_normal_ll(z_held).mean())}  # fmt: skip
 
 
 def aggregate_prior(
@@ -344,9 +352,8 @@ def aggregate_prior(
     if cond is not None and not bandwidth > 0:
         raise ConfigError("--bandwidth", bandwidth, "a number > 0")
     n = len(mu)
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    n_held = int(round(n * heldout_fraction))
-    held, keep = order[:n_held], order[n_held:].sort().values
+    held, keep = _split(n, seed, heldout_fraction)
+    n_held, keep = len(held), keep.sort().values
     if len(keep) < 2:
         raise UserError(f"an aggregate-posterior prior needs at least 2 molecules, got {len(keep)}")
     means, variances = mu[keep], var[keep]
@@ -371,9 +378,37 @@ def aggregate_prior(
         gen = torch.Generator().manual_seed(seed)
         z_held = mu[held] + var[held].sqrt() * torch.randn(mu[held].shape, generator=gen,
                                                           dtype=torch.float64)  # fmt: skip
-        report["heldout_ll_z"] = float(z_only.log_likelihood(z_held).mean())
-        report["normal_ll_z"] = float(standard_normal_ll(z_held).mean())
+        report.update(_heldout_scores(z_only, z_held))
     return prior, report
+
+
+def _encoded(vae: Any, smiles: Sequence[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The encodable ``smiles`` (what the vocabulary cannot hold is dropped) and their posterior
+    means and log-variances ``(M, L)``, 500 at a time."""
+    from medgen.molecules.conditioning import encode_many
+
+    kept, _ = encode_many(vae, smiles)
+    parts = [vae.posterior(kept[i : i + 500]) for i in range(0, len(kept), 500)]
+    empty = torch.zeros(0, vae.latent_dim)
+    mu = torch.cat([m for m, _ in parts]) if parts else empty
+    logvar = torch.cat([lv for _, lv in parts]) if parts else empty
+    return kept, mu, logvar
+
+
+def _with_conditions(
+    vae: Any, kept: Sequence[str], *rows: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """``rows`` (per molecule of ``kept``) and the molecules' standardized conditions ``(M, P)``,
+    without the molecules RDKit gives no property value; ``rows`` unchanged and None for an
+    unconditional VAE."""
+    from medgen.molecules.conditioning import property_table
+
+    stats = vae.condition_stats
+    if stats is None:
+        return list(rows), None
+    table = torch.tensor(property_table(list(kept), stats["names"]), dtype=torch.float32)
+    ok = torch.isfinite(table).all(1)
+    return [r[ok] for r in rows], vae.vae.standardize(table[ok])
 
 
 def encode_posteriors(
@@ -382,28 +417,8 @@ def encode_posteriors(
     """Posterior means and log-variances ``(M, L)`` of the encodable ``smiles``, their
     standardized conditions ``(M, P)`` (None for an unconditional VAE) and how many were
     skipped. ``vae``: a :class:`~medgen.molecules.api.MoleculeVAE`."""
-    from medgen.molecules.conditioning import encode_many, property_table
-    from medgen.molecules.graph import collate_graphs, encode_tokens, smiles_to_tokens
-
-    if vae.vae.stereo_head is not None:
-        raise UserError("--aggregate is for models without stereo labels")
-    kept, _ = encode_many(vae, smiles)
-    mus, logvars = [], []
-    with torch.no_grad():
-        for i in range(0, len(kept), 500):
-            graphs = [encode_tokens(*smiles_to_tokens(s), vae.vocab) for s in kept[i : i + 500]]
-            m, lv = vae.vae.encode(collate_graphs(graphs), None)
-            mus.append(m)
-            logvars.append(lv)
-    mu = torch.cat(mus) if mus else torch.zeros(0, vae.latent_dim)
-    logvar = torch.cat(logvars) if logvars else torch.zeros(0, vae.latent_dim)
-    cond = None
-    stats = vae.condition_stats
-    if stats is not None:
-        table = torch.tensor(property_table(kept, stats["names"]), dtype=torch.float32)
-        ok = torch.isfinite(table).all(1)
-        mu, logvar, table = mu[ok], logvar[ok], table[ok]
-        cond = vae.vae.standardize(table)
+    kept, mu, logvar = _encoded(vae, smiles)
+    (mu, logvar), cond = _with_conditions(vae, kept, mu, logvar)
     return mu, logvar, cond, len(smiles) - len(mu)
 
 
@@ -413,18 +428,13 @@ def encode_for_prior(
     """Posterior draws ``(M, L)`` of the encodable ``smiles`` (seeded per molecule), their
     standardized conditions ``(M, P)`` (None for an unconditional VAE) and how many were
     skipped. ``vae``: a :class:`~medgen.molecules.api.MoleculeVAE`."""
-    from medgen.molecules.conditioning import encode_many, property_table
+    from medgen.molecules.sampling import posterior_draws
 
-    kept, _ = encode_many(vae, smiles)  # drops what the vocabulary cannot hold
-    z = torch.cat([vae.encode(kept[i : i + 500], sample=True, seed=seed + i)
-                   for i in range(0, len(kept), 500)])  # fmt: skip
-    cond = None
-    stats = vae.condition_stats
-    if stats is not None:
-        table = torch.tensor(property_table(kept, stats["names"]), dtype=torch.float32)
-        ok = torch.isfinite(table).all(1)
-        z, table = z[ok], table[ok]
-        cond = vae.vae.standardize(table)
+    kept, mu, logvar = _encoded(vae, smiles)
+    # each 500 with its own seed, as MoleculeVAE.encode(chunk, sample=True, seed=seed + i) draws
+    z = torch.cat([posterior_draws(mu[i : i + 500], logvar[i : i + 500], seed + i)
+                   for i in range(0, len(mu), 500)]) if len(mu) else mu  # fmt: skip
+    (z,), cond = _with_conditions(vae, kept, z)
     return z, cond, len(smiles) - len(z)
 
 
