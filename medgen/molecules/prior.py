@@ -108,11 +108,13 @@ class LatentPrior:
         self.means = means
         self.latent_dim = int(latent_dim)
         self.condition_dim = d - self.latent_dim
+        self._cum_weights = torch.cumsum(self.weights, 0)  # (K,): the picks without conditions
         if self.diagonal:
             if not bool((covariances > 0).all()):
                 raise ValueError("a latent prior's diagonal variances must be > 0")
             self.covariances = covariances
             self._sd = covariances.sqrt()  # (K, D): z and c independent within a component
+            self._condition_logits_diag()
             return
         self.covariances = (covariances + covariances.transpose(1, 2)) / 2
         lat = slice(0, self.latent_dim)
@@ -127,22 +129,61 @@ class LatentPrior:
             s_zz = s_zz - self._gain @ s_zc.transpose(1, 2)
         self._chol_z = _cholesky(s_zz)  # (K, L, L): of S_zz, or of S_{z|c}
 
+    def _condition_logits_diag(self) -> None:
+        """For a diagonal prior, the condition part of each component's log-probability as one
+        product: ``[c, c^2] @ _cond_w + _cond_b`` is ``log w_k + log N(c; m_k, diag s_k^2)`` up
+        to a constant per row (which the pick does not see). An aggregate posterior has a
+        component per molecule, so this is the cost of drawing from it."""
+        con = slice(self.latent_dim, None)
+        means, prec = self.means[:, con], self._sd[:, con].pow(-2)  # (K, P)
+        self._cond_w = torch.cat([means * prec, -0.5 * prec], 1).t().contiguous()  # (2P, K)
+        log_det = torch.log(self._sd[:, con]).sum(1)
+        self._cond_b = torch.log(self.weights) - 0.5 * (means * means * prec).sum(1) - log_det
+
     # ------------------------------------------------------------------------------ sampling
+    def _check_cond(self, cond: torch.Tensor | None) -> torch.Tensor:
+        if cond is None or cond.ndim != 2 or cond.shape[-1] != self.condition_dim:
+            shape = None if cond is None else tuple(cond.shape)
+            raise ValueError(f"this prior needs conditions (B, {self.condition_dim}), got {shape}")
+        return torch.as_tensor(cond, dtype=torch.float64)
+
+    def _logits(self, cond: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` log-probabilities of the components given the rows' conditions, each row
+        up to its own constant."""
+        if self.diagonal:
+            return torch.addmm(self._cond_b, torch.cat([cond, cond * cond], 1), self._cond_w)
+        con = slice(self.latent_dim, None)
+        return torch.log(self.weights) + _log_normal(cond, self.means[:, con], self._chol_cc)
+
     def responsibilities(self, cond: torch.Tensor | None) -> torch.Tensor:
         """``(B, K)`` component probabilities of each row ``cond (B, P)``; the weights when the
         prior has no condition part (``cond`` then gives the batch size, or None for one row)."""
         if not self.condition_dim:
             b = 1 if cond is None else len(cond)
             return self.weights.expand(b, -1)
-        if cond is None or cond.shape[-1] != self.condition_dim:
-            shape = None if cond is None else tuple(cond.shape)
-            raise ValueError(f"this prior needs conditions (B, {self.condition_dim}), got {shape}")
-        con = slice(self.latent_dim, None)
-        if self.diagonal:
-            log_n = _log_normal_diag(cond, self.means[:, con], self._sd[:, con])
-        else:
-            log_n = _log_normal(cond, self.means[:, con], self._chol_cc)
-        return torch.softmax(torch.log(self.weights) + log_n, dim=1)
+        return torch.softmax(self._logits(self._check_cond(cond)), dim=1)
+
+    def components(self, pick: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B,)`` the component each uniform ``pick (B,)`` chooses by inverse CDF over the
+        responsibilities of its row's condition: component ``k`` where the cumulative
+        probability first exceeds the pick.
+
+        Done without normalizing: the cumulative sum of ``exp(logit - row max)`` against the
+        pick times the row's total, in chunks of rows (a ``(B, K)`` buffer per chunk)."""
+        pick = pick.to(torch.float64)
+        top = len(self.weights) - 1
+        if not self.condition_dim:
+            # right=True: a pick of exactly 0 never lands on a component of probability 0
+            return torch.searchsorted(self._cum_weights, pick, right=True).clamp(max=top)
+        cond = self._check_cond(cond)
+        out = torch.empty(len(pick), dtype=torch.long)
+        for i in range(0, len(pick), 256):
+            logits = self._logits(cond[i : i + 256])
+            logits.sub_(logits.amax(1, keepdim=True)).exp_()
+            cum = torch.cumsum(logits, 1, out=logits)
+            target = (pick[i : i + 256] * cum[:, -1])[:, None]
+            out[i : i + 256] = torch.searchsorted(cum, target, right=True).squeeze(1)
+        return out.clamp(max=top)  # round-off at the top of the last bin
 
     def draw(
         self, eps: torch.Tensor, pick: torch.Tensor, cond: torch.Tensor | None = None
@@ -153,6 +194,11 @@ class LatentPrior:
         if eps.ndim != 2 or eps.shape[1] != self.latent_dim or pick.shape != (len(eps),):
             raise ValueError(f"draw needs eps (B, {self.latent_dim}) and pick (B,); got "
                              f"{tuple(eps.shape)} and {tuple(pick.shape)}")  # fmt: skip
+        if self.diagonal:  # the scale is a diagonal: no (B, L, L) matrices
+            comp = self.components(pick, cond)
+            lat = slice(0, self.latent_dim)
+            z = self.means[comp, lat] + self._sd[comp, lat] * eps.to(torch.float64)
+            return z.to(eps.dtype)
         shift, scale = self.affine(pick, cond)
         z = shift + (scale @ eps.to(torch.float64)[..., None]).squeeze(-1)
         return z.to(eps.dtype)
@@ -166,11 +212,7 @@ class LatentPrior:
         in ``eps``, where the prior is ``N(0, I)`` whatever the mixture."""
         if pick.ndim != 1:
             raise ValueError(f"affine needs pick (B,); got {tuple(pick.shape)}")
-        probs = self.responsibilities(cond if self.condition_dim else pick[:, None])
-        cum = torch.cumsum(probs, dim=1)
-        # right=True: a pick of exactly 0 never lands on a component of probability 0
-        comp = torch.searchsorted(cum, pick.to(torch.float64)[:, None], right=True).squeeze(1)
-        comp = comp.clamp(max=len(self.weights) - 1)  # round-off at the top of the last bin
+        comp = self.components(pick, cond)
         shift = self.means[comp, : self.latent_dim].clone()
         if self.diagonal:  # z does not depend on c within a component
             return shift, torch.diag_embed(self._sd[comp, : self.latent_dim])

@@ -77,3 +77,40 @@ def test_the_record_round_trips_and_bad_inputs_are_named(tmp_path):
     bad[1, 0] = float("inf")
     with pytest.raises(UserError, match="not all finite"):
         aggregate_prior(mu, bad, cond)
+
+
+def test_the_pick_is_the_inverse_cdf_of_the_responsibilities_over_many_rows():
+    """The fast pick (unnormalized cumulative sums, in chunks of rows) chooses what the
+    normalized responsibilities choose, for an aggregate posterior with many components and a
+    batch that spans several chunks, and counts over many draws follow the probabilities."""
+    gen = torch.Generator().manual_seed(3)
+    k = 700
+    mu = torch.randn(k, 4, generator=gen, dtype=torch.float64)
+    logvar = torch.randn(k, 4, generator=gen, dtype=torch.float64) * 0.3 - 1.0
+    cond = torch.randn(k, 2, generator=gen, dtype=torch.float64)
+    prior, _ = aggregate_prior(mu, logvar, cond, bandwidth=0.5, heldout_fraction=0.0)
+    rows = torch.randn(1000, 2, generator=gen, dtype=torch.float64)
+    pick = torch.rand(1000, generator=gen, dtype=torch.float64)
+    cum = torch.cumsum(prior.responsibilities(rows), 1)
+    expect = torch.searchsorted(cum, pick[:, None], right=True).squeeze(1).clamp(max=k - 1)
+    assert torch.equal(prior.components(pick, rows), expect)
+    # far from every molecule one component takes nearly all the probability: the extreme
+    # picks choose as the normalized inverse CDF does (components below round-off never)
+    far = torch.tensor([[50.0, 50.0]], dtype=torch.float64).expand(3, -1)
+    edge_pick = torch.tensor([0.0, 0.5, 1 - 1e-12], dtype=torch.float64)
+    cum_far = torch.cumsum(prior.responsibilities(far), 1)
+    want = torch.searchsorted(cum_far, edge_pick[:, None], right=True).squeeze(1).clamp(max=k - 1)
+    assert torch.equal(prior.components(edge_pick, far), want)
+    assert float(prior.responsibilities(far)[0, want[1]]) > 0.5
+    # the draws of one condition row: each component about as often as its probability
+    one = rows[:1].expand(20000, -1)
+    counts = torch.bincount(prior.components(torch.rand(20000, generator=gen), one), minlength=k)
+    p = prior.responsibilities(rows[:1])[0]
+    assert float((counts / 20000 - p).abs().max()) < 0.02
+    # the draw's latent is the picked component's mean plus its sd times the normals
+    eps = torch.randn(1000, 4, generator=gen)
+    z = prior.draw(eps, pick, rows)
+    want = prior.means[expect, :4] + prior.covariances[expect, :4].sqrt() * eps.double()
+    assert torch.allclose(z.double(), want, atol=1e-6)
+    with pytest.raises(ValueError, match=r"needs conditions \(B, 2\)"):
+        prior.components(pick, None)
