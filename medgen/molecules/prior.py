@@ -170,17 +170,22 @@ class LatentPrior:
 
         Done without normalizing: the cumulative sum of ``exp(logit - row max)`` against the
         pick times the row's total, in chunks of rows (a ``(B, K)`` buffer per chunk)."""
+        if pick.ndim != 1:
+            raise ValueError(f"components needs pick (B,); got {tuple(pick.shape)}")
         pick = pick.to(torch.float64)
         top = len(self.weights) - 1
         if not self.condition_dim:
             # right=True: a pick of exactly 0 never lands on a component of probability 0
             return torch.searchsorted(self._cum_weights, pick, right=True).clamp(max=top)
         cond = self._check_cond(cond)
+        if len(cond) != len(pick):
+            raise ValueError(f"components needs a condition row per pick; got {len(cond)} rows "
+                             f"for {len(pick)} picks")  # fmt: skip
         out = torch.empty(len(pick), dtype=torch.long)
         for i in range(0, len(pick), 256):
             logits = self._logits(cond[i : i + 256])
             logits.sub_(logits.amax(1, keepdim=True)).exp_()
-            cum = torch.cumsum(logits, 1, out=logits)
+            cum = logits.cumsum_(1)
             target = (pick[i : i + 256] * cum[:, -1])[:, None]
             out[i : i + 256] = torch.searchsorted(cum, target, right=True).squeeze(1)
         return out.clamp(max=top)  # round-off at the top of the last bin

@@ -114,3 +114,27 @@ def test_the_pick_is_the_inverse_cdf_of_the_responsibilities_over_many_rows():
     assert torch.allclose(z.double(), want, atol=1e-6)
     with pytest.raises(ValueError, match=r"needs conditions \(B, 2\)"):
         prior.components(pick, None)
+
+
+def test_the_pick_of_a_diagonal_prior_with_its_own_variances_and_weights_known_answer():
+    """A diagonal prior in general (each component its own condition variances, unequal
+    weights, some 0): responsibilities and picks against the densities computed directly."""
+    gen = torch.Generator().manual_seed(5)
+    k, lat, p = 300, 3, 2
+    means = torch.randn(k, lat + p, generator=gen, dtype=torch.float64)
+    var = torch.exp(torch.randn(k, lat + p, generator=gen, dtype=torch.float64))
+    w = torch.rand(k, generator=gen, dtype=torch.float64)
+    w[::7] = 0
+    prior = LatentPrior(w, means, var, lat)
+    rows = torch.randn(600, p, generator=gen, dtype=torch.float64)
+    pick = torch.rand(600, generator=gen, dtype=torch.float64)
+    m, sd = prior.means[:, lat:], prior.covariances[:, lat:].sqrt()
+    log_n = torch.distributions.Normal(m[None], sd[None]).log_prob(rows[:, None]).sum(-1)
+    resp = torch.softmax(torch.log(prior.weights) + log_n, 1)
+    assert torch.allclose(prior.responsibilities(rows), resp, atol=1e-12)
+    want = torch.searchsorted(resp.cumsum(1), pick[:, None], right=True).squeeze(1)
+    comp = prior.components(pick, rows)
+    assert torch.equal(comp, want.clamp(max=k - 1))
+    assert not bool((prior.weights[comp] == 0).any())  # a weight of 0 is never drawn
+    with pytest.raises(ValueError, match="a condition row per pick"):
+        prior.components(pick[:256], rows[:300])
