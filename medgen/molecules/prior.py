@@ -65,6 +65,7 @@ HELDOUT_FRACTION = 0.1
 DEFAULT_BANDWIDTH = 0.1  # --aggregate: the conditions' smoothing, in standard deviations
 REG_COVAR = 1e-4  # added to each covariance's diagonal (scikit-learn's regularization)
 CHOICES = ("auto", "fitted", "normal")
+PICK_ROWS = 256  # rows per (rows, K) buffer when picking components
 
 
 class LatentPrior:
@@ -182,12 +183,13 @@ class LatentPrior:
             raise ValueError(f"components needs a condition row per pick; got {len(cond)} rows "
                              f"for {len(pick)} picks")  # fmt: skip
         out = torch.empty(len(pick), dtype=torch.long)
-        for i in range(0, len(pick), 256):
-            logits = self._logits(cond[i : i + 256])
+        for i in range(0, len(pick), PICK_ROWS):
+            rows = slice(i, i + PICK_ROWS)
+            logits = self._logits(cond[rows])
             logits.sub_(logits.amax(1, keepdim=True)).exp_()
             cum = logits.cumsum_(1)
-            target = (pick[i : i + 256] * cum[:, -1])[:, None]
-            out[i : i + 256] = torch.searchsorted(cum, target, right=True).squeeze(1)
+            target = (pick[rows] * cum[:, -1])[:, None]
+            out[rows] = torch.searchsorted(cum, target, right=True).squeeze(1)
         return out.clamp(max=top)  # round-off at the top of the last bin
 
     def draw(
