@@ -156,9 +156,8 @@ def _tiny_stereo_model(smiles: list[str], steps: int, until_exact: bool = False)
         (out["recon"] + 1e-3 * out["kl"]).backward()
         opt.step()
         if until_exact and step % 100 == 0:
-            if reconstruction_accuracy(vae, vocab, batch, stereo) == 1.0:
+            if reconstruction_accuracy(vae, vocab, batch, stereo) == 1.0:  # restores train()
                 break
-            vae.train()
     return vae.eval(), vocab, batch, stereo
 
 
