@@ -18,11 +18,12 @@ graph, updated incrementally (one message round per new atom, so decoding stays 
   bond (:meth:`GraphStateDecoder._bounded_closures`).
 
 Same procedure and order as the sequence decoder (atom or STOP, parent pointer, bond order, ring
-closures in increasing ``i``), same noise layout, same masks at teacher forcing and at decoding,
-except that teacher forcing never masks the target itself: a validation molecule with chemistry
-the training split lacks keeps a finite loss instead of ``1e9``, and that teacher forcing does
-not apply the ring bound (the training molecules meet it, except the few whose rings close
-across atoms, 0.11% of MOSES train; decoding renormalizes over what the bound leaves).
+closures in increasing ``i``), same noise layout, same masks and ring bound at teacher forcing
+and at decoding (:meth:`GraphStateDecoder.sample_with_log_prob` gives each drawn path the
+log-probability :meth:`GraphStateDecoder.log_likelihood` gives its graph), except that teacher
+forcing never masks the target itself: a validation molecule with chemistry the training split
+lacks keeps a finite loss instead of ``1e9``, and one whose rings break the bound (0.11% of
+MOSES train: rings that close across atoms) keeps its closures scored one at a time.
 """
 
 from __future__ import annotations
@@ -223,7 +224,10 @@ class GraphStateDecoder(nn.Module):
 
         # parent pointer and order, at steps j < N, candidates i < j
         q = h[:, :n] + self.query_type(t)
-        last, rings = prefix_distances(adj)
+        snaps = None
+        if self.ring_bound:  # the graph of atoms < j at each step, for the ring bound
+            snaps = torch.full((bsz, n, n, n), FAR, dtype=torch.int32, device=dev)
+        last, rings = prefix_distances(adj, snapshots=snaps)
         pj, pi = jj[:n_ptr], ii[:n_ptr]
         pre = (
             self.pair_q(q)[:, pj]
@@ -263,14 +267,115 @@ class GraphStateDecoder(nn.Module):
         ok = self._orders_ok(
             t.unsqueeze(1), t.unsqueeze(2), rem_all[:, :n], rem_j, cnt[:, :n], cnt_j
         ) & self.ring_sizes[ring].unsqueeze(-1)
+        scope = extra = None
+        if snaps is not None:
+            state = (t, p, has_parent, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre, pj)
+            ok, scope, extra = self._bounded_terms(ok, snaps, state)
         cmask = torch.cat([torch.ones_like(ok[..., :1]), ok], -1)
         cmask = cmask | F.one_hot(clos_bonds, 1 + MAX_BOND_ORDER).bool()
         clogits = self.closure_head(F.relu(pre + self.pair_ring(ring[:, pj, pi])))
         clogits = self._unpack(clogits, pj, pi, n) + self.closure_rem(rem_j.clamp(0, MAX_REM))
         clogits = clogits.masked_fill(~cmask, NEG)
         return step_log_likelihoods(
-            ll_atoms, ll_parent, ll_order, clogits, clos_bonds, idx, parent, has_parent
-        )
+            ll_atoms, ll_parent, ll_order, clogits, clos_bonds, idx, parent, has_parent,
+            scope=scope, extra=extra,
+        )  # fmt: skip
+
+    def _bounded_terms(self, ok, snaps, state):
+        """The ring bound at teacher forcing: what :meth:`_sample_closures` and
+        :meth:`_bounded_closures` do at decoding, for the closures of every atom at once.
+
+        ``ok (B, j, i, 3)`` are the closure orders valence and the masks allow, ``snaps (B, j,
+        N, N)`` the distances of the graph of atoms ``< j``. A candidate ``i`` is scored on its
+        own (none or an order) unless a closure of ``j`` below it is *pending* (its ring through
+        the parent exceeds the bound): then the decoder draws the fixer and its order in one
+        categorical over every allowed (fixer, order), in the state after the pending closure,
+        and that draw is scored once, at the fixer the molecule has. Returns ``ok`` with the
+        bound's mask, the candidates scored on their own ``(B, j, i)``, and the fixer draws'
+        log-likelihoods per molecule ``(B,)``. A molecule whose rings break the bound (a
+        pending closure without a fixer) keeps its candidates scored on their own and a finite
+        loss, as teacher forcing never masks the target.
+        """
+        t, p, has_parent, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre, pj = state
+        bsz, n = t.shape
+        dev = t.device
+        idx = torch.arange(n, device=dev)
+        orders = _ORDERS.to(dev)
+        near = snaps + 2 <= self.ring_bound  # (B, j, a, b): a closure to b would fix one to a
+        parent_ok = near.gather(2, p[:, :, None, None].expand(-1, -1, 1, n)).squeeze(2)
+        cand = (idx < p.unsqueeze(-1)) & has_parent.unsqueeze(-1)  # (B, j, i)
+        # a closure to i (order o) that the parent does not keep small needs a later fixer f:
+        # a single bond j - f the masks allow after closing i, in a ring the parent keeps small
+        tf = self.max_bonds[t][..., 0]  # (B, N) single bonds each type carries at most
+        single = (
+            (rem_all[:, :n] >= 1)
+            & self.pair_orders[t.unsqueeze(2), t.unsqueeze(1), 0]
+            & (cnt[:, :n, :, 0] < tf.unsqueeze(1))
+            & (cnt[:, :n].sum(-1) < self.max_degree[t].unsqueeze(1))
+            & parent_ok
+            & cand
+        )  # (B, j, f): what the fixer f itself allows
+        after = (
+            (rem_j.unsqueeze(-1) - orders >= 1)
+            & (cnt_j[..., :1] + (orders == 1) < tf[:, :, None, None])
+            & (cnt_j.sum(-1, keepdim=True) + 1 < self.max_degree[t][:, :, None, None])
+        )  # (B, j, i, o): j can still take a single bond after closing i with order o
+        later = idx.unsqueeze(0) > idx.unsqueeze(1)  # (i, f)
+        has_fixer = (near & later & single.unsqueeze(2)).any(-1)  # (B, j, i)
+        ok = ok & (parent_ok.unsqueeze(-1) | (after & has_fixer.unsqueeze(-1)))
+
+        # pending: the target's last closure below i, if its ring through the parent is too big
+        target = clos_bonds > 0
+        below = torch.cummax(torch.where(target, idx, -1), -1).values
+        below = torch.cat([below.new_full((bsz, n, 1), -1), below[..., :-1]], -1)
+        pending = torch.where(
+            (below >= 0) & ~parent_ok.gather(2, below.clamp(min=0)), below, -1
+        )  # (B, j, i)
+        fixes = near.gather(2, pending.clamp(min=0).unsqueeze(2)).squeeze(2) & parent_ok
+        zone_end = target & (pending >= 0) & fixes & cand  # (B, j, f): each zone's fixer
+        # the zone of a candidate: the first target closure at or above it
+        nxt = torch.where(target, idx, n).flip(-1).cummin(-1).values.flip(-1)
+        ends = torch.cat([zone_end, zone_end.new_zeros(bsz, n, 1)], -1)
+        in_zone = (pending >= 0) & ends.gather(2, nxt)  # (B, j, i)
+        extra = torch.zeros(bsz, device=dev, dtype=pre.dtype)
+        zb, zj, zf = zone_end.nonzero(as_tuple=True)
+        if len(zb):
+            zc = pending[zb, zj, zf]
+            extra = extra.index_add(0, zb, self._fixer_draws(
+                (zb, zj, zf, zc), near, snaps, t, p, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre
+            ))  # fmt: skip
+        return ok, ~in_zone, extra
+
+    def _fixer_draws(self, zone, near, snaps, t, p, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre):
+        """Log-likelihood of each zone's fixer draw ``(Z,)``: one categorical over every
+        candidate ``i`` above the pending closure ``c`` and below the parent, and every order,
+        scored in the state after ``c`` (the state the target is in at its fixer ``f``; the
+        candidates above ``f`` are scored again without ``f``'s closure)."""
+        zb, zj, zf, zc = zone
+        n = t.shape[1]
+        idx = torch.arange(n, device=t.device)
+        pz = p[zb, zj]
+        # rings in the state after c: through the parent and the target's closures up to c
+        counted = (idx == pz.unsqueeze(-1)) | ((clos_bonds[zb, zj] > 0) & (idx <= zc.unsqueeze(-1)))
+        d = snaps[zb, zj].masked_fill(~counted.unsqueeze(-1), FAR).amin(1)  # (Z, i)
+        ring = (d + 2).clamp(max=MAX_RING).long()
+        r_j, c_j = rem_j[zb, zj, zf], cnt_j[zb, zj, zf]  # j's valence after c, before f
+        pair = (zj * (zj - 1) // 2).unsqueeze(-1) + idx  # packed (j, i), row by row
+        pair = torch.where(idx < zj.unsqueeze(-1), pair, 0)
+        logits = self.closure_head(F.relu(pre[zb.unsqueeze(-1), pair] + self.pair_ring(ring)))
+        logits = logits[..., 1:] + self.closure_rem(r_j.clamp(0, MAX_REM))[:, None, 1:]
+        tz = t[zb]
+        ok = self._orders_ok(
+            tz, t[zb, zj].unsqueeze(-1), rem_all[zb, zj], r_j.unsqueeze(-1), cnt[zb, zj],
+            c_j.unsqueeze(1),
+        ) & self.ring_sizes[ring].unsqueeze(-1)  # fmt: skip
+        parent_ok = near[zb, zj, pz]  # (Z, i)
+        fixer = near[zb, zj, zc] & parent_ok & (idx > zc.unsqueeze(-1)) & (idx < pz.unsqueeze(-1))
+        mask = ok & fixer.unsqueeze(-1)
+        pick = zf * MAX_BOND_ORDER + clos_bonds[zb, zj, zf] - 1
+        mask = mask.flatten(1) | F.one_hot(pick, n * MAX_BOND_ORDER).bool()
+        flat = logits.flatten(1).masked_fill(~mask, NEG)
+        return -F.cross_entropy(flat, pick, reduction="none")
 
     @staticmethod
     def _unpack(packed: torch.Tensor, pj: torch.Tensor, pi: torch.Tensor, n: int):
@@ -315,7 +420,23 @@ class GraphStateDecoder(nn.Module):
         return n + torch.sigmoid(x_z + h_z) * (h - n)
 
     def _sample_closures(
-        self, choose, g, act, j, t, built, pre, reach, rem, rem_j, cnt, cnt_j, adj, dist
+        self,
+        choose,
+        g,
+        act,
+        j,
+        t,
+        built,
+        pre,
+        reach,
+        rem,
+        rem_j,
+        cnt,
+        cnt_j,
+        adj,
+        dist,
+        lp=None,
+        log_probs=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Ring closures from the new atom ``j`` to the atoms ``i < last`` that ``act (B, last)``
         allows (below each row's parent), drawn as a loop over ``i`` in increasing order would
@@ -327,7 +448,8 @@ class GraphStateDecoder(nn.Module):
 
         ``g (B, last, 4)`` are the closures' uniforms; ``adj``, ``rem``, ``cnt``, ``cnt_j``
         and ``reach`` (distances from ``j``) are updated in place. Returns ``rem_j`` and the
-        number of closures per row.
+        number of closures per row. ``lp (B,)``, if given, gains each row's log-probability of
+        the closures drawn, ``log_probs(logits, mask)`` giving the draws' distributions.
         """
         last = act.shape[1]
         dev = act.device
@@ -361,12 +483,19 @@ class GraphStateDecoder(nn.Module):
                 )
             cmask = torch.cat([torch.ones_like(ok[..., :1]), ok], -1)
             oc = choose(cl, cmask, rows(g)) * open_
+            waiting = flat = flat_lp = None
             if bound:  # a pending closure's fixer: one draw over every (fixer, order) allowed
                 fix_ok = (ok & open_.unsqueeze(-1)).flatten(1)
                 waiting = (rows(pending) >= 0) & fix_ok.any(-1)
                 if bool(waiting.any()):
-                    flat = choose(cl[waiting][..., 1:].flatten(1), fix_ok[waiting],
-                                  rows(g)[waiting][..., 1:].flatten(1))  # fmt: skip
+                    flat_logits = cl[waiting][..., 1:].flatten(1)
+                    flat = choose(
+                        flat_logits, fix_ok[waiting], rows(g)[waiting][..., 1:].flatten(1)
+                    )
+                    if lp is not None:
+                        flat_lp = log_probs(flat_logits, fix_ok[waiting]).gather(
+                            1, flat.unsqueeze(-1)
+                        )
                     pick = torch.zeros_like(oc[waiting])
                     pick[torch.arange(len(pick)), flat // MAX_BOND_ORDER] = (
                         flat % MAX_BOND_ORDER + 1
@@ -374,6 +503,19 @@ class GraphStateDecoder(nn.Module):
                     oc[waiting] = pick
             closed = oc > 0
             hit = closed.any(-1)
+            if lp is not None:  # "none" at the open candidates before the first closure, then it
+                upto = torch.where(hit, closed.long().argmax(-1), last)
+                each = log_probs(cl, cmask)  # (S, last, 4)
+                gain = (each[..., 0] * (open_ & (cols < upto.unsqueeze(-1)))).sum(-1)
+                at = each.gather(1, upto.clamp(max=last - 1)[:, None, None].expand(-1, 1, 4))
+                at = at.squeeze(1).gather(1, oc.gather(1, upto.clamp(max=last - 1)[:, None]))
+                gain = gain + torch.where(hit, at.squeeze(1), 0)
+                if flat_lp is not None:
+                    gain[waiting] = flat_lp.squeeze(1)
+                if sel is None:
+                    lp += gain
+                else:
+                    lp[sel] += gain
             if not bool(hit.any()):
                 break
             first = closed[hit].long().argmax(-1)  # the first closure of each row that closed
@@ -436,7 +578,6 @@ class GraphStateDecoder(nn.Module):
         """Uniform numbers one decoding step consumes (atom, parent, order, closures)."""
         return (self.n_types + 1) + self.max_atoms + MAX_BOND_ORDER + 4 * self.max_atoms
 
-    @torch.inference_mode()
     def sample(
         self,
         z: torch.Tensor,
@@ -446,6 +587,23 @@ class GraphStateDecoder(nn.Module):
     ) -> GraphBatch:
         """Decode ``z (B, L)`` into graphs; the contract of
         :meth:`medgen.molecules.vae.GraphDecoder.sample` (Gumbel-max, masks after noise)."""
+        return self._decode(z, temperature, uniforms, track=False)[0]
+
+    def sample_with_log_prob(
+        self, z: torch.Tensor, *, temperature: float = 1.0, uniforms: torch.Tensor | None = None
+    ) -> tuple[GraphBatch, torch.Tensor]:
+        """:meth:`sample`, and the log-probability ``(B,)`` of each graph's decoding path under
+        the distributions it was drawn from (at ``temperature``; masks and the ring bound
+        included): at temperature 1, what :meth:`log_likelihood` gives the same graphs."""
+        check_temperature(temperature, allow_zero=False)
+        graphs, lp = self._decode(z, temperature, uniforms, track=True)
+        assert lp is not None
+        return graphs, lp
+
+    @torch.inference_mode()
+    def _decode(
+        self, z: torch.Tensor, temperature: float, uniforms: torch.Tensor | None, track: bool
+    ) -> tuple[GraphBatch, torch.Tensor | None]:
         check_temperature(temperature, allow_zero=True)
         bsz, dev = z.shape[0], z.device
         m = self.max_atoms
@@ -459,6 +617,9 @@ class GraphStateDecoder(nn.Module):
             if temperature > 0:
                 logits = logits / temperature - torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
             return logits.masked_fill(~mask, float("-inf")).argmax(-1)
+
+        def log_probs(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return (logits / temperature).masked_fill(~mask, float("-inf")).log_softmax(-1)
 
         atoms = torch.full((bsz, m), -1, dtype=torch.long, device=dev)
         adj = torch.zeros((bsz, m, m), dtype=torch.long, device=dev)
@@ -479,12 +640,16 @@ class GraphStateDecoder(nn.Module):
         # molecules do not keep every row of the batch busy
         final = GraphBatch(atoms.clone(), adj.clone(), n_atoms.clone())
         origin = torch.arange(bsz, device=dev)
+        lp = torch.zeros(bsz, device=dev) if track else None
+        final_lp = torch.zeros(bsz, device=dev) if track else None
         for j in range(m + 1):
             if bool(done.any()) and int(done.sum()) * 4 >= len(done):
                 gone, keep = origin[done], ~done
                 final.atoms[gone] = atoms[done]
                 final.adj[gone] = adj[done]
                 final.n_atoms[gone] = n_atoms[done]
+                if lp is not None and final_lp is not None:
+                    final_lp[gone], lp = lp[done], lp[keep]
                 origin, atoms, adj, rem, cnt = (v[keep] for v in (origin, atoms, adj, rem, cnt))
                 nb, keys, dist, n_atoms = (v[keep] for v in (nb, keys, dist, n_atoms))
                 z_in, uniforms, x_in, state = z_in[keep], uniforms[keep], x_in[keep], state[keep]
@@ -497,7 +662,11 @@ class GraphStateDecoder(nn.Module):
             pooled = self._read_terms(built, node, present).sum(-2) / max(j, 1) ** 0.5
             h = state = self._gru_step(torch.addmm(x_in + z_in, pooled, scale_out), state)
             type_ok = self._type_ok(built, rem[:, :j], cnt[:, :j], present)
-            t = choose(self.atom_head(h), self._atom_mask(j, type_ok), u[:, :k1])
+            a_logits, a_mask = self.atom_head(h), self._atom_mask(j, type_ok)
+            t = choose(a_logits, a_mask, u[:, :k1])
+            if lp is not None:
+                picked = log_probs(a_logits, a_mask.expand_as(a_logits)).gather(1, t[:, None])
+                lp += torch.where(done, 0, picked.squeeze(1))
             done = done | (t == self.stop)
             if j == m or bool(done.all()):
                 break
@@ -530,6 +699,10 @@ class GraphStateDecoder(nn.Module):
                 off += m
                 ologits = par_out[rows, p, 1:]
                 o = choose(ologits, pfeas[rows, p], u[:, off : off + MAX_BOND_ORDER]) + 1
+                if lp is not None:
+                    picked = log_probs(par_out[..., 0], pfeas.any(-1)).gather(1, p[:, None])
+                    picked += log_probs(ologits, pfeas[rows, p]).gather(1, o[:, None] - 1)
+                    lp += torch.where(live, picked.squeeze(1), 0)
                 p_order = o * live
                 off += MAX_BOND_ORDER
                 adj[rows, j, p] = p_order
@@ -545,8 +718,9 @@ class GraphStateDecoder(nn.Module):
                     g = u[:, off : off + 4 * last].reshape(bsz, last, 4)
                     act = live.unsqueeze(-1) & (torch.arange(last, device=dev) < p.unsqueeze(-1))
                     rem_j, n_clos = self._sample_closures(
-                        choose, g, act, j, t, built, pre, reach, rem, rem_j, cnt, cnt_j, adj, dist
-                    )
+                        choose, g, act, j, t, built, pre, reach, rem, rem_j, cnt, cnt_j, adj, dist,
+                        lp, log_probs,
+                    )  # fmt: skip
                 # the new atom's bonds join the partial graph: messages both ways, distances
                 row = adj[:, j, :j]
                 nbr = row > 0
@@ -561,5 +735,8 @@ class GraphStateDecoder(nn.Module):
             cnt[:, j] = cnt_j
             x_in = token_in[(t * (MAX_BOND_ORDER + 1) + p_order) * n_c + n_clos.clamp(max=n_c - 1)]
         final.atoms[origin], final.adj[origin], final.n_atoms[origin] = atoms, adj, n_atoms
+        if lp is not None and final_lp is not None:
+            final_lp[origin] = lp
         size = int(final.n_atoms.max()) if len(final.n_atoms) else 0
-        return GraphBatch(final.atoms[:, :size], final.adj[:, :size, :size], final.n_atoms)
+        out = GraphBatch(final.atoms[:, :size], final.adj[:, :size, :size], final.n_atoms)
+        return out, final_lp

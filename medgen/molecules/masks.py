@@ -164,7 +164,7 @@ def empty_distances(bsz: int, m: int, device: torch.device | str = "cpu") -> tor
 
 @torch.no_grad()
 def prefix_distances(
-    adj: torch.Tensor, nearest_first: bool = False
+    adj: torch.Tensor, nearest_first: bool = False, snapshots: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forcing geometry of padded graphs ``adj (B, N, N)`` in decoding order.
 
@@ -173,7 +173,9 @@ def prefix_distances(
     candidate ``i`` below ``j``'s parent, the size of the ring a bond ``j - i`` would close given
     the closures ``j`` actually made to atoms below ``i``; 0 elsewhere. Both int64.
     ``nearest_first``: the closures ``j`` made to atoms *above* ``i`` count instead (the rings
-    of :func:`basis_rings`).
+    of :func:`basis_rings`). ``snapshots (B, N, N, N)``, if given, receives at ``[:, j]`` the
+    all-pairs distances of the graph of atoms ``< j`` (what a decoder's distances are when it
+    adds atom ``j``; int32, :data:`FAR` where not connected).
     """
     bsz, n = adj.shape[:2]
     dev = adj.device
@@ -184,6 +186,8 @@ def prefix_distances(
     last = torch.zeros(bsz, n, n, dtype=torch.long, device=dev)
     rings = torch.zeros(bsz, n, n, dtype=torch.long, device=dev)
     for j in range(n):
+        if snapshots is not None:
+            snapshots[:, j] = dist
         nbr = lower[:, j]
         k = int(nbr.sum(-1).max())
         if j == 0 or k == 0:

@@ -66,18 +66,27 @@ def step_log_likelihoods(
     idx: torch.Tensor,
     parent: torch.Tensor,
     has_parent: torch.Tensor,
+    *,
+    scope: torch.Tensor | None = None,
+    extra: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-molecule log-likelihood terms (B,) of teacher-forced decoding: the per-step atom,
     parent and order terms (B, N) summed, and the closure logits (B, N, N, 1 + orders) scored
-    against ``clos_bonds`` for the candidates ``i < parent(j)`` of atoms that have a parent."""
+    against ``clos_bonds`` for the candidates ``i < parent(j)`` of atoms that have a parent.
+    ``scope (B, N, N)``: only these of those candidates are scored one at a time; ``extra (B,)``:
+    closure terms scored otherwise (the ring bound's fixer draws), added."""
     in_scope = (idx < parent.unsqueeze(-1)) & has_parent.unsqueeze(-1)
+    if scope is not None:
+        in_scope = in_scope & scope
     ll_clos = -F.cross_entropy(clogits.permute(0, 3, 1, 2), clos_bonds, reduction="none")
-    ll_clos = (ll_clos * in_scope).sum(-1)
+    ll_clos = (ll_clos * in_scope).sum(-1).sum(1)
+    if extra is not None:
+        ll_clos = ll_clos + extra
     return {
         "atoms": ll_atoms.sum(1),
         "parents": ll_parent.sum(1),
         "orders": ll_order.sum(1),
-        "closures": ll_clos.sum(1),
+        "closures": ll_clos,
     }
 
 

@@ -11,6 +11,7 @@ from rdkit import Chem
 
 from medgen.molecules.graph import graph_to_mol
 from medgen.molecules.masks import ChemistryMasks, basis_rings, closure_rings, smallest_rings
+from medgen.molecules.module import GraphVAEModule
 from medgen.molecules.sampling import draw_noise
 from medgen.molecules.vae import GraphVAE
 
@@ -182,3 +183,63 @@ def test_the_shipped_moses_model_decodes_within_its_ring_bound():
     vae.vae.decoder.ring_bound = 0
     free = largest_rings()
     assert max(bounded) <= 7 and sum(r >= 8 for r in free) >= 3, sorted(free)[-5:]
+
+
+def bounded_log_probs(dec, z, uniforms):
+    """The sampler's log-probability of each path it drew, and teacher forcing's of the same
+    graphs, both with the decoder's ring bound."""
+    graphs, drawn = dec.sample_with_log_prob(z, uniforms=uniforms)
+    assert torch.equal(graphs.adj, dec.sample(z, uniforms=uniforms).adj)  # the same draws
+    with torch.no_grad():
+        scored = sum(dec.log_likelihood(z, graphs).values())
+    return graphs, drawn, scored
+
+
+def test_teacher_forcing_scores_what_the_bounded_sampler_draws():
+    _, vocab = graphs_of(["CCO", "c1ccccc1N", "CC(=O)NC1CCCCC1S"])
+    for bound in (0, 6):
+        masks = dataclasses.replace(ChemistryMasks.permissive(len(vocab)), ring_bound=bound)
+        torch.manual_seed(0)
+        vae = GraphVAE(capacity=vocab.capacity, max_atoms=22, masks=masks, **NET).eval()
+        with torch.no_grad():
+            vae.decoder.closure_head.bias[1:] += 2.5
+        z, u = draw_noise(vae, range(300), seed=1)
+        _, drawn, scored = bounded_log_probs(vae.decoder, vae.decoder_latent(z * 2), u)
+        assert drawn.max() < 0 and torch.allclose(drawn, scored, atol=1e-3), (
+            (drawn - scored).abs().max()
+        )
+
+
+def test_the_shipped_model_scores_its_own_fused_rings_as_it_draws_them():
+    # fused systems whose decoding closes a perimeter before its fusion bond: the pending
+    # closure and its fixer, drawn in one categorical, are scored the same at teacher forcing
+    module = GraphVAEModule.from_checkpoint("pretrained:moses")
+    dec = module.vae.eval().decoder
+    z, u = draw_noise(module.vae, range(400), seed=3)
+    z = module.vae.decoder_latent(z)
+    graphs, drawn, scored = bounded_log_probs(dec, z, u)
+    perimeters = int((closure_rings(graphs.adj) > dec.ring_bound).flatten(1).any(-1).sum())
+    assert perimeters >= 20, perimeters
+    assert torch.allclose(drawn, scored, atol=1e-3), (drawn - scored).abs().max()
+    dec.ring_bound = 0  # teacher forcing without the bound scores another distribution
+    with torch.no_grad():
+        free = sum(dec.log_likelihood(z, graphs).values())
+    assert int(((free - scored).abs() > 1e-3).sum()) >= 50
+
+
+def test_a_molecule_beyond_the_bound_keeps_a_finite_loss_and_gradient():
+    batch, vocab = graphs_of(["C1CCCCCCC1", *FUSED, "CCO"])
+    masks = dataclasses.replace(ChemistryMasks.learn([batch], len(vocab)), ring_bound=6)
+    torch.manual_seed(0)
+    vae = GraphVAE(capacity=vocab.capacity, max_atoms=22, masks=masks, **NET)
+    out = vae(batch)
+    out["recon"].backward()
+    grads = [p.grad for p in vae.parameters() if p.grad is not None]
+    assert torch.isfinite(out["recon"]) and all(bool(torch.isfinite(g).all()) for g in grads)
+    # the bound changes the loss of the molecules whose closures it restricts (z = mu)
+    vae.eval()
+    with torch.no_grad():
+        bounded = vae(batch)["recon"]
+        vae.decoder.ring_bound = 0
+        free = vae(batch)["recon"]
+    assert torch.isfinite(bounded) and not torch.allclose(free, bounded)
