@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -88,6 +89,18 @@ def step_log_likelihoods(
         "orders": ll_order.sum(1),
         "closures": ll_clos,
     }
+
+
+def _pad_graphs(graphs: GraphBatch, n: int) -> GraphBatch:
+    """``graphs`` padded to ``n`` atoms (atoms ``-1``, no bonds)."""
+    extra = n - graphs.atoms.shape[1]
+    if extra <= 0:
+        return graphs
+    return GraphBatch(
+        F.pad(graphs.atoms, (0, extra), value=-1),
+        F.pad(graphs.adj, (0, extra, 0, extra)),
+        graphs.n_atoms,
+    )
 
 
 class GraphEncoder(nn.Module):
@@ -528,6 +541,38 @@ class GraphVAE(nn.Module):
         return self.decoder.noise_width() + (6 if self.stereo_head is not None else 0)
 
     @torch.no_grad()
+    def search_graphs(
+        self, z_dec: torch.Tensor, draws: Sequence[tuple[float, torch.Tensor | None]]
+    ) -> tuple[GraphBatch, torch.Tensor]:
+        """Decode the decoder inputs ``z_dec (B, D)`` once per ``(temperature, uniforms)`` of
+        ``draws`` and keep, per row, the graph whose decoding path the decoder gives the
+        highest log-likelihood (teacher-forced, the masks and ring bound included): a search
+        for the most likely molecule beyond greedy decoding, whose choices are each the most
+        likely but whose path need not be. Returns the graphs and their log-likelihoods ``(B,)``;
+        ties keep the earlier draw."""
+        best: GraphBatch | None = None
+        score = torch.full((len(z_dec),), float("-inf"), device=z_dec.device)
+        for temperature, uniforms in draws:
+            graphs = self.decoder.sample(z_dec, temperature=temperature, uniforms=uniforms)
+            ll = functools.reduce(operator.add, self.decoder.log_likelihood(z_dec, graphs).values())
+            if best is None:
+                best, score = graphs, ll
+                continue
+            n = max(best.atoms.shape[1], graphs.atoms.shape[1])
+            old, new = _pad_graphs(best, n), _pad_graphs(graphs, n)
+            take = ll > score
+            best = GraphBatch(
+                torch.where(take[:, None], new.atoms, old.atoms),
+                torch.where(take[:, None, None], new.adj, old.adj),
+                torch.where(take, new.n_atoms, old.n_atoms),
+            )
+            score = torch.where(take, ll, score)
+        if best is None:
+            raise ValueError("search_graphs needs at least one draw")
+        size = int(best.n_atoms.max()) if len(best.n_atoms) else 0
+        return GraphBatch(best.atoms[:, :size], best.adj[:, :size, :size], best.n_atoms), score
+
+    @torch.no_grad()
     def decode_smiles(
         self,
         z: torch.Tensor,
@@ -535,14 +580,19 @@ class GraphVAE(nn.Module):
         *,
         temperature: float = 1.0,
         uniforms: torch.Tensor | None = None,
+        search: Sequence[tuple[float, torch.Tensor | None]] | None = None,
     ) -> list[str | None]:
         """Canonical SMILES of :meth:`sample`'s graphs (None where RDKit rejects one); with a
         stereo head, isomeric, the labels drawn from the uniforms' last 6 columns (greedy when
-        they are absent or ``temperature`` is 0)."""
+        they are absent or ``temperature`` is 0). ``search``: more ``(temperature, uniforms)``
+        draws; each row keeps the most likely of its graphs (:meth:`search_graphs`)."""
         from medgen.molecules.graph import batch_to_mols, batch_to_smiles
 
         z_dec = self.decoder_latent(z)
-        graphs = self.decoder.sample(z_dec, temperature=temperature, uniforms=uniforms)
+        if search:
+            graphs, _ = self.search_graphs(z_dec, [(temperature, uniforms), *search])
+        else:
+            graphs = self.decoder.sample(z_dec, temperature=temperature, uniforms=uniforms)
         if self.stereo_head is None:
             return batch_to_smiles(graphs, vocab)
         from medgen.molecules.stereo import batch_candidates, labelled_smiles
