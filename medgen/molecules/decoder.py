@@ -121,6 +121,29 @@ class GraphStateDecoder(nn.Module):
         deg_ok = (cnt_i.sum(-1) < self.max_degree[ti]) & (cnt_j.sum(-1) < self.max_degree[tj])
         return ok & deg_ok.unsqueeze(-1)
 
+    def _single_ok(self, tf, tj, rem_f, cnt_f) -> torch.Tensor:
+        """``(...)`` whether atom ``f`` (type ``tf``, remaining valence ``rem_f``, bonds of each
+        order ``cnt_f (..., 3)``) and the pair table allow a single bond to an atom of type
+        ``tj``: :meth:`_orders_ok`'s order-1 terms on ``f``'s side (the other side:
+        :meth:`_single_after`). Arguments broadcast."""
+        return (
+            (rem_f >= 1)
+            & self.pair_orders[tf, tj, 0]
+            & (cnt_f[..., 0] < self.max_bonds[tf, 0])
+            & (cnt_f.sum(-1) < self.max_degree[tf])
+        )
+
+    def _single_after(self, tj, rem_j, cnt_j) -> torch.Tensor:
+        """``(..., 3)`` whether an atom of type ``tj`` (remaining valence ``rem_j``, bonds
+        ``cnt_j (..., 3)``) can still take a single bond after one more bond of order 1, 2,
+        3: :meth:`_orders_ok`'s order-1 terms on its side after that bond."""
+        orders = _ORDERS.to(rem_j.device)
+        return (
+            (rem_j.unsqueeze(-1) - orders >= 1)
+            & (cnt_j[..., :1] + (orders == 1) < self.max_bonds[tj, 0].unsqueeze(-1))
+            & (cnt_j.sum(-1, keepdim=True) + 1 < self.max_degree[tj].unsqueeze(-1))
+        )
+
     def _node(self, nb: torch.Tensor, rem: torch.Tensor) -> torch.Tensor:
         return nb + self.node_rem(rem.clamp(0, MAX_REM))
 
@@ -300,26 +323,14 @@ class GraphStateDecoder(nn.Module):
         bsz, n = t.shape
         dev = t.device
         idx = torch.arange(n, device=dev)
-        orders = _ORDERS.to(dev)
         near = snaps + 2 <= self.ring_bound  # (B, j, a, b): a closure to b would fix one to a
         parent_ok = near.gather(2, p[:, :, None, None].expand(-1, -1, 1, n)).squeeze(2)
         cand = (idx < p.unsqueeze(-1)) & has_parent.unsqueeze(-1)  # (B, j, i)
         # a closure to i (order o) that the parent does not keep small needs a later fixer f:
         # a single bond j - f the masks allow after closing i, in a ring the parent keeps small
-        tf = self.max_bonds[t][..., 0]  # (B, N) single bonds each type carries at most
-        single = (
-            (rem_all[:, :n] >= 1)
-            & self.pair_orders[t.unsqueeze(2), t.unsqueeze(1), 0]
-            & (cnt[:, :n, :, 0] < tf.unsqueeze(1))
-            & (cnt[:, :n].sum(-1) < self.max_degree[t].unsqueeze(1))
-            & parent_ok
-            & cand
-        )  # (B, j, f): what the fixer f itself allows
-        after = (
-            (rem_j.unsqueeze(-1) - orders >= 1)
-            & (cnt_j[..., :1] + (orders == 1) < tf[:, :, None, None])
-            & (cnt_j.sum(-1, keepdim=True) + 1 < self.max_degree[t][:, :, None, None])
-        )  # (B, j, i, o): j can still take a single bond after closing i with order o
+        single = self._single_ok(t.unsqueeze(1), t.unsqueeze(2), rem_all[:, :n], cnt[:, :n])
+        single = single & parent_ok & cand  # (B, j, f): what the fixer f itself allows
+        after = self._single_after(t[:, :, None], rem_j, cnt_j)  # (B, j, i, o) after closing i
         later = idx.unsqueeze(0) > idx.unsqueeze(1)  # (i, f)
         has_fixer = (near & later & single.unsqueeze(2)).any(-1)  # (B, j, i)
         ok = ok & (parent_ok.unsqueeze(-1) | (after & has_fixer.unsqueeze(-1)))
@@ -563,13 +574,8 @@ class GraphStateDecoder(nn.Module):
         ok = ok & (~has_p.unsqueeze(-1) | fixer).unsqueeze(-1)
         # no closure pending: one the parent does not keep small needs a fixer after it
         built, t, rem_i, rem_j, cnt_i, cnt_j = args
-        single_after = []
-        for o in range(1, MAX_BOND_ORDER + 1):
-            bump = F.one_hot(torch.tensor(o - 1, device=ok.device), MAX_BOND_ORDER)
-            single_after.append(
-                self._orders_ok(built, t, rem_i, rem_j - o, cnt_i, cnt_j + bump)[..., 0]
-            )
-        good = torch.stack(single_after, -1) & (open_ & parent_ok).unsqueeze(-1)  # (S, f, 3)
+        single = self._single_ok(built, t, rem_i, cnt_i) & open_ & parent_ok  # (S, f)
+        good = single.unsqueeze(-1) & self._single_after(t, rem_j, cnt_j)  # (S, f, 3)
         fixable = (near & later).float() @ good.float() > 0  # (S, i, 3)
         return ok & (parent_ok.unsqueeze(-1) | fixable)
 
