@@ -50,6 +50,7 @@ from medgen.molecules.vae import (
 )
 
 _ORDERS = torch.arange(1, MAX_BOND_ORDER + 1)
+FIX_DRAWS = 8  # uniforms per atom for the ring bound's fixer draws (an atom makes at most 2-3)
 
 
 class GraphStateDecoder(nn.Module):
@@ -332,11 +333,17 @@ class GraphStateDecoder(nn.Module):
         single = single & parent_ok & cand  # (B, j, f): what the fixer f itself allows
         after = self._single_after(t[:, :, None], rem_j, cnt_j)  # (B, j, i, o) after closing i
         later = idx.unsqueeze(0) > idx.unsqueeze(1)  # (i, f)
-        has_fixer = (near & later & single.unsqueeze(2)).any(-1)  # (B, j, i)
+        target = clos_bonds > 0
+        # the fixer's own ring once i is closed: through j's parent, its closures below i, or i
+        run = torch.where(target.unsqueeze(-1), snaps, FAR).cummin(2).values  # (B, j, c, f)
+        run = torch.cat([torch.full_like(run[:, :, :1], FAR), run[:, :, :-1]], 2)
+        via_parent = snaps.gather(2, p[:, :, None, None].expand(-1, -1, 1, n))  # (B, j, 1, f)
+        ring_if = torch.minimum(torch.minimum(run, via_parent), snaps) + 2
+        fix_if = near & later & self.ring_sizes[ring_if.clamp(max=MAX_RING).long()]
+        has_fixer = (fix_if & single.unsqueeze(2)).any(-1)  # (B, j, i)
         ok = ok & (parent_ok.unsqueeze(-1) | (after & has_fixer.unsqueeze(-1)))
 
         # pending: the target's last closure below i, if its ring through the parent is too big
-        target = clos_bonds > 0
         below = torch.cummax(torch.where(target, idx, -1), -1).values
         below = torch.cat([below.new_full((bsz, n, 1), -1), below[..., :-1]], -1)
         pending = torch.where(
@@ -448,6 +455,8 @@ class GraphStateDecoder(nn.Module):
         dist,
         lp=None,
         log_probs=None,
+        pick_one=None,
+        g_fix=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Ring closures from the new atom ``j`` to the atoms ``i < last`` that ``act (B, last)``
         allows (below each row's parent), drawn as a loop over ``i`` in increasing order would
@@ -461,6 +470,12 @@ class GraphStateDecoder(nn.Module):
         and ``reach`` (distances from ``j``) are updated in place. Returns ``rem_j`` and the
         number of closures per row. ``lp (B,)``, if given, gains each row's log-probability of
         the closures drawn, ``log_probs(logits, mask)`` giving the draws' distributions.
+
+        With the ring bound, a pending closure's fixer is one categorical draw
+        ``pick_one(logits, mask, u)`` from a single uniform per row, the ``e``-th of an atom's
+        fixer draws reading ``g_fix[:, e]`` (``g_fix (B, E)``): uniforms no other draw reads, so
+        the candidates above the fixer, drawn again from ``g``, keep their own distribution
+        (a Gumbel-max over the pairs would reuse, and bias, their order uniforms).
         """
         last = act.shape[1]
         dev = act.device
@@ -474,6 +489,7 @@ class GraphStateDecoder(nn.Module):
             # the ring bound (see _bounded_closures): the parent's distances, pending closures
             parent_ok = reach[:, :last] + 2 <= bound  # (B, last) rings the parent keeps small
             pending = torch.full_like(t, -1)
+            n_fix = torch.zeros_like(t)  # fixer draws so far, per row
 
         def rows(v: torch.Tensor) -> torch.Tensor:
             return v if sel is None else v[sel]
@@ -490,8 +506,9 @@ class GraphStateDecoder(nn.Module):
             ok = self._orders_ok(*args) & self.ring_sizes[ring].unsqueeze(-1)
             if bound:
                 ok = self._bounded_closures(
-                    ok, args, open_, rows(parent_ok), rows(pending), rows(dist)[:, :last, :last]
-                )
+                    ok, args, open_, rows(parent_ok), rows(pending), rows(dist)[:, :last, :last],
+                    ring,
+                )  # fmt: skip
             cmask = torch.cat([torch.ones_like(ok[..., :1]), ok], -1)
             oc = choose(cl, cmask, rows(g)) * open_
             waiting = flat = flat_lp = None
@@ -500,9 +517,10 @@ class GraphStateDecoder(nn.Module):
                 waiting = (rows(pending) >= 0) & fix_ok.any(-1)
                 if bool(waiting.any()):
                     flat_logits = cl[waiting][..., 1:].flatten(1)
-                    flat = choose(
-                        flat_logits, fix_ok[waiting], rows(g)[waiting][..., 1:].flatten(1)
-                    )
+                    at_rows = (torch.arange(len(t), device=dev) if sel is None else sel)[waiting]
+                    u_fix = g_fix[at_rows, n_fix[at_rows].clamp(max=g_fix.shape[1] - 1)]
+                    n_fix[at_rows] += 1
+                    flat = pick_one(flat_logits, fix_ok[waiting], u_fix)
                     if lp is not None:
                         flat_lp = log_probs(flat_logits, fix_ok[waiting]).gather(
                             1, flat.unsqueeze(-1)
@@ -547,7 +565,7 @@ class GraphStateDecoder(nn.Module):
             start[sel] = first + 1
         return rem_j, n_clos
 
-    def _bounded_closures(self, ok, args, open_, parent_ok, pending, dist):
+    def _bounded_closures(self, ok, args, open_, parent_ok, pending, dist, ring):
         """The ring bound on the closures of the new atom ``j`` (rows ``S``, candidates ``i <
         last``): no ring of the finished molecule exceeds :attr:`ring_bound` atoms.
 
@@ -557,7 +575,8 @@ class GraphStateDecoder(nn.Module):
         through the parent is too large (``parent_ok`` false: the perimeter of a fused system,
         closed before its fusion bond) is *pending*: it is allowed only when a later candidate
         ``f`` can still fix it (``d(i, f) + 2 <= bound``, a ring the parent keeps small, a
-        single bond the masks allow after closing ``i``), and while it is pending only fixers
+        single bond the masks allow after closing ``i``, in a ring size they allow: ``ring (S,
+        last)`` are the candidates' ring sizes now), and while it is pending only fixers
         may close: the caller draws the fixer and its order in one categorical over the
         closure scores of every pair allowed (forcing the last fixer instead, when the model
         declined the others, made 7-rings twice as common). One closure is pending at a time.
@@ -576,7 +595,10 @@ class GraphStateDecoder(nn.Module):
         built, t, rem_i, rem_j, cnt_i, cnt_j = args
         single = self._single_ok(built, t, rem_i, cnt_i) & open_ & parent_ok  # (S, f)
         good = single.unsqueeze(-1) & self._single_after(t, rem_j, cnt_j)  # (S, f, 3)
-        fixable = (near & later).float() @ good.float() > 0  # (S, i, 3)
+        # the fixer's own ring once i is closed: through j's neighbours so far or through i
+        ring_if = torch.minimum(ring.unsqueeze(1), (dist + 2).clamp(max=MAX_RING))  # (S, i, f)
+        fix_if = near & later & self.ring_sizes[ring_if]
+        fixable = fix_if.float() @ good.float() > 0  # (S, i, 3)
         return ok & (parent_ok.unsqueeze(-1) | fixable)
 
     # ----------------------------------------------------------------------------- sampling
@@ -626,6 +648,15 @@ class GraphStateDecoder(nn.Module):
 
         def log_probs(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             return (logits / temperature).masked_fill(~mask, float("-inf")).log_softmax(-1)
+
+        def pick_one(logits: torch.Tensor, mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            # one categorical draw per row from one uniform: the inverse of its CDF
+            logits = logits.masked_fill(~mask, float("-inf"))
+            if temperature == 0:
+                return logits.argmax(-1)
+            cdf = (logits / temperature).softmax(-1).cumsum(-1)
+            goal = u.clamp(1e-7, 1 - 1e-7).unsqueeze(-1) * cdf[:, -1:]
+            return (cdf < goal).sum(-1).clamp(max=logits.shape[-1] - 1)
 
         atoms = torch.full((bsz, m), -1, dtype=torch.long, device=dev)
         adj = torch.zeros((bsz, m, m), dtype=torch.long, device=dev)
@@ -722,10 +753,13 @@ class GraphStateDecoder(nn.Module):
                 last = int(p[live].max()) if bool(live.any()) else 0
                 if last:
                     g = u[:, off : off + 4 * last].reshape(bsz, last, 4)
+                    # the fixer draws' uniforms: the last FIX_DRAWS of the closure block, which
+                    # the closures never reach (last <= j - 1 <= max_atoms - 2)
+                    g_fix = u[:, off + 4 * m - FIX_DRAWS : off + 4 * m]
                     act = live.unsqueeze(-1) & (torch.arange(last, device=dev) < p.unsqueeze(-1))
                     rem_j, n_clos = self._sample_closures(
                         choose, g, act, j, t, built, pre, reach, rem, rem_j, cnt, cnt_j, adj, dist,
-                        lp, log_probs,
+                        lp, log_probs, pick_one, g_fix,
                     )  # fmt: skip
                 # the new atom's bonds join the partial graph: messages both ways, distances
                 row = adj[:, j, :j]
