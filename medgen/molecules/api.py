@@ -321,7 +321,8 @@ class MoleculeVAE:
         the cost. It never reads a target: it is a decoder, usable for reconstruction."""
         if search < 0:
             raise UserError(f"search must be >= 0 draws, got {search}")
-        check_temperature(search_temperature, allow_zero=False)
+        if search:
+            check_temperature(search_temperature, allow_zero=False)
         z = torch.as_tensor(z, dtype=torch.float32)
         width = z.shape[-1] if z.dim() else 0
         widths = sorted({self.latent_dim, self.latent_dim + self.vae.condition_dim})

@@ -554,6 +554,8 @@ class GraphVAE(nn.Module):
         score = torch.full((len(z_dec),), float("-inf"), device=z_dec.device)
         for temperature, uniforms in draws:
             graphs = self.decoder.sample(z_dec, temperature=temperature, uniforms=uniforms)
+            if not len(z_dec):
+                return graphs, score
             ll = functools.reduce(operator.add, self.decoder.log_likelihood(z_dec, graphs).values())
             if best is None:
                 best, score = graphs, ll

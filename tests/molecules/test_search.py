@@ -73,6 +73,8 @@ def test_decode_with_search_is_seeded_per_row_and_checks_its_arguments():
     assert api.decode(z[:5], search=3) == searched[:5]  # a row's draws do not depend on its batch
     assert api.decode(z, search=0) == api.decode(z)
     assert searched != api.decode(z)  # it changes some decodes
+    assert api.decode(z[:0], search=3) == []
+    assert api.decode(z, search_temperature=0.0) == api.decode(z)  # no search, nothing to check
     with pytest.raises(UserError, match="search must be >= 0"):
         api.decode(z, search=-1)
     with pytest.raises(UserError, match="temperature"):
