@@ -56,13 +56,21 @@ def test_the_ring_bound_is_learned_and_travels_in_the_plain_tables():
     assert ChemistryMasks.from_plain(plain, vocab.tokens).ring_bound == 0
 
 
-def sample_rings(bound: int, temperature: float):
+def ring_closer(bound: int, ring_sizes: torch.Tensor | None = None):
+    """A random-weight model that closes rings often, large ones included, and its vocabulary."""
     _, vocab = graphs_of(["CCO", "c1ccccc1N", "CC(=O)NC1CCCCC1S"])
     masks = dataclasses.replace(ChemistryMasks.permissive(len(vocab)), ring_bound=bound)
+    if ring_sizes is not None:
+        masks = dataclasses.replace(masks, ring_sizes=ring_sizes)
     torch.manual_seed(0)
     vae = GraphVAE(capacity=vocab.capacity, max_atoms=22, masks=masks, **NET).eval()
-    with torch.no_grad():  # random weights that close rings often, large ones included
+    with torch.no_grad():
         vae.decoder.closure_head.bias[1:] += 2.5
+    return vae, vocab
+
+
+def sample_rings(bound: int, temperature: float):
+    vae, vocab = ring_closer(bound)
     z, u = draw_noise(vae, range(400), seed=1)
     graphs = vae.sample(z * 2, temperature=temperature, uniforms=u)
     sssr = []
@@ -211,13 +219,8 @@ def bounded_log_probs(dec, z, uniforms):
 
 
 def test_teacher_forcing_scores_what_the_bounded_sampler_draws():
-    _, vocab = graphs_of(["CCO", "c1ccccc1N", "CC(=O)NC1CCCCC1S"])
     for bound in (0, 6):
-        masks = dataclasses.replace(ChemistryMasks.permissive(len(vocab)), ring_bound=bound)
-        torch.manual_seed(0)
-        vae = GraphVAE(capacity=vocab.capacity, max_atoms=22, masks=masks, **NET).eval()
-        with torch.no_grad():
-            vae.decoder.closure_head.bias[1:] += 2.5
+        vae, _ = ring_closer(bound)
         z, u = draw_noise(vae, range(300), seed=1)
         _, drawn, scored = bounded_log_probs(vae.decoder, vae.decoder_latent(z * 2), u)
         assert drawn.max() < 0 and torch.allclose(drawn, scored, atol=1e-3), (
@@ -263,16 +266,9 @@ def test_a_molecule_beyond_the_bound_keeps_a_finite_loss_and_gradient():
 def test_a_pending_closure_always_has_a_fixer_the_ring_sizes_allow():
     # masks that forbid small rings: a fixer whose own ring the masks forbid is no fixer, so no
     # closure may become pending on it (it would stay pending, and its ring exceed the bound)
-    _, vocab = graphs_of(["CCO", "c1ccccc1N", "CC(=O)NC1CCCCC1S"])
     sizes = torch.ones(13, dtype=torch.bool)
     sizes[[3, 4, 5]] = False
-    masks = dataclasses.replace(
-        ChemistryMasks.permissive(len(vocab)), ring_bound=6, ring_sizes=sizes
-    )
-    torch.manual_seed(0)
-    vae = GraphVAE(capacity=vocab.capacity, max_atoms=22, masks=masks, **NET).eval()
-    with torch.no_grad():
-        vae.decoder.closure_head.bias[1:] += 2.5
+    vae, _ = ring_closer(6, sizes)
     z, u = draw_noise(vae, range(1500), seed=1)
     graphs, drawn, scored = bounded_log_probs(vae.decoder, vae.decoder_latent(z * 2), u)
     rings = basis_rings(graphs.adj)
