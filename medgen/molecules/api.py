@@ -309,6 +309,7 @@ class MoleculeVAE:
         seed: int = 0,
         search: int = 0,
         search_temperature: float = 0.5,
+        index: int = 0,
     ) -> list[str | None]:
         """SMILES of latents ``z (n, L)`` (a conditional VAE: or ``(n, L + P)``, the condition
         last, as ``encode(..., with_condition=True)`` gives it); greedy at ``temperature=0``,
@@ -318,7 +319,10 @@ class MoleculeVAE:
         per row and draw) and return, per row, the molecule whose decoding path the model finds
         most likely (teacher-forced ``log p(x | z)``), the greedy decode included: a decode of
         ``z`` closer to the most likely molecule than greedy choices, at ``search + 1`` times
-        the cost. It never reads a target: it is a decoder, usable for reconstruction."""
+        the cost. It never reads a target: it is a decoder, usable for reconstruction.
+
+        ``index``: row ``k`` draws the noise of molecule ``index + k`` of ``seed``, so a long list
+        decoded in chunks gets the rows it would get in one call."""
         if search < 0:
             raise UserError(f"search must be >= 0 draws, got {search}")
         if search:
@@ -330,9 +334,10 @@ class MoleculeVAE:
             allowed = " or ".join(map(str, widths))
             raise UserError(f"decode takes latents of width {allowed}, got shape {tuple(z.shape)}")
         z = z.reshape(-1, width)
-        _, u = draw_noise(self.vae, range(len(z)), seed, device=z.device)
+        rows = range(index, index + len(z))
+        _, u = draw_noise(self.vae, rows, seed, device=z.device)
         draws = [  # draw k of row i: its own stream, from (seed, k) and i
-            (search_temperature, draw_noise(self.vae, range(len(z)), sample_seed(seed, k),
+            (search_temperature, draw_noise(self.vae, rows, sample_seed(seed, k),
                                             device=z.device)[1])
             for k in range(search)
         ]  # fmt: skip
@@ -484,6 +489,7 @@ class MoleculeVAE:
                 self.encode(chunk, with_condition=True),
                 search=search,
                 search_temperature=search_temperature,
+                index=lo,
             )
             want = [smiles_with_stereo(s)[4] if stereo else round_trip(s) for s in chunk]
             hits += sum(d == w for d, w in zip(decoded, want, strict=True))

@@ -71,6 +71,7 @@ def test_decode_with_search_is_seeded_per_row_and_checks_its_arguments():
     searched = api.decode(z, search=3)
     assert searched == api.decode(z, search=3)
     assert api.decode(z[:5], search=3) == searched[:5]  # a row's draws do not depend on its batch
+    assert api.decode(z[5:], search=3, index=5) == searched[5:]  # nor on the chunk it is in
     assert api.decode(z, search=0) == api.decode(z)
     assert searched != api.decode(z)  # it changes some decodes
     assert api.decode(z[:0], search=3) == []
