@@ -293,7 +293,7 @@ class GraphStateDecoder(nn.Module):
         ) & self.ring_sizes[ring].unsqueeze(-1)
         scope = extra = None
         if snaps is not None:
-            state = (t, p, has_parent, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre, pj)
+            state = (t, p, has_parent, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre)
             ok, scope, extra = self._bounded_terms(ok, snaps, state)
         cmask = torch.cat([torch.ones_like(ok[..., :1]), ok], -1)
         cmask = cmask | F.one_hot(clos_bonds, 1 + MAX_BOND_ORDER).bool()
@@ -320,7 +320,7 @@ class GraphStateDecoder(nn.Module):
         pending closure without a fixer) keeps its candidates scored on their own and a finite
         loss, as teacher forcing never masks the target.
         """
-        t, p, has_parent, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre, pj = state
+        t, p, has_parent, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre = state
         bsz, n = t.shape
         dev = t.device
         idx = torch.arange(n, device=dev)
@@ -334,11 +334,12 @@ class GraphStateDecoder(nn.Module):
         after = self._single_after(t[:, :, None], rem_j, cnt_j)  # (B, j, i, o) after closing i
         later = idx.unsqueeze(0) > idx.unsqueeze(1)  # (i, f)
         target = clos_bonds > 0
-        # the fixer's own ring once i is closed: through j's parent, its closures below i, or i
+        # j's distances to f at candidate i: through its parent and its closures below i
         run = torch.where(target.unsqueeze(-1), snaps, FAR).cummin(2).values  # (B, j, c, f)
         run = torch.cat([torch.full_like(run[:, :, :1], FAR), run[:, :, :-1]], 2)
         via_parent = snaps.gather(2, p[:, :, None, None].expand(-1, -1, 1, n))  # (B, j, 1, f)
-        ring_if = torch.minimum(torch.minimum(run, via_parent), snaps) + 2
+        reach = torch.minimum(run, via_parent)  # (B, j, i, f)
+        ring_if = torch.minimum(reach, snaps) + 2  # the fixer's own ring once i is closed
         fix_if = near & later & self.ring_sizes[ring_if.clamp(max=MAX_RING).long()]
         has_fixer = (fix_if & single.unsqueeze(2)).any(-1)  # (B, j, i)
         ok = ok & (parent_ok.unsqueeze(-1) | (after & has_fixer.unsqueeze(-1)))
@@ -360,11 +361,11 @@ class GraphStateDecoder(nn.Module):
         if len(zb):
             zc = pending[zb, zj, zf]
             extra = extra.index_add(0, zb, self._fixer_draws(
-                (zb, zj, zf, zc), near, snaps, t, p, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre
+                (zb, zj, zf, zc), near, reach, t, p, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre
             ))  # fmt: skip
         return ok, ~in_zone, extra
 
-    def _fixer_draws(self, zone, near, snaps, t, p, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre):
+    def _fixer_draws(self, zone, near, reach, t, p, clos_bonds, rem_all, cnt, rem_j, cnt_j, pre):
         """Log-likelihood of each zone's fixer draw ``(Z,)``: one categorical over every
         candidate ``i`` above the pending closure ``c`` and below the parent, and every order,
         scored in the state after ``c`` (the state the target is in at its fixer ``f``; the
@@ -373,10 +374,8 @@ class GraphStateDecoder(nn.Module):
         n = t.shape[1]
         idx = torch.arange(n, device=t.device)
         pz = p[zb, zj]
-        # rings in the state after c: through the parent and the target's closures up to c
-        counted = (idx == pz.unsqueeze(-1)) | ((clos_bonds[zb, zj] > 0) & (idx <= zc.unsqueeze(-1)))
-        d = snaps[zb, zj].masked_fill(~counted.unsqueeze(-1), FAR).amin(1)  # (Z, i)
-        ring = (d + 2).clamp(max=MAX_RING).long()
+        # rings in the state after c (j's reach at candidate c + 1: the parent, closures <= c)
+        ring = (reach[zb, zj, zc + 1] + 2).clamp(max=MAX_RING).long()  # (Z, i)
         r_j, c_j = rem_j[zb, zj, zf], cnt_j[zb, zj, zf]  # j's valence after c, before f
         pair = (zj * (zj - 1) // 2).unsqueeze(-1) + idx  # packed (j, i), row by row
         pair = torch.where(idx < zj.unsqueeze(-1), pair, 0)
